@@ -1,0 +1,85 @@
+//! Load-time configuration: the eBPF programs' `CONFIG` global, written by the loader.
+//!
+//! Offsets come from the running kernel (tracefs `format` files and BTF), never from one
+//! kernel's headers.
+
+use crate::assert_size;
+
+/// Bits of [`Config::filters`].
+pub const FILTER_PIDS: u32 = 1;
+pub const FILTER_PORTS: u32 = 2;
+pub const FILTER_COMM: u32 = 4;
+
+/// A struct member the running kernel does not have (for example IPv6 fields without
+/// CONFIG_IPV6); programs skip reads at this offset.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// The agent itself: its sockets are never reported.
+    pub self_tgid: u32,
+    pub filters: u32,
+    pub comm: [u8; 16],
+    /// Submissions wake userspace only once this many bytes wait in the ring buffer; below it
+    /// userspace drains on its own timer. Batching wake-ups is what keeps the hot paths cheap.
+    pub wakeup_bytes: u64,
+    pub tracepoints: TracepointFields,
+    pub sock: SockOffsets,
+    pub task: TaskOffsets,
+}
+assert_size!(Config, 32 + 40 + 48 + 32);
+
+/// Byte offsets of the fields the classic tracepoint programs read from their records, taken
+/// from `/sys/kernel/tracing/events/<category>/<name>/format`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracepointFields {
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub receive_reset_skaddr: u32,
+    pub send_reset_skaddr: u32,
+    pub retransmit_skaddr: u32,
+    pub send_length_sk: u32,
+    pub recv_length_sk: u32,
+    /// `ret` of `syscalls:sys_exit_*`.
+    pub sys_exit_ret: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets inside `struct sock`, from the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockOffsets {
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    pub family: u32,
+    pub state: u32,
+    pub net: u32,
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    pub err: u32,
+    pub protocol: u32,
+    pub sk_type: u32,
+}
+
+/// Byte offsets along task -> files -> fd table -> file -> socket -> sock, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding.
+unsafe impl aya::Pod for Config {}

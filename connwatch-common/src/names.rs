@@ -1,0 +1,17 @@
+//! Map and program names, used by the eBPF side (`#[map(name = ..)]`) and the loader.
+
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_LOST: &str = "LOST";
+pub const MAP_SOCKETS: &str = "SOCKETS";
+pub const MAP_LISTENERS: &str = "LISTENERS";
+pub const MAP_PID_FILTER: &str = "PID_FILTER";
+pub const MAP_PORT_FILTER: &str = "PORT_FILTER";
+
+/// The global the loader overrides with a [`crate::config::Config`].
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// Upper bounds of the kernel maps' sizes; userspace may lower them at load time.
+pub const MAX_SOCKETS: u32 = 65_536;
+pub const MAX_LISTENERS: u32 = 4_096;
+pub const MAX_FILTER_PIDS: u32 = 64;
+pub const MAX_FILTER_PORTS: u32 = 64;

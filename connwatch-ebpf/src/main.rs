@@ -1,0 +1,21 @@
+//! connwatch's kernel programs: TCP events from the kernel's own paths, each stamped with the
+//! socket's identity and owning process, streamed through one ring buffer.
+//!
+//! Every hook comes in the variants the loader may choose between (classic tracepoint, raw
+//! tracepoint); each variant only finds its arguments and calls the one handler in `probes/`.
+#![no_std]
+#![no_main]
+
+mod config;
+mod emit;
+mod maps;
+mod owner;
+mod probes;
+mod sock;
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable by construction (no indexing, no unwrap); a reachable panic would be a
+    // verifier rejection at load time rather than a silent failure.
+    loop {}
+}

@@ -1,0 +1,37 @@
+//! The kernel maps. Names match `connwatch_common::names`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use connwatch_common::{
+    event::KIND_SLOTS,
+    names::{MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS, MAX_SOCKETS},
+    socket::{ListenerKey, Owner, SocketInfo},
+};
+
+/// Every event, in order. The loader resizes it (`--ring-buffer-size`).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Failed reservations, per CPU and per event kind: nothing is lost without being counted.
+#[map(name = "LOST")]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_SLOTS, 0);
+
+/// Identity (birth) and owner of every socket seen, keyed by `struct sock` address. LRU keeps it
+/// bounded: the least recently touched socket goes first.
+#[map(name = "SOCKETS")]
+pub static SOCKETS: LruHashMap<u64, SocketInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Owners of listening sockets, so children created in softirq context inherit them.
+#[map(name = "LISTENERS")]
+pub static LISTENERS: LruHashMap<ListenerKey, Owner> =
+    LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// `--pid` values (tgid -> 1).
+#[map(name = "PID_FILTER")]
+pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
+
+/// `--port` values (host order -> 1).
+#[map(name = "PORT_FILTER")]
+pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);

@@ -1,0 +1,8 @@
+//! One module per group of hooks. Each program finds its arguments (from a classic tracepoint
+//! record at tracefs offsets, or from raw tracepoint arguments) and calls the group's handler.
+
+mod error;
+mod process;
+mod reset;
+mod retransmit;
+mod state;

@@ -1,0 +1,26 @@
+//! Socket errors: `sock:inet_sk_error_report` (TP_PROTO(const struct sock *sk), Linux 5.14+;
+//! checked against 6.1 and 6.18). Raw tracepoint only: the classic record carries the error
+//! and the 4-tuple but no socket address, so it could not be joined to a socket.
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use connwatch_common::event::{ErrorEvent, KIND_ERROR};
+
+use crate::{emit, owner, sock};
+
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return 0;
+    };
+    let info = owner::known(sk);
+    if emit::wanted(&info, &ends) {
+        let (errno, state) = (sock::error(sk), sock::state(sk));
+        emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {
+            event.errno = errno;
+            event.state = state;
+            event._pad = [0; 3];
+        });
+    }
+    0
+}

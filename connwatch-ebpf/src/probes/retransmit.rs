@@ -1,0 +1,41 @@
+//! Retransmissions: `tcp:tcp_retransmit_skb` (TP_PROTO(const struct sock *sk, const struct
+//! sk_buff *skb[, int err]); the record gained `err` in 6.x). Checked against 6.1 and 6.18.
+
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent};
+
+use crate::{config::conf, emit, owner, sock};
+
+#[tracepoint]
+pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let offset = conf!(tracepoints.retransmit_skaddr) as usize;
+    // SAFETY: offset from this kernel's tracefs format file.
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(offset) } {
+        on_retransmit(sk);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn raw_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    on_retransmit(ctx.arg(0));
+    0
+}
+
+#[inline(always)]
+fn on_retransmit(sk: u64) {
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return;
+    };
+    let info = owner::known(sk);
+    if emit::wanted(&info, &ends) {
+        let state = sock::state(sk);
+        emit::emit(KIND_RETRANSMIT, sk, &info, &ends, |event: &mut RetransmitEvent| {
+            event.state = state;
+            event._pad = [0; 7];
+        });
+    }
+}

@@ -1,0 +1,77 @@
+//! TCP state changes: `sock:inet_sock_set_state` (TP_PROTO(const struct sock *sk, const int
+//! oldstate, const int newstate); record and arguments checked against Linux 6.1 and 6.18).
+
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use connwatch_common::{
+    event::{KIND_STATE, StateEvent},
+    socket::SocketInfo,
+    tcp::{
+        TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
+        TCP_SYN_RECV, TCP_SYN_SENT,
+    },
+};
+
+use crate::{config::conf, emit, owner, sock};
+
+#[tracepoint]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let skaddr = conf!(tracepoints.set_state_skaddr) as usize;
+    let oldstate = conf!(tracepoints.set_state_oldstate) as usize;
+    let newstate = conf!(tracepoints.set_state_newstate) as usize;
+    // SAFETY: offsets come from this kernel's tracefs format file.
+    let args = unsafe {
+        (ctx.read_at::<u64>(skaddr), ctx.read_at::<i32>(oldstate), ctx.read_at::<i32>(newstate))
+    };
+    if let (Ok(sk), Ok(old), Ok(new)) = args {
+        on_state_change(sk, old, new);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    on_state_change(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[inline(always)]
+fn on_state_change(sk: u64, old: i32, new: i32) {
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return;
+    };
+    let (old, new) = (old as u8, new as u8);
+    let info = identify(sk, old, new, ends.sport);
+    if new == TCP_LISTEN {
+        owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
+    } else if old == TCP_LISTEN {
+        owner::forget_listener(sock::net(sk), ends.sport);
+    }
+    if emit::wanted(&info, &ends) {
+        emit::emit(KIND_STATE, sk, &info, &ends, |event: &mut StateEvent| {
+            event.old_state = old;
+            event.new_state = new;
+            event._pad = [0; 6];
+        });
+    }
+}
+
+/// Which life of `sk` this change belongs to and who owns it, from what the transition implies
+/// about the context it runs in.
+#[inline(always)]
+fn identify(sk: u64, old: u8, new: u8, port: u16) -> SocketInfo {
+    match (old, new) {
+        // connect() and listen(): process context, a new life.
+        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) => owner::begin(sk, owner::current()),
+        // A child created from a listener in softirq: inherits the listener's owner.
+        (TCP_LISTEN, TCP_SYN_RECV) => {
+            owner::begin(sk, owner::listener_owner(sock::net(sk), port))
+        }
+        // close() or shutdown() by the application: process context.
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => owner::touch(sk),
+        // Everything else may run in softirq: the task on the CPU is not the owner.
+        _ => owner::known(sk),
+    }
+}

@@ -1,0 +1,106 @@
+//! Reads from kernel structs at offsets the loader took from the running kernel's BTF.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use connwatch_common::{
+    config::OFFSET_ABSENT,
+    event::EventHeader,
+    tcp::{AF_INET, AF_INET6, IPPROTO_TCP, S_IFMT, S_IFSOCK, SOCK_STREAM},
+};
+
+use crate::config::conf;
+
+/// Reads a `T` at `base + offset`; a faulting address is an error, never a crash.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
+    if base == 0 || offset == OFFSET_ABSENT {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| e as i64)
+}
+
+/// The parts of a socket every event carries, read before reserving ring-buffer space so
+/// filtered events cost no reservation.
+pub struct Endpoints {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// `Some` for a TCP socket of family AF_INET or AF_INET6 (MPTCP and UDP are skipped).
+#[inline(always)]
+pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
+    let family: u16 = read(sk, conf!(sock.family)).ok()?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let protocol: u16 = read(sk, conf!(sock.protocol)).ok()?;
+    let sk_type: u16 = read(sk, conf!(sock.sk_type)).ok()?;
+    if protocol != IPPROTO_TCP || sk_type != SOCK_STREAM {
+        return None;
+    }
+    let sport: u16 = read(sk, conf!(sock.num)).ok()?;
+    let dport: u16 = read(sk, conf!(sock.dport)).ok()?;
+    Some(Endpoints { family, sport, dport: u16::from_be(dport) })
+}
+
+/// Copies the socket's addresses into a reserved header.
+#[inline(always)]
+pub fn fill_addresses(sk: u64, family: u16, header: &mut EventHeader) {
+    if family == AF_INET {
+        let saddr: [u8; 4] = read(sk, conf!(sock.rcv_saddr)).unwrap_or([0; 4]);
+        let daddr: [u8; 4] = read(sk, conf!(sock.daddr)).unwrap_or([0; 4]);
+        header.saddr = [0; 16];
+        header.daddr = [0; 16];
+        header.saddr[..4].copy_from_slice(&saddr);
+        header.daddr[..4].copy_from_slice(&daddr);
+    } else {
+        header.saddr = read(sk, conf!(sock.v6_rcv_saddr)).unwrap_or([0; 16]);
+        header.daddr = read(sk, conf!(sock.v6_daddr)).unwrap_or([0; 16]);
+    }
+}
+
+#[inline(always)]
+pub fn state(sk: u64) -> u8 {
+    read(sk, conf!(sock.state)).unwrap_or(0)
+}
+
+/// Positive errno stored in the socket (`sk->sk_err`).
+#[inline(always)]
+pub fn error(sk: u64) -> i32 {
+    read(sk, conf!(sock.err)).unwrap_or(0)
+}
+
+/// The socket's network namespace (`struct net` address).
+#[inline(always)]
+pub fn net(sk: u64) -> u64 {
+    read(sk, conf!(sock.net)).unwrap_or(0)
+}
+
+/// Resolves the current task's file descriptor to its `struct sock`:
+/// task -> files -> fdt -> fd[fd] -> file -> (socket inode?) -> private_data (socket) -> sk.
+/// Returns `None` for closed fds and for anything that is not a socket.
+#[inline(always)]
+pub fn sock_of_fd(fd: i64) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the helper has no preconditions; the result is only used as an address to read.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, conf!(task.task_files)).ok()?;
+    let fdt: u64 = read(files, conf!(task.files_fdt)).ok()?;
+    let max_fds: u32 = read(fdt, conf!(task.fdt_max_fds)).ok()?;
+    if fd as u64 >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, conf!(task.fdt_fd)).ok()?;
+    let file: u64 = read(fd_array, (fd as u32).checked_mul(8)?).ok()?;
+    let inode: u64 = read(file, conf!(task.file_inode)).ok()?;
+    let mode: u16 = read(inode, conf!(task.inode_mode)).ok()?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = read(file, conf!(task.file_private_data)).ok()?;
+    let sk: u64 = read(socket, conf!(task.socket_sk)).ok()?;
+    (sk != 0).then_some(sk)
+}

@@ -1,0 +1,171 @@
+//! Command-line interface. Usage errors exit with code 2 (clap's), before anything is loaded.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::probes::{
+    AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions, hooks::Mechanism,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "connwatch",
+    version,
+    about = "Watch the kernel's truth about every TCP connection, and where applications misjudge it"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream the kernel's TCP events: state changes, resets, retransmissions, socket errors.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// JSON Lines on stdout (documented in docs/json.md) instead of aligned text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only sockets owned by this process (repeatable). Filtered in the kernel.
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+    /// Only sockets owned by processes with this name (as in /proc/PID/comm, at most 15 bytes).
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
+    pub comm: Option<String>,
+    /// Only sockets with this local or remote port (repeatable). Filtered in the kernel.
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Stop after this many seconds (fractions allowed); otherwise run until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
+    pub ring_buffer_size: u32,
+    /// Attach mechanism to prefer where a hook offers several.
+    #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
+    pub attach: AttachChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttachChoice {
+    /// The cheapest mechanism that works, per hook.
+    Auto,
+    /// Raw tracepoints where offered.
+    RawTracepoint,
+    /// Classic tracepoints (record layouts from tracefs) where offered.
+    Tracepoint,
+}
+
+impl TraceArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            attach: match self.attach {
+                AttachChoice::Auto => AttachMode::Auto,
+                AttachChoice::RawTracepoint => AttachMode::Prefer(Mechanism::RawTracepoint),
+                AttachChoice::Tracepoint => AttachMode::Prefer(Mechanism::Tracepoint),
+            },
+            ring_buffer_bytes: self.ring_buffer_size,
+            filters: Filters { pids: self.pids.clone(), ports: self.ports.clone(), comm: self.comm.clone() },
+        }
+    }
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    match s.len() {
+        1..=15 => Ok(s.to_string()),
+        _ => Err(format!("the kernel keeps 1 to 15 bytes of a process name; {s:?} has {}", s.len())),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?}: the duration must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let (digits, unit) = match s.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 1 << 10),
+        None => match s.strip_suffix(['M', 'm']) {
+            Some(d) => (d, 1 << 20),
+            None => (s, 1),
+        },
+    };
+    let bytes = digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 4096, 64K, 8M)"))?;
+    if !bytes.is_power_of_two() || bytes < 4096 {
+        return Err(format!("{s:?}: the ring buffer size must be a power of two of at least 4K"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("connwatch").chain(args.iter().copied()))
+    }
+
+    fn trace(args: &[&str]) -> TraceArgs {
+        match parse(args).expect("valid arguments").command {
+            Command::Trace(t) => t,
+        }
+    }
+
+    #[test]
+    fn trace_flags_become_load_options() {
+        let t = trace(&["trace", "--json", "--pid", "7", "--pid", "9", "--port", "443", "--comm", "nginx", "--duration", "1.5", "--ring-buffer-size", "64K", "--attach", "tracepoint"]);
+        assert!(t.json);
+        assert_eq!(t.duration, Some(Duration::from_millis(1500)));
+        let o = t.load_options();
+        assert_eq!(o.filters.pids, [7, 9]);
+        assert_eq!(o.filters.ports, [443]);
+        assert_eq!(o.filters.comm.as_deref(), Some("nginx"));
+        assert_eq!(o.ring_buffer_bytes, 65536);
+        assert_eq!(o.attach, AttachMode::Prefer(Mechanism::Tracepoint));
+    }
+
+    #[test]
+    fn defaults_are_auto_attach_and_default_ring() {
+        let o = trace(&["trace"]).load_options();
+        assert_eq!(o.attach, AttachMode::Auto);
+        assert_eq!(o.ring_buffer_bytes, DEFAULT_RING_BUFFER_BYTES);
+        assert!(o.filters.pids.is_empty() && o.filters.ports.is_empty() && o.filters.comm.is_none());
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error_with_exit_code_2() {
+        let cases: &[(&[&str], ErrorKind)] = &[
+            (&["trace", "--frobnicate"], ErrorKind::UnknownArgument),
+            (&["trace", "--port", "70000"], ErrorKind::ValueValidation),
+            (&["trace", "--port", "0"], ErrorKind::ValueValidation),
+            (&["trace", "--port", "http"], ErrorKind::ValueValidation),
+            (&["trace", "--pid", "-3"], ErrorKind::UnknownArgument),
+            (&["trace", "--pid", "0"], ErrorKind::ValueValidation),
+            (&["trace", "--duration", "0"], ErrorKind::ValueValidation),
+            (&["trace", "--duration", "soon"], ErrorKind::ValueValidation),
+            (&["trace", "--ring-buffer-size", "1000"], ErrorKind::ValueValidation),
+            (&["trace", "--ring-buffer-size", "2K"], ErrorKind::ValueValidation),
+            (&["trace", "--comm", "a-name-longer-than-15"], ErrorKind::ValueValidation),
+            (&["trace", "--attach", "kprobe"], ErrorKind::InvalidValue),
+            (&["bogus"], ErrorKind::InvalidSubcommand),
+        ];
+        for (args, kind) in cases {
+            let err = parse(args).expect_err(&format!("{args:?} must be rejected"));
+            assert_eq!(err.kind(), *kind, "{args:?}: {err}");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

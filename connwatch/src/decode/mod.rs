@@ -1,0 +1,125 @@
+//! Ring-buffer records to typed events. Every record is checked (length, kind, family, state)
+//! before it is read; a bad one is an error to count, never a panic.
+
+mod errno;
+mod event;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use connwatch_common::{
+    event::{
+        ErrorEvent, EventHeader, KIND_ERROR, KIND_RESET, KIND_RETRANSMIT, KIND_STATE, RESET_RX,
+        RESET_TX, ResetEvent, RetransmitEvent, StateEvent,
+    },
+    socket::OWNER_UNKNOWN,
+    tcp::{AF_INET, AF_INET6},
+};
+use thiserror::Error;
+
+pub use errno::Errno;
+pub use event::{Detail, Direction, Event, Family, Owner, SockId, TcpState};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than {need}")]
+    Short { len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("invalid TCP state {0}")]
+    InvalidState(u8),
+    #[error("invalid reset direction {0}")]
+    InvalidDirection(u8),
+}
+
+/// The JSON / summary name of an event kind.
+pub const fn kind_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        KIND_STATE => "state",
+        KIND_RESET => "reset",
+        KIND_RETRANSMIT => "retransmit",
+        KIND_ERROR => "error",
+        _ => return None,
+    })
+}
+
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(record)?;
+    let detail = match header.kind {
+        KIND_STATE => {
+            let e: StateEvent = read(record)?;
+            Detail::State { old: TcpState::new(e.old_state)?, new: TcpState::new(e.new_state)? }
+        }
+        KIND_RESET => {
+            let e: ResetEvent = read(record)?;
+            let direction = match e.direction {
+                RESET_RX => Direction::Rx,
+                RESET_TX => Direction::Tx,
+                other => return Err(DecodeError::InvalidDirection(other)),
+            };
+            Detail::Reset { direction, state: TcpState::new(e.state)? }
+        }
+        KIND_RETRANSMIT => {
+            let e: RetransmitEvent = read(record)?;
+            Detail::Retransmit { state: TcpState::new(e.state)? }
+        }
+        KIND_ERROR => {
+            let e: ErrorEvent = read(record)?;
+            Detail::Error { errno: Errno(e.errno), state: TcpState::new(e.state)? }
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    let (family, local, remote) = endpoints(&header)?;
+    let owner = (header.tgid != OWNER_UNKNOWN).then(|| Owner { pid: header.tgid, comm: comm(&header.comm) });
+    Ok(Event {
+        ts_ns: header.ts_ns,
+        owner,
+        sock: SockId { addr: header.sk, birth_ns: header.birth_ns },
+        family,
+        local,
+        remote,
+        detail,
+    })
+}
+
+/// Reads a `#[repr(C)]` record of plain integers from the front of `bytes`.
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { len: bytes.len(), need });
+    }
+    // SAFETY: length checked; every T used here is #[repr(C)] integers and byte arrays, for
+    // which any bit pattern is valid; read_unaligned makes no alignment assumption.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn endpoints(h: &EventHeader) -> Result<(Family, SocketAddr, SocketAddr), DecodeError> {
+    let (family, saddr, daddr) = match h.family {
+        AF_INET => (Family::Inet, ipv4(&h.saddr), ipv4(&h.daddr)),
+        // v4-mapped addresses (dual-stack sockets talking IPv4) are shown as IPv4.
+        AF_INET6 => (Family::Inet6, ipv6(&h.saddr), ipv6(&h.daddr)),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok((family, SocketAddr::new(saddr, h.sport), SocketAddr::new(daddr, h.dport)))
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+fn ipv6(bytes: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn comm(bytes: &[u8; 16]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+use std::net::SocketAddr;
+
+use connwatch_common::{
+    event::{
+        ErrorEvent, EventHeader, KIND_ERROR, KIND_RESET, KIND_RETRANSMIT, KIND_STATE, RESET_RX,
+        RESET_TX, ResetEvent, RetransmitEvent, StateEvent,
+    },
+    tcp::{AF_INET, AF_INET6, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED},
+};
+
+use super::*;
+
+fn header(kind: u8, family: u16) -> EventHeader {
+    let mut saddr = [0; 16];
+    let mut daddr = [0; 16];
+    saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+    let mut comm = [0; 16];
+    comm[..4].copy_from_slice(b"curl");
+    EventHeader {
+        kind,
+        _pad0: 0,
+        family,
+        sport: 40000,
+        dport: 80,
+        tgid: 4242,
+        _pad1: 0,
+        ts_ns: 123_456_789,
+        sk: 0xffff_8880_1234_5600,
+        birth_ns: 100,
+        comm,
+        saddr,
+        daddr,
+    }
+}
+
+fn bytes_of<T>(record: &T) -> Vec<u8> {
+    // SAFETY: reading the bytes of a plain #[repr(C)] value.
+    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
+}
+
+fn state_record(old: u8, new: u8) -> Vec<u8> {
+    bytes_of(&StateEvent { header: header(KIND_STATE, AF_INET), old_state: old, new_state: new, _pad: [0; 6] })
+}
+
+#[test]
+fn state_record_decodes_with_owner_socket_and_endpoints() {
+    let event = decode(&state_record(TCP_ESTABLISHED, TCP_CLOSE_WAIT)).expect("valid record");
+    assert_eq!(event.ts_ns, 123_456_789);
+    assert_eq!(event.owner, Some(Owner { pid: 4242, comm: "curl".into() }));
+    assert_eq!(event.sock.to_string(), "ffff888012345600-64");
+    assert_eq!(event.family, Family::Inet);
+    assert_eq!(event.local, "10.0.0.1:40000".parse::<SocketAddr>().unwrap());
+    assert_eq!(event.remote, "10.0.0.2:80".parse::<SocketAddr>().unwrap());
+    assert_eq!(event.detail.to_string(), "ESTABLISHED -> CLOSE_WAIT");
+    assert_eq!(event.detail.type_name(), "state");
+}
+
+/// The header layout pinned byte by byte: a change on either side of the ring buffer that
+/// forgets the other fails here.
+#[test]
+fn header_layout_matches_fixed_bytes() {
+    let mut bytes = vec![
+        KIND_STATE, 0, 2, 0, // kind, pad, family AF_INET (le)
+        0x40, 0x9c, 80, 0, // sport 40000, dport 80
+        0x92, 0x10, 0, 0, 0, 0, 0, 0, // tgid 4242, pad
+        0x15, 0xcd, 0x5b, 0x07, 0, 0, 0, 0, // ts_ns 123456789
+        0, 0x56, 0x34, 0x12, 0x80, 0x88, 0xff, 0xff, // sk
+        100, 0, 0, 0, 0, 0, 0, 0, // birth_ns
+    ];
+    bytes.extend(b"curl\0\0\0\0\0\0\0\0\0\0\0\0");
+    bytes.extend([10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    bytes.extend([10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    bytes.extend([TCP_ESTABLISHED, TCP_CLOSE_WAIT, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(bytes, state_record(TCP_ESTABLISHED, TCP_CLOSE_WAIT));
+    assert_eq!(decode(&bytes).unwrap().detail.to_string(), "ESTABLISHED -> CLOSE_WAIT");
+}
+
+#[test]
+fn reset_records_decode_both_directions() {
+    for (direction, name) in [(RESET_RX, "rx"), (RESET_TX, "tx")] {
+        let record = ResetEvent { header: header(KIND_RESET, AF_INET), direction, state: TCP_ESTABLISHED, _pad: [0; 6] };
+        let event = decode(&bytes_of(&record)).unwrap();
+        match event.detail {
+            Detail::Reset { direction, state } => {
+                assert_eq!(direction.name(), name);
+                assert_eq!(state.name(), "ESTABLISHED");
+            }
+            other => panic!("expected a reset, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn retransmit_record_decodes() {
+    let record = RetransmitEvent { header: header(KIND_RETRANSMIT, AF_INET), state: TCP_ESTABLISHED, _pad: [0; 7] };
+    let event = decode(&bytes_of(&record)).unwrap();
+    assert_eq!(event.detail, Detail::Retransmit { state: TcpState::new(TCP_ESTABLISHED).unwrap() });
+    assert_eq!(event.detail.type_name(), "retransmit");
+}
+
+#[test]
+fn error_record_names_its_errno() {
+    let record = ErrorEvent { header: header(KIND_ERROR, AF_INET), errno: libc::ECONNRESET, state: TCP_CLOSE, _pad: [0; 3] };
+    let event = decode(&bytes_of(&record)).unwrap();
+    assert_eq!(event.detail.to_string(), "ECONNRESET (CLOSE)");
+    assert_eq!(Errno(libc::ETIMEDOUT).name(), "ETIMEDOUT");
+    assert_eq!(Errno(4095).name(), "E4095");
+}
+
+#[test]
+fn ipv6_and_v4_mapped_addresses() {
+    let mut h = header(KIND_STATE, AF_INET6);
+    h.saddr = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    h.daddr = "::ffff:192.0.2.7".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let record = StateEvent { header: h, old_state: TCP_CLOSE, new_state: 2, _pad: [0; 6] };
+    let event = decode(&bytes_of(&record)).unwrap();
+    assert_eq!(event.family, Family::Inet6);
+    assert_eq!(event.local.to_string(), "[2001:db8::1]:40000");
+    assert_eq!(event.remote.to_string(), "192.0.2.7:80", "v4-mapped shown as IPv4");
+}
+
+#[test]
+fn unknown_owner_is_none_not_pid_zero() {
+    let mut h = header(KIND_STATE, AF_INET);
+    h.tgid = 0;
+    h.comm = [0; 16];
+    let record = StateEvent { header: h, old_state: TCP_ESTABLISHED, new_state: TCP_CLOSE_WAIT, _pad: [0; 6] };
+    assert_eq!(decode(&bytes_of(&record)).unwrap().owner, None);
+}
+
+#[test]
+fn malformed_records_are_errors_not_panics() {
+    let good = state_record(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    assert_eq!(decode(&[]), Err(DecodeError::Short { len: 0, need: size_of::<EventHeader>() }));
+    assert_eq!(decode(&good[..90]), Err(DecodeError::Short { len: 90, need: 96 }));
+
+    let mut unknown_kind = good.clone();
+    unknown_kind[0] = 200;
+    assert_eq!(decode(&unknown_kind), Err(DecodeError::UnknownKind(200)));
+
+    let mut bad_family = good.clone();
+    bad_family[2] = 1; // AF_UNIX
+    assert_eq!(decode(&bad_family), Err(DecodeError::UnknownFamily(1)));
+
+    assert_eq!(decode(&state_record(0, TCP_CLOSE)), Err(DecodeError::InvalidState(0)));
+    assert_eq!(decode(&state_record(TCP_CLOSE, 13)), Err(DecodeError::InvalidState(13)));
+
+    let bad_direction = ResetEvent { header: header(KIND_RESET, AF_INET), direction: 9, state: TCP_CLOSE, _pad: [0; 6] };
+    assert_eq!(decode(&bytes_of(&bad_direction)), Err(DecodeError::InvalidDirection(9)));
+
+    // Any prefix of any record, and random bytes, decode or fail; they never panic.
+    for len in 0..good.len() {
+        let _ = decode(&good[..len]);
+    }
+    let mut noise = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..2_000 {
+        let bytes: Vec<u8> = (0..96)
+            .map(|_| {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                noise as u8
+            })
+            .collect();
+        let _ = decode(&bytes);
+    }
+}

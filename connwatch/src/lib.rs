@@ -1,0 +1,23 @@
+//! connwatch: an eBPF TCP connection observer.
+//!
+//! The data flow is the folder layout: `probes` (load and attach kernel programs) ->
+//! `ingest` (ring buffer, loss counters) -> `decode` (bytes to typed events) -> `sinks`
+//! (human, JSON Lines). [`tracer::Tracer`] assembles the first three; the binary and the
+//! integration tests drive exactly that.
+
+pub mod cli;
+pub mod decode;
+pub mod ingest;
+pub mod probes;
+pub mod sinks;
+pub mod trace;
+pub mod tracer;
+
+pub use tracer::Tracer;
+
+/// Runs a parsed command line.
+pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Trace(args) => trace::run(&args).await,
+    }
+}

@@ -1,0 +1,132 @@
+//! Attaching each hook with the best mechanism the running kernel offers.
+
+use std::error::Error as _;
+
+use aya::{
+    Ebpf,
+    programs::{
+        ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
+};
+
+use super::{
+    AttachMode, ProbeError,
+    hooks::{HOOKS, Hook, Mechanism, Role, Variant},
+    layouts::Layouts,
+};
+
+/// A hook that is live in the kernel.
+#[derive(Debug)]
+pub struct Attached {
+    pub hook: &'static Hook,
+    pub variant: Variant,
+    link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    Raw(RawTracePointLinkId),
+    Tracepoint(TracePointLinkId),
+}
+
+/// An optional hook this kernel could not attach.
+#[derive(Debug)]
+pub struct Skipped {
+    pub hook: &'static Hook,
+    pub reason: String,
+}
+
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    mode: AttachMode,
+    layouts: &Layouts,
+) -> Result<(Vec<Attached>, Vec<Skipped>), ProbeError> {
+    let mut attached = Vec::new();
+    let mut skipped = Vec::new();
+    for hook in HOOKS {
+        let mut reasons = Vec::new();
+        let mut live = None;
+        for variant in preference(hook, mode) {
+            match attach_one(ebpf, hook, variant, layouts) {
+                Ok(link) => {
+                    live = Some(Attached { hook, variant, link });
+                    break;
+                }
+                Err(reason) => reasons.push(format!("{}: {reason}", variant.mechanism)),
+            }
+        }
+        match (live, hook.role) {
+            (Some(live), _) => attached.push(live),
+            (None, Role::Events) => {
+                return Err(ProbeError::Attach { hook: hook.id(), reasons: reasons.join("; ") });
+            }
+            (None, Role::Ownership) => skipped.push(Skipped { hook, reason: reasons.join("; ") }),
+        }
+    }
+    Ok((attached, skipped))
+}
+
+/// The hook's variants, with the preferred mechanism (if any) moved to the front.
+fn preference(hook: &Hook, mode: AttachMode) -> Vec<Variant> {
+    let mut variants = hook.variants.to_vec();
+    if let AttachMode::Prefer(mechanism) = mode {
+        variants.sort_by_key(|v| v.mechanism != mechanism);
+    }
+    variants
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    variant: Variant,
+    layouts: &Layouts,
+) -> Result<Link, String> {
+    let program = ebpf
+        .program_mut(variant.program)
+        .ok_or_else(|| format!("program {} missing from connwatch-ebpf", variant.program))?;
+    match variant.mechanism {
+        Mechanism::RawTracepoint => {
+            let program: &mut RawTracePoint = program.try_into().map_err(describe)?;
+            program.load().map_err(describe)?;
+            program.attach(hook.name).map(Link::Raw).map_err(describe)
+        }
+        Mechanism::Tracepoint => {
+            if let Some(problem) = layouts.problem(&hook.id()) {
+                return Err(problem.to_string());
+            }
+            let program: &mut TracePoint = program.try_into().map_err(describe)?;
+            program.load().map_err(describe)?;
+            program.attach(hook.category, hook.name).map(Link::Tracepoint).map_err(describe)
+        }
+    }
+}
+
+pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
+    let Some(program) = ebpf.program_mut(attached.variant.program) else {
+        return;
+    };
+    // A failed detach leaves the link to be closed when the Ebpf is dropped.
+    let _ = match attached.link {
+        Link::Raw(id) => <&mut RawTracePoint>::try_from(program)
+            .and_then(|p| p.detach(id)),
+        Link::Tracepoint(id) => <&mut TracePoint>::try_from(program)
+            .and_then(|p| p.detach(id)),
+    };
+}
+
+/// An error with its causes, and the verifier's last words when it rejected the program.
+fn describe(error: ProgramError) -> String {
+    let mut text = error.to_string();
+    if let ProgramError::LoadError { verifier_log, .. } = &error {
+        let log = verifier_log.to_string();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        text.push_str(&format!(" (verifier: {})", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+    }
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,146 @@
+//! Struct offsets from the running kernel's BTF (/sys/kernel/btf/vmlinux), so the programs walk
+//! `struct sock` and task -> files -> fd table correctly on any kernel, never at offsets
+//! hard-coded from one kernel's headers.
+
+use btf_rs::{Btf, BtfType, Type};
+use connwatch_common::config::{OFFSET_ABSENT, SockOffsets, TaskOffsets};
+use thiserror::Error;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read kernel BTF at {VMLINUX_BTF}: {0} (connwatch needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y, as every major distribution ships)"
+    )]
+    Unavailable(String),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {path}")]
+    NoMember { strukt: String, path: String },
+    #[error(
+        "kernel BTF: {strukt}.{path} is a bitfield; connwatch needs Linux 5.6 or newer \
+         (where it is a plain field)"
+    )]
+    Bitfield { strukt: String, path: String },
+    #[error("kernel BTF: {0}")]
+    Parse(String),
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, BtfError> {
+        Btf::from_file(VMLINUX_BTF)
+            .map(|btf| Self { btf })
+            .map_err(|e| BtfError::Unavailable(e.to_string()))
+    }
+
+    /// Byte offset of a member path such as `__sk_common.skc_daddr`, descending through
+    /// anonymous structs and unions the way C does.
+    pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        let mut current = self.named_struct(strukt)?;
+        let mut offset_bits = 0;
+        for name in path.split('.') {
+            let (bits, member_type) = self
+                .find_member(&current, name)?
+                .ok_or_else(|| BtfError::NoMember { strukt: strukt.into(), path: path.into() })?;
+            if bits % 8 != 0 {
+                return Err(BtfError::Bitfield { strukt: strukt.into(), path: path.into() });
+            }
+            offset_bits += bits;
+            current = member_type;
+        }
+        Ok(offset_bits / 8)
+    }
+
+    /// Like [`Self::offset_of`], but a member this kernel lacks (IPv6 fields without
+    /// CONFIG_IPV6) becomes [`OFFSET_ABSENT`], which the programs skip.
+    pub fn optional_offset_of(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        match self.offset_of(strukt, path) {
+            Err(BtfError::NoMember { .. }) => Ok(OFFSET_ABSENT),
+            other => other,
+        }
+    }
+
+    pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
+        let sk = |path: &str| self.offset_of("sock", path);
+        Ok(SockOffsets {
+            daddr: sk("__sk_common.skc_daddr")?,
+            rcv_saddr: sk("__sk_common.skc_rcv_saddr")?,
+            dport: sk("__sk_common.skc_dport")?,
+            num: sk("__sk_common.skc_num")?,
+            family: sk("__sk_common.skc_family")?,
+            state: sk("__sk_common.skc_state")?,
+            net: sk("__sk_common.skc_net")?,
+            v6_daddr: self.optional_offset_of("sock", "__sk_common.skc_v6_daddr")?,
+            v6_rcv_saddr: self.optional_offset_of("sock", "__sk_common.skc_v6_rcv_saddr")?,
+            err: sk("sk_err")?,
+            protocol: sk("sk_protocol")?,
+            sk_type: sk("sk_type")?,
+        })
+    }
+
+    pub fn task_offsets(&self) -> Result<TaskOffsets, BtfError> {
+        Ok(TaskOffsets {
+            task_files: self.offset_of("task_struct", "files")?,
+            files_fdt: self.offset_of("files_struct", "fdt")?,
+            fdt_fd: self.offset_of("fdtable", "fd")?,
+            fdt_max_fds: self.offset_of("fdtable", "max_fds")?,
+            file_inode: self.offset_of("file", "f_inode")?,
+            file_private_data: self.offset_of("file", "private_data")?,
+            inode_mode: self.offset_of("inode", "i_mode")?,
+            socket_sk: self.offset_of("socket", "sk")?,
+        })
+    }
+
+    fn named_struct(&self, name: &str) -> Result<Type, BtfError> {
+        let types = self.btf.resolve_types_by_name(name).map_err(|e| BtfError::Parse(e.to_string()))?;
+        types
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+            .ok_or_else(|| BtfError::NoStruct(name.into()))
+    }
+
+    /// Finds `name` among the members of `container` (a struct or union), searching anonymous
+    /// members recursively. Returns the member's bit offset and its (typedef-stripped) type.
+    fn find_member(&self, container: &Type, name: &str) -> Result<Option<(u32, Type)>, BtfError> {
+        let members = match container {
+            Type::Struct(s) | Type::Union(s) => &s.members,
+            _ => return Ok(None),
+        };
+        for member in members {
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            let member_type = self.strip(self.chained(member)?)?;
+            if member_name == name {
+                return Ok(Some((member.bit_offset(), member_type)));
+            }
+            if member_name.is_empty()
+                && let Some((bits, found)) = self.find_member(&member_type, name)?
+            {
+                return Ok(Some((member.bit_offset() + bits, found)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn chained(&self, t: &dyn BtfType) -> Result<Type, BtfError> {
+        self.btf.resolve_chained_type(t).map_err(|e| BtfError::Parse(e.to_string()))
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut t: Type) -> Result<Type, BtfError> {
+        for _ in 0..16 {
+            t = match &t {
+                Type::Typedef(x) => self.chained(x)?,
+                Type::Volatile(x) | Type::Const(x) | Type::Restrict(x) => self.chained(x)?,
+                Type::TypeTag(x) => self.chained(x)?,
+                _ => return Ok(t),
+            };
+        }
+        Ok(t)
+    }
+}

@@ -1,0 +1,130 @@
+//! The catalogue of kernel hooks and the mechanisms each can be attached with.
+//!
+//! A hook lists its variants in order of preference; the loader attaches the first that works
+//! on the running kernel. Kernels without a tracepoint would add kprobe or fentry variants
+//! here (this project's CI kernel has neither, so none are listed yet).
+
+use std::fmt;
+
+/// How a program is attached to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mechanism {
+    /// `BPF_PROG_TYPE_RAW_TRACEPOINT`: the tracepoint's arguments, no record assembled.
+    RawTracepoint,
+    /// `BPF_PROG_TYPE_TRACEPOINT`: the record at tracefs `format` offsets.
+    Tracepoint,
+}
+
+impl Mechanism {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RawTracepoint => "raw_tracepoint",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One program that implements a hook with one mechanism.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    pub mechanism: Mechanism,
+    /// Program (function) name in connwatch-ebpf.
+    pub program: &'static str,
+}
+
+const fn raw(program: &'static str) -> Variant {
+    Variant { mechanism: Mechanism::RawTracepoint, program }
+}
+
+const fn tp(program: &'static str) -> Variant {
+    Variant { mechanism: Mechanism::Tracepoint, program }
+}
+
+/// What a hook contributes; decides whether connwatch can run without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Produces events; connwatch refuses to run without it.
+    Events,
+    /// Keeps owners accurate; without it owners stay unknown longer (reported as degraded).
+    Ownership,
+}
+
+#[derive(Debug)]
+pub struct Hook {
+    pub category: &'static str,
+    pub name: &'static str,
+    pub role: Role,
+    /// In order of preference. Raw tracepoints come first: they skip building the trace record
+    /// (measured by `cargo xtask bench`), and read what they need from the socket anyway.
+    pub variants: &'static [Variant],
+}
+
+impl Hook {
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.category, self.name)
+    }
+}
+
+pub static HOOKS: &[Hook] = &[
+    Hook {
+        category: "sock",
+        name: "inet_sock_set_state",
+        role: Role::Events,
+        variants: &[raw("raw_inet_sock_set_state"), tp("tp_inet_sock_set_state")],
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        role: Role::Events,
+        variants: &[raw("raw_tcp_receive_reset"), tp("tp_tcp_receive_reset")],
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_send_reset",
+        role: Role::Events,
+        variants: &[raw("raw_tcp_send_reset"), tp("tp_tcp_send_reset")],
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        role: Role::Events,
+        variants: &[raw("raw_tcp_retransmit_skb"), tp("tp_tcp_retransmit_skb")],
+    },
+    Hook {
+        category: "sock",
+        name: "inet_sk_error_report",
+        role: Role::Events,
+        // The classic record has no socket address, so it cannot be joined to a socket.
+        variants: &[raw("raw_inet_sk_error_report")],
+    },
+    Hook {
+        category: "sock",
+        name: "sock_send_length",
+        role: Role::Ownership,
+        variants: &[raw("raw_sock_send_length"), tp("tp_sock_send_length")],
+    },
+    Hook {
+        category: "sock",
+        name: "sock_recv_length",
+        role: Role::Ownership,
+        variants: &[raw("raw_sock_recv_length"), tp("tp_sock_recv_length")],
+    },
+    Hook {
+        category: "syscalls",
+        name: "sys_exit_accept4",
+        role: Role::Ownership,
+        variants: &[tp("tp_sys_exit_accept4")],
+    },
+    Hook {
+        category: "syscalls",
+        name: "sys_exit_accept",
+        role: Role::Ownership,
+        variants: &[tp("tp_sys_exit_accept")],
+    },
+];

@@ -1,0 +1,192 @@
+//! Loading connwatch's eBPF object into the running kernel and attaching its hooks.
+//!
+//! Everything kernel-specific is discovered here at load time: tracefs record layouts, struct
+//! offsets from BTF, which attach mechanism each hook can use.
+
+mod attach;
+pub mod btf;
+pub mod hooks;
+pub mod layouts;
+pub mod privileges;
+pub mod tracefs;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapError},
+};
+use connwatch_common::{
+    config::{Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
+    names::{
+        GLOBAL_CONFIG, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER, MAX_FILTER_PIDS,
+        MAX_FILTER_PORTS,
+    },
+};
+use thiserror::Error;
+
+pub use attach::{Attached, Skipped};
+use btf::{BtfError, KernelBtf};
+use hooks::Mechanism;
+use privileges::NotPrivileged;
+use tracefs::TracefsError;
+
+/// The compiled connwatch-ebpf object, built by build.rs through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connwatch"));
+
+/// Which mechanism hooks should prefer when several work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Each hook's own preference (the cheapest that works).
+    #[default]
+    Auto,
+    /// Prefer this mechanism wherever a hook has it; others are the fallback.
+    Prefer(Mechanism),
+}
+
+/// What the kernel programs should let through (checked in the kernel, before any
+/// ring-buffer reservation).
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub comm: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub attach: AttachMode,
+    /// Power of two, multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    pub filters: Filters,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { attach: AttachMode::Auto, ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES, filters: Filters::default() }
+    }
+}
+
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    NotPrivileged(#[from] NotPrivileged),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("invalid option: {0}")]
+    Option(String),
+    #[error("loading connwatch's eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("setting up kernel map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("cannot attach {hook}: {reasons}")]
+    Attach { hook: String, reasons: String },
+}
+
+/// connwatch's programs, loaded and attached. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub attached: Vec<Attached>,
+    /// Optional hooks this kernel could not attach, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Probes {
+    pub fn load(options: &LoadOptions) -> Result<Self, ProbeError> {
+        privileges::check()?;
+        privileges::lift_memlock_limit();
+        validate(options)?;
+        tracefs::ensure_mounted()?;
+        let btf = KernelBtf::load()?;
+        let layouts = layouts::read_all();
+        let config = Config {
+            self_tgid: std::process::id(),
+            filters: filter_bits(&options.filters),
+            comm: options.filters.comm.as_deref().map(comm_bytes).unwrap_or_default(),
+            wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
+            tracepoints: layouts.fields,
+            sock: btf.sock_offsets()?,
+            task: btf.task_offsets()?,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_CONFIG, &config, true)
+            .map_max_entries(MAP_EVENTS, options.ring_buffer_bytes)
+            .load(EBPF_OBJECT)?;
+        fill_filters(&mut ebpf, &options.filters)?;
+        let (attached, skipped) = attach::attach_all(&mut ebpf, options.attach, &layouts)?;
+        Ok(Self { ebpf, attached, skipped })
+    }
+
+    /// Detaches every program now (the maps stay readable for a final drain).
+    pub fn detach(&mut self) {
+        for attached in self.attached.drain(..) {
+            attach::detach(&mut self.ebpf, attached);
+        }
+    }
+}
+
+fn validate(options: &LoadOptions) -> Result<(), ProbeError> {
+    let bytes = options.ring_buffer_bytes;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    if !bytes.is_power_of_two() || bytes < page {
+        return Err(ProbeError::Option(format!(
+            "ring buffer size {bytes} must be a power of two and at least the page size ({page})"
+        )));
+    }
+    let filters = &options.filters;
+    if filters.pids.len() > MAX_FILTER_PIDS as usize {
+        return Err(ProbeError::Option(format!("at most {MAX_FILTER_PIDS} --pid values")));
+    }
+    if filters.ports.len() > MAX_FILTER_PORTS as usize {
+        return Err(ProbeError::Option(format!("at most {MAX_FILTER_PORTS} --port values")));
+    }
+    if let Some(comm) = &filters.comm
+        && (comm.is_empty() || comm.len() > 15)
+    {
+        return Err(ProbeError::Option(format!(
+            "--comm {comm:?}: the kernel keeps 1 to 15 bytes of a process name"
+        )));
+    }
+    Ok(())
+}
+
+fn filter_bits(filters: &Filters) -> u32 {
+    let mut bits = 0;
+    if !filters.pids.is_empty() {
+        bits |= FILTER_PIDS;
+    }
+    if !filters.ports.is_empty() {
+        bits |= FILTER_PORTS;
+    }
+    if filters.comm.is_some() {
+        bits |= FILTER_COMM;
+    }
+    bits
+}
+
+/// The kernel's `comm`: up to 15 bytes, NUL-padded to 16.
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    let len = comm.len().min(15);
+    bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
+    bytes
+}
+
+fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<(), ProbeError> {
+    let map_err = |map| move |source| ProbeError::Map { map, source };
+    let pid_map = ebpf.map_mut(MAP_PID_FILTER).expect("connwatch-ebpf defines PID_FILTER");
+    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(pid_map).map_err(map_err(MAP_PID_FILTER))?;
+    for pid in &filters.pids {
+        pids.insert(pid, 1, 0).map_err(map_err(MAP_PID_FILTER))?;
+    }
+    let port_map = ebpf.map_mut(MAP_PORT_FILTER).expect("connwatch-ebpf defines PORT_FILTER");
+    let mut ports: HashMap<_, u16, u8> =
+        HashMap::try_from(port_map).map_err(map_err(MAP_PORT_FILTER))?;
+    for port in &filters.ports {
+        ports.insert(port, 1, 0).map_err(map_err(MAP_PORT_FILTER))?;
+    }
+    Ok(())
+}

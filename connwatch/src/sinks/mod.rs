@@ -1,0 +1,32 @@
+//! Where events go: aligned human lines or JSON Lines (a public interface: docs/json.md).
+
+mod clock;
+mod human;
+mod json;
+mod summary;
+
+use std::io;
+
+pub use clock::WallClock;
+pub use human::HumanSink;
+pub use json::JsonSink;
+pub use summary::Summary;
+
+use crate::decode::Event;
+
+/// What was attached, announced once everything is live.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// `(hook, mechanism)` for every attached hook.
+    pub hooks: Vec<(String, &'static str)>,
+    /// `(hook, reason)` for optional hooks this kernel could not attach.
+    pub degraded: Vec<(String, String)>,
+    pub ring_buffer_bytes: u32,
+}
+
+pub trait Sink {
+    fn ready(&mut self, ready: &Ready) -> io::Result<()>;
+    fn event(&mut self, event: &Event) -> io::Result<()>;
+    fn summary(&mut self, summary: &Summary) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}

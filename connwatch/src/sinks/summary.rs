@@ -1,0 +1,56 @@
+//! The end-of-run account: what was seen, what was lost, what could not be decoded.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub duration: Duration,
+    /// Events delivered, by type.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Events the kernel could not queue (ring buffer full), by type; every type listed.
+    pub lost: BTreeMap<&'static str, u64>,
+    /// Records that failed decoding.
+    pub malformed: u64,
+}
+
+impl Summary {
+    pub fn total_events(&self) -> u64 {
+        self.events.values().sum()
+    }
+
+    pub fn total_lost(&self) -> u64 {
+        self.lost.values().sum()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": "summary",
+            "duration_s": self.duration.as_secs_f64(),
+            "events": self.events,
+            "lost": self.lost,
+            "malformed": self.malformed,
+        })
+    }
+}
+
+fn counts(map: &BTreeMap<&'static str, u64>) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connwatch: {} events in {:.1} s ({}); lost {} ({}); malformed {}",
+            self.total_events(),
+            self.duration.as_secs_f64(),
+            counts(&self.events),
+            self.total_lost(),
+            counts(&self.lost),
+            self.malformed
+        )
+    }
+}

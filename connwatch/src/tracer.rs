@@ -1,0 +1,124 @@
+//! The kernel pipeline assembled: probes -> ring buffer -> decode, with loss and malformed
+//! records counted. The binary and the integration tests both drive exactly this.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    time::Duration,
+};
+
+use aya_log::EbpfLogger;
+
+use crate::{
+    decode::{self, Event},
+    ingest::{RecordBatch, Ring, loss::LossCounters},
+    probes::{LoadOptions, ProbeError, Probes},
+    sinks::{Ready, Summary},
+};
+
+pub struct Tracer {
+    probes: Probes,
+    ring: Ring,
+    loss: LossCounters,
+    logger: Option<EbpfLogger<KernelLog>>,
+    batch: RecordBatch,
+    events_by_type: BTreeMap<&'static str, u64>,
+    malformed: u64,
+    ring_buffer_bytes: u32,
+}
+
+impl Tracer {
+    /// Loads and attaches everything; events start queueing in the kernel at once.
+    pub fn start(options: &LoadOptions) -> Result<Self, ProbeError> {
+        let mut probes = Probes::load(options)?;
+        let ring = Ring::take(&mut probes.ebpf);
+        let loss = LossCounters::take(&mut probes.ebpf);
+        // The programs log only on rare diagnostic paths; without the log map there is nothing to read.
+        let logger = EbpfLogger::init_with_logger(&mut probes.ebpf, KernelLog).ok();
+        Ok(Self {
+            probes,
+            ring,
+            loss,
+            logger,
+            batch: RecordBatch::default(),
+            events_by_type: BTreeMap::new(),
+            malformed: 0,
+            ring_buffer_bytes: options.ring_buffer_bytes,
+        })
+    }
+
+    pub fn ready(&self) -> Ready {
+        Ready {
+            hooks: self.probes.attached.iter().map(|a| (a.hook.id(), a.variant.mechanism.name())).collect(),
+            degraded: self.probes.skipped.iter().map(|s| (s.hook.id(), s.reason.clone())).collect(),
+            ring_buffer_bytes: self.ring_buffer_bytes,
+        }
+    }
+
+    /// Decodes everything queued now into `out`; returns how many events were added.
+    pub fn poll(&mut self, out: &mut Vec<Event>) -> usize {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+        self.ring.drain(&mut self.batch);
+        let before = out.len();
+        for record in self.batch.take() {
+            match decode::decode(&record) {
+                Ok(event) => {
+                    *self.events_by_type.entry(event.detail.type_name()).or_default() += 1;
+                    out.push(event);
+                }
+                Err(_) => self.malformed += 1,
+            }
+        }
+        out.len() - before
+    }
+
+    /// Blocks until the kernel wakes the ring buffer or `timeout` passes. Submissions wake
+    /// userspace only in batches, so callers poll again after a timeout too.
+    pub fn wait(&self, timeout: Duration) {
+        let mut fd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut fd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    }
+
+    /// The ring buffer's fd, for async readiness.
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+
+    /// Detaches every program; what is queued can still be polled.
+    pub fn detach(&mut self) {
+        self.probes.detach();
+    }
+
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    pub fn summary(&self, duration: Duration) -> Summary {
+        let lost = match self.loss.read() {
+            Ok(lost) => lost.named().collect(),
+            Err(e) => {
+                eprintln!("connwatch: warning: cannot read loss counters: {e}");
+                BTreeMap::new()
+            }
+        };
+        Summary { duration, events: self.events_by_type.clone(), lost, malformed: self.malformed }
+    }
+}
+
+/// Forwards the programs' rare diagnostics to stderr.
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("connwatch: kernel {}: {}", record.level().as_str().to_lowercase(), record.args());
+    }
+
+    fn flush(&self) {}
+}
