@@ -1,1 +1,20 @@
+//! Harness for connwatch's privileged integration tests: throwaway network namespaces joined by
+//! veth, scripted peers in their own processes, and a tracer that waits for events.
 
+pub mod netns;
+pub mod peer;
+pub mod session;
+
+pub use netns::{Netns, Topology};
+pub use peer::Peer;
+pub use session::Session;
+
+/// Integration tests load eBPF programs and create namespaces: they need root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "connwatch's integration tests need root (eBPF and network namespaces); run `sudo cargo xtask test`"
+    );
+}

@@ -61,7 +61,9 @@ pub fn tp_sys_exit_accept(ctx: TracePointContext) -> u32 {
 }
 
 /// The accepted fd's socket now belongs to the accepting process (which may differ from the
-/// listener's, as in pre-forked servers).
+/// listener's, as in pre-forked servers). The child shares its listener's namespace and port,
+/// so the listener is (re)registered too: listeners older than the agent were never seen in
+/// listen(), and from now on their children have an owner before they are accepted.
 #[inline(always)]
 fn on_accept(ctx: &TracePointContext) -> u32 {
     let offset = conf!(tracepoints.sys_exit_ret) as usize;
@@ -69,10 +71,12 @@ fn on_accept(ctx: &TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<i64>(offset) }) else {
         return 0;
     };
-    if let Some(sk) = sock::sock_of_fd(fd) {
-        if sock::tcp_endpoints(sk).is_some() {
-            owner::touch(sk);
-        }
+    let Some(sk) = sock::sock_of_fd(fd) else {
+        return 0;
+    };
+    if let Some(ends) = sock::tcp_endpoints(sk) {
+        let info = owner::touch(sk);
+        owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     }
     0
 }

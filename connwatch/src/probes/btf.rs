@@ -144,3 +144,48 @@ impl KernelBtf {
         Ok(t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> Option<KernelBtf> {
+        match KernelBtf::load() {
+            Ok(btf) => Some(btf),
+            Err(e) => {
+                eprintln!("skipped: this kernel has no BTF ({e})");
+                None
+            }
+        }
+    }
+
+    /// `skc_daddr` and `skc_rcv_saddr` sit in an anonymous struct inside an anonymous union at
+    /// the very start of `struct sock_common`; `skc_dport` follows the 4-byte hash. Stable since
+    /// Linux 3.x, so they check the descent through anonymous members on any kernel.
+    #[test]
+    fn members_inside_anonymous_unions_are_found() {
+        let Some(btf) = kernel() else { return };
+        assert_eq!(btf.offset_of("sock", "__sk_common.skc_daddr").unwrap(), 0);
+        assert_eq!(btf.offset_of("sock", "__sk_common.skc_rcv_saddr").unwrap(), 4);
+        assert_eq!(btf.offset_of("sock", "__sk_common.skc_dport").unwrap(), 12);
+        assert_eq!(btf.offset_of("sock", "__sk_common.skc_num").unwrap(), 14);
+    }
+
+    #[test]
+    fn every_offset_the_programs_need_resolves() {
+        let Some(btf) = kernel() else { return };
+        let sock = btf.sock_offsets().unwrap();
+        assert!(sock.state > sock.family && sock.err > sock.state, "{sock:?}");
+        assert_ne!(sock.v6_daddr, OFFSET_ABSENT, "this kernel has IPv6");
+        let task = btf.task_offsets().unwrap();
+        assert!(task.task_files > 0 && task.socket_sk > 0, "{task:?}");
+    }
+
+    #[test]
+    fn unknown_names_are_clear_errors() {
+        let Some(btf) = kernel() else { return };
+        assert!(matches!(btf.offset_of("sock", "no_such_member"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.offset_of("no_such_struct_xyz", "x"), Err(BtfError::NoStruct(_))));
+        assert_eq!(btf.optional_offset_of("sock", "no_such_member").unwrap(), OFFSET_ABSENT);
+    }
+}

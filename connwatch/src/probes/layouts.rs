@@ -74,3 +74,84 @@ pub fn from_formats(read: impl Fn(&str, &str) -> Result<Format, TracefsError>) -
     layouts.problems = problems;
     layouts
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+
+    /// A format source reading tests/fixtures/formats/<kernel>/<name>.format.
+    fn fixtures(kernel: &str) -> impl Fn(&str, &str) -> Result<Format, TracefsError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats").join(kernel);
+        move |category, name| match fs::read_to_string(dir.join(format!("{name}.format"))) {
+            Ok(text) => Format::parse(&format!("{category}:{name}"), &text),
+            Err(_) => Err(TracefsError::Missing { category: category.into(), name: name.into() }),
+        }
+    }
+
+    #[test]
+    fn linux_6_18_layouts() {
+        let layouts = from_formats(fixtures("6.18"));
+        let f = layouts.fields;
+        assert_eq!((f.set_state_skaddr, f.set_state_oldstate, f.set_state_newstate), (8, 16, 20));
+        assert_eq!(f.receive_reset_skaddr, 8);
+        assert_eq!(f.send_reset_skaddr, 16);
+        assert_eq!(f.retransmit_skaddr, 16);
+        assert_eq!((f.send_length_sk, f.recv_length_sk), (8, 8));
+        assert_eq!(f.sys_exit_ret, 16);
+        for tp in ["sock:inet_sock_set_state", "tcp:tcp_send_reset", "tcp:tcp_retransmit_skb", "sock:sock_send_length"] {
+            assert!(layouts.problem(tp).is_none(), "{tp}: {:?}", layouts.problem(tp));
+        }
+    }
+
+    #[test]
+    fn linux_6_1_layouts_and_missing_tracepoints() {
+        let layouts = from_formats(fixtures("6.1"));
+        let f = layouts.fields;
+        assert_eq!((f.set_state_skaddr, f.set_state_oldstate, f.set_state_newstate), (8, 16, 20));
+        assert_eq!((f.send_reset_skaddr, f.retransmit_skaddr, f.receive_reset_skaddr), (16, 16, 8));
+        // 6.1 has no sock_send_length (added in 6.4): only that hook's classic variant is off.
+        match layouts.problem("sock:sock_send_length") {
+            Some(TracefsError::Missing { name, .. }) => assert_eq!(name, "sock_send_length"),
+            other => panic!("expected a missing tracepoint, got {other:?}"),
+        }
+        assert!(layouts.problem("tcp:tcp_send_reset").is_none());
+    }
+
+    #[test]
+    fn the_two_kernels_really_differ() {
+        // tcp_send_reset: 4-byte IPv4 arrays in 6.1, sockaddr_in6-sized arrays in 6.18.
+        let read = |kernel| fixtures(kernel)("tcp", "tcp_send_reset").unwrap();
+        let (old, new) = (read("6.1"), read("6.18"));
+        assert_eq!(old.field("saddr").map(|f| f.size), Some(4));
+        assert_eq!(new.field("saddr").map(|f| f.size), Some(28));
+        assert!(old.field("sport").is_some() && new.field("sport").is_none());
+        assert!(fixtures("6.18")("tcp", "tcp_retransmit_skb").unwrap().field("err").is_some());
+        assert!(fixtures("6.1")("tcp", "tcp_retransmit_skb").unwrap().field("err").is_none());
+    }
+
+    #[test]
+    fn a_field_of_unexpected_size_disables_the_classic_variant() {
+        let text = "format:\n\tfield:unsigned int skaddr;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let layouts = from_formats(|category, name| Format::parse(&format!("{category}:{name}"), text));
+        match layouts.problem("tcp:tcp_receive_reset") {
+            Some(TracefsError::NoField { field, .. }) => assert_eq!(field, "skaddr (8 bytes)"),
+            other => panic!("expected NoField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn format_lines_parse_names_offsets_and_sizes() {
+        let text = "name: x\nID: 1\nformat:\n\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+                    \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n\
+                    \tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\nprint fmt: \"x\"\n";
+        let format = Format::parse("t:x", text).unwrap();
+        let names: Vec<(&str, u32, u32)> = format.fields.iter().map(|f| (f.name.as_str(), f.offset, f.size)).collect();
+        assert_eq!(names, [("skaddr", 8, 8), ("saddr_v6", 40, 16), ("reason", 28, 4)]);
+        assert!(matches!(
+            Format::parse("t:x", "\tfield:int x;\toffset:zz;\tsize:4;\n"),
+            Err(TracefsError::Malformed { .. })
+        ));
+    }
+}

@@ -24,7 +24,7 @@ impl<W: Write> Sink for HumanSink<W> {
         eprintln!("connwatch: tracing with {} hooks; Ctrl-C to stop", ready.hooks.len());
         writeln!(
             self.out,
-            "{:<12} {:>7} {:<15} {:<45} {:<45} {:<10} DETAIL",
+            "{:<12} {:>7} {:<15} {:<22} {:<22} {:<10} DETAIL",
             "TIME", "PID", "COMM", "LOCAL", "REMOTE", "EVENT"
         )
     }
@@ -36,7 +36,7 @@ impl<W: Write> Sink for HumanSink<W> {
         };
         writeln!(
             self.out,
-            "{:<12} {:>7} {:<15} {:<45} {:<45} {:<10} {}",
+            "{:<12} {:>7} {:<15} {:<22} {:<22} {:<10} {}",
             self.clock.time_of_day(e.ts_ns),
             pid,
             comm,

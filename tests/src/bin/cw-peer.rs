@@ -1,0 +1,167 @@
+//! A scripted TCP peer for the integration tests: one command per stdin line, one `ok ...` or
+//! `err ...` line per command on stdout. Plain libc syscalls, so what the kernel sees is exactly
+//! what the test asked for.
+//!
+//! Commands: `listen ADDR PORT`, `accept`, `connect ADDR PORT`, `write BYTES`, `read-eof`,
+//! `linger0`, `close`, `close-listener`, `refuse-flood ADDR PORT COUNT`, `exit`.
+
+use std::{
+    io::{self, BufRead, Write},
+    mem::{size_of, zeroed},
+    net::{IpAddr, SocketAddr},
+};
+
+fn main() {
+    let mut peer = Peer { listener: -1, conn: -1 };
+    let stdin = io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line.expect("stdin");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = match words.as_slice() {
+            ["exit"] => break,
+            words => peer.command(words),
+        };
+        let mut out = io::stdout().lock();
+        match reply {
+            Ok(text) => writeln!(out, "ok {text}"),
+            Err(e) => writeln!(out, "err {}", errno_name(&e)),
+        }
+        .and_then(|()| out.flush())
+        .expect("stdout");
+    }
+}
+
+struct Peer {
+    listener: i32,
+    conn: i32,
+}
+
+type Reply = Result<String, io::Error>;
+
+impl Peer {
+    fn command(&mut self, words: &[&str]) -> Reply {
+        match words {
+            ["listen", addr, port] => {
+                let addr = sockaddr(addr, port);
+                self.listener = socket_for(&addr)?;
+                let one: i32 = 1;
+                setsockopt(self.listener, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
+                with_sockaddr(&addr, |sa, len| check(unsafe { libc::bind(self.listener, sa, len) }))?;
+                check(unsafe { libc::listen(self.listener, 128) })?;
+                Ok("listening".into())
+            }
+            ["accept"] => {
+                self.conn = check(unsafe { libc::accept(self.listener, std::ptr::null_mut(), std::ptr::null_mut()) })?;
+                Ok(format!("accepted {}", self.conn))
+            }
+            ["connect", addr, port] => {
+                let addr = sockaddr(addr, port);
+                self.conn = socket_for(&addr)?;
+                with_sockaddr(&addr, |sa, len| check(unsafe { libc::connect(self.conn, sa, len) }))?;
+                Ok(format!("connected {}", local_port(self.conn)?))
+            }
+            ["write", bytes] => {
+                let buf = vec![b'x'; bytes.parse().expect("byte count")];
+                let n = unsafe { libc::send(self.conn, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+                Ok(format!("wrote {}", check_len(n)?))
+            }
+            ["read-eof"] => {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = check_len(unsafe { libc::recv(self.conn, buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+                    if n == 0 {
+                        return Ok("eof".into());
+                    }
+                }
+            }
+            ["linger0"] => {
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                setsockopt(self.conn, libc::SOL_SOCKET, libc::SO_LINGER, &linger)?;
+                Ok("linger0".into())
+            }
+            ["close"] => {
+                check(unsafe { libc::close(self.conn) })?;
+                Ok("closed".into())
+            }
+            ["close-listener"] => {
+                check(unsafe { libc::close(self.listener) })?;
+                Ok("closed".into())
+            }
+            ["refuse-flood", addr, port, count] => {
+                let addr = sockaddr(addr, port);
+                let count: u32 = count.parse().expect("count");
+                for _ in 0..count {
+                    let fd = socket_for(&addr)?;
+                    let rc = with_sockaddr(&addr, |sa, len| check(unsafe { libc::connect(fd, sa, len) }));
+                    unsafe { libc::close(fd) };
+                    match rc {
+                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                        Err(e) => return Err(e),
+                        Ok(_) => return Err(io::Error::other("connect to a closed port succeeded")),
+                    }
+                }
+                Ok(format!("flooded {count}"))
+            }
+            other => panic!("unknown command {other:?}"),
+        }
+    }
+}
+
+fn sockaddr(addr: &str, port: &str) -> SocketAddr {
+    SocketAddr::new(addr.parse::<IpAddr>().expect("IP address"), port.parse().expect("port"))
+}
+
+fn socket_for(addr: &SocketAddr) -> io::Result<i32> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    check(unsafe { libc::socket(family, libc::SOCK_STREAM, 0) })
+}
+
+fn with_sockaddr<T>(addr: &SocketAddr, f: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> T) -> T {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+            sa.sin_family = libc::AF_INET as u16;
+            sa.sin_port = v4.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            f((&sa as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+            sa.sin6_family = libc::AF_INET6 as u16;
+            sa.sin6_port = v6.port().to_be();
+            sa.sin6_addr.s6_addr = v6.ip().octets();
+            f((&sa as *const libc::sockaddr_in6).cast(), size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+fn local_port(fd: i32) -> io::Result<u16> {
+    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    check(unsafe { libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in6).cast(), &mut len) })?;
+    // sin_port and sin6_port sit at the same offset.
+    Ok(u16::from_be(sa.sin6_port))
+}
+
+fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) -> io::Result<i32> {
+    check(unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as u32) })
+}
+
+fn check(rc: i32) -> io::Result<i32> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn check_len(n: isize) -> io::Result<usize> {
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(n) => format!("E{n}"),
+        None => e.to_string(),
+    }
+}

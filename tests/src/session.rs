@@ -1,0 +1,64 @@
+//! A connwatch tracer inside a test, collecting events until the test has what it waits for.
+
+use std::time::{Duration, Instant};
+
+use connwatch::{
+    Tracer,
+    decode::{Detail, Event},
+    probes::LoadOptions,
+    sinks::Summary,
+};
+
+/// Upper bound on waiting for an expected event; reaching it fails the test.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Session {
+    pub tracer: Tracer,
+    pub events: Vec<Event>,
+    started: Instant,
+}
+
+impl Session {
+    pub fn start(options: LoadOptions) -> Self {
+        let tracer = Tracer::start(&options).unwrap_or_else(|e| panic!("starting connwatch: {e}"));
+        Self { tracer, events: Vec::new(), started: Instant::now() }
+    }
+
+    /// Collects events until `done` holds for all collected so far.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            self.tracer.poll(&mut self.events);
+            if done(&self.events) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; events:\n{}", self.dump());
+            self.tracer.wait(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends tracing: detaches, drains what is left, and returns the account.
+    pub fn finish(&mut self) -> Summary {
+        self.tracer.detach();
+        self.tracer.poll(&mut self.events);
+        self.tracer.summary(self.started.elapsed())
+    }
+
+    pub fn dump(&self) -> String {
+        self.events.iter().map(|e| format!("  {}\n", describe(e))).collect()
+    }
+}
+
+/// One event on one line, for failure messages.
+pub fn describe(e: &Event) -> String {
+    let owner = e.owner.as_ref().map_or("?".to_string(), |o| format!("{}/{}", o.pid, o.comm));
+    format!("{owner} {} {} -> {} {}", e.sock, e.local, e.remote, e.detail)
+}
+
+/// The `(old, new)` state names of a state event.
+pub fn transition(e: &Event) -> Option<(&'static str, &'static str)> {
+    match &e.detail {
+        Detail::State { old, new } => Some((old.name(), new.name())),
+        _ => None,
+    }
+}

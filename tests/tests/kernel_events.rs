@@ -1,0 +1,331 @@
+//! The kernel pipeline against real sockets in throwaway namespaces: every event, its socket
+//! identity and its owner; resets, retransmissions, IPv6, loss accounting and filters.
+//! Runs as root (see `require_root`); each test uses its own namespaces and ports.
+
+use std::{collections::BTreeMap, process::Command};
+
+use connwatch::{
+    decode::{Detail, Event, Family, SockId},
+    probes::{AttachMode, Filters, LoadOptions, hooks::Mechanism},
+};
+use connwatch_tests::{
+    Netns, Peer, Session, Topology, require_root,
+    session::{describe, transition},
+};
+
+const CLIENT_STATES: &[(&str, &str)] = &[
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"),
+    ("FIN_WAIT2", "CLOSE"),
+];
+const SERVER_STATES: &[(&str, &str)] = &[
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"),
+    ("LAST_ACK", "CLOSE"),
+];
+const LISTENER_STATES: &[(&str, &str)] = &[("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")];
+
+fn options(filters: Filters) -> LoadOptions {
+    LoadOptions { filters, ..LoadOptions::default() }
+}
+
+fn pids(pids: &[u32]) -> Filters {
+    Filters { pids: pids.to_vec(), ..Filters::default() }
+}
+
+/// Events grouped by socket, in arrival order.
+fn by_socket(events: &[Event]) -> BTreeMap<SockId, Vec<&Event>> {
+    let mut sockets: BTreeMap<SockId, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        sockets.entry(e.sock).or_default().push(e);
+    }
+    sockets
+}
+
+/// The socket whose first state change is `first`, owned by `pid`.
+fn socket_starting<'a>(events: &'a [Event], first: (&str, &str), pid: u32) -> Option<Vec<&'a Event>> {
+    by_socket(events).into_values().find(|evs| {
+        evs.iter().find_map(|e| transition(e)) == Some(first) && evs[0].owner.as_ref().map(|o| o.pid) == Some(pid)
+    })
+}
+
+fn transitions(events: &[&Event]) -> Vec<(&'static str, &'static str)> {
+    events.iter().filter_map(|e| transition(e)).collect()
+}
+
+fn has_transitions(events: &[Event], first: (&str, &str), pid: u32, expected: &[(&str, &str)]) -> bool {
+    socket_starting(events, first, pid).is_some_and(|evs| transitions(&evs).len() >= expected.len())
+}
+
+/// Every state change of a connection's three sockets (client, accepted child, listener), each
+/// named with its own process.
+fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
+    require_root();
+    let topology = Topology::new(tag);
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let mut session = Session::start(LoadOptions { attach, ..options(pids(&[spid, cpid])) });
+
+    server.ok(&format!("listen {server_addr} {port}"));
+    let client_port: u16 = client.ok(&format!("connect {server_addr} {port}")).trim_start_matches("connected ").parse().unwrap();
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read-eof");
+    // The server closes only once the client has seen its FIN acknowledged, so the client
+    // passes through FIN_WAIT2 on every run.
+    session.wait_until("client FIN_WAIT2", |evs| has_transitions(evs, CLIENT_STATES[0], cpid, &CLIENT_STATES[..4]));
+    server.ok("close");
+    server.ok("close-listener");
+    session.wait_until("every state change of the three sockets", |evs| {
+        has_transitions(evs, CLIENT_STATES[0], cpid, CLIENT_STATES)
+            && has_transitions(evs, SERVER_STATES[0], spid, SERVER_STATES)
+            && has_transitions(evs, LISTENER_STATES[0], spid, LISTENER_STATES)
+    });
+
+    let events = &session.events;
+    for (name, first, pid, expected) in [
+        ("client", CLIENT_STATES[0], cpid, CLIENT_STATES),
+        ("server", SERVER_STATES[0], spid, SERVER_STATES),
+        ("listener", LISTENER_STATES[0], spid, LISTENER_STATES),
+    ] {
+        let socket = socket_starting(events, first, pid).unwrap();
+        assert_eq!(transitions(&socket), expected, "{name} transitions:\n{}", session.dump());
+        for e in &socket {
+            let owner = e.owner.as_ref().unwrap_or_else(|| panic!("{name}: unknown owner in {}", describe(e)));
+            assert_eq!(owner.pid, pid, "{name} event owned by the wrong process: {}", describe(e));
+            assert_eq!(owner.comm, "cw-peer");
+        }
+    }
+
+    // The established sockets name both ends correctly.
+    let family = if server_addr.contains(':') { Family::Inet6 } else { Family::Inet };
+    let client_addr = if family == Family::Inet6 { Topology::CLIENT_V6 } else { Topology::CLIENT_V4 };
+    let established = |pid: u32, first| {
+        let socket = socket_starting(events, first, pid).unwrap();
+        *socket.iter().find(|e| transition(e).is_some_and(|(_, new)| new == "ESTABLISHED")).unwrap()
+    };
+    let c = established(cpid, CLIENT_STATES[0]);
+    assert_eq!(c.family, family);
+    assert_eq!((c.local.ip().to_string(), c.local.port()), (client_addr.to_string(), client_port));
+    assert_eq!((c.remote.ip().to_string(), c.remote.port()), (server_addr.to_string(), port));
+    let s = established(spid, SERVER_STATES[0]);
+    assert_eq!((s.local.ip().to_string(), s.local.port()), (server_addr.to_string(), port));
+    assert_eq!((s.remote.ip().to_string(), s.remote.port()), (client_addr.to_string(), client_port));
+
+    let summary = session.finish();
+    assert_eq!((summary.total_lost(), summary.malformed), (0, 0));
+}
+
+#[test]
+fn lifecycle_names_each_side_with_its_own_process() {
+    full_lifecycle("life4", Topology::SERVER_V4, 41001, AttachMode::Auto);
+}
+
+#[test]
+fn lifecycle_with_classic_tracepoints_reads_tracefs_layouts() {
+    full_lifecycle("lifetp", Topology::SERVER_V4, 41002, AttachMode::Prefer(Mechanism::Tracepoint));
+}
+
+#[test]
+fn lifecycle_over_ipv6() {
+    full_lifecycle("life6", Topology::SERVER_V6, 41003, AttachMode::Auto);
+}
+
+#[test]
+fn classic_tracepoint_mode_attaches_tracepoints_where_offered() {
+    require_root();
+    let session = Session::start(LoadOptions {
+        attach: AttachMode::Prefer(Mechanism::Tracepoint),
+        ..options(pids(&[1]))
+    });
+    let hooks: BTreeMap<String, &str> = session.tracer.ready().hooks.into_iter().collect();
+    assert_eq!(hooks["sock:inet_sock_set_state"], "tracepoint");
+    assert_eq!(hooks["tcp:tcp_retransmit_skb"], "tracepoint");
+    assert_eq!(hooks["sock:inet_sk_error_report"], "raw_tracepoint", "its record has no socket");
+}
+
+#[test]
+fn linger_zero_close_resets_the_client() {
+    require_root();
+    let topology = Topology::new("rst");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let mut session = Session::start(options(pids(&[spid, cpid])));
+    server.ok(&format!("listen {} 41010", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 41010", Topology::SERVER_V4));
+    server.ok("accept");
+    server.ok("linger0");
+    server.ok("close");
+
+    let client_socket = |evs: &[Event]| socket_starting(evs, CLIENT_STATES[0], cpid).map(|s| s.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
+    let is_reset_rx = |e: &Event| matches!(e.detail, Detail::Reset { direction, .. } if direction.name() == "rx");
+    let is_econnreset = |e: &Event| matches!(&e.detail, Detail::Error { errno, .. } if errno.name() == "ECONNRESET");
+    session.wait_until("RST and ECONNRESET on the client socket", |evs| {
+        client_socket(evs).is_some_and(|s| s.iter().any(is_reset_rx) && s.iter().any(is_econnreset))
+    });
+    let socket = client_socket(&session.events).unwrap();
+    for e in socket.iter().filter(|e| is_reset_rx(e) || is_econnreset(e)) {
+        assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(cpid), "owned by the client: {}", describe(e));
+        assert_eq!(e.local.ip().to_string(), Topology::CLIENT_V4);
+        assert_eq!(e.remote.port(), 41010);
+    }
+    assert!(
+        transitions(&socket.iter().collect::<Vec<_>>()).contains(&("ESTABLISHED", "CLOSE")),
+        "the reset closes the client socket:\n{}",
+        session.dump()
+    );
+    session.wait_until("RST sent by the server", |evs| {
+        evs.iter().any(|e| {
+            matches!(e.detail, Detail::Reset { direction, .. } if direction.name() == "tx")
+                && e.owner.as_ref().map(|o| o.pid) == Some(spid)
+        })
+    });
+}
+
+#[test]
+fn writes_into_a_black_hole_are_retransmitted() {
+    require_root();
+    let topology = Topology::new("rtx");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let mut session = Session::start(options(pids(&[server.pid(), cpid])));
+    server.ok(&format!("listen {} 41020", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 41020", Topology::SERVER_V4));
+    server.ok("accept");
+    // The server's host now drops everything the client sends: a half-open connection.
+    nft(&topology.server, "add table inet cwtest");
+    nft(&topology.server, "add chain inet cwtest input { type filter hook input priority 0 ; }");
+    nft(&topology.server, "add rule inet cwtest input tcp dport 41020 drop");
+    assert_eq!(client.ok("write 1000"), "wrote 1000", "the write succeeds: bytes only reach the send buffer");
+
+    session.wait_until("retransmissions of the client's data", |evs| {
+        evs.iter().filter(|e| matches!(e.detail, Detail::Retransmit { .. }) && e.local.ip().to_string() == Topology::CLIENT_V4).count() >= 2
+    });
+    let retransmits: Vec<&Event> = session.events.iter().filter(|e| matches!(e.detail, Detail::Retransmit { .. })).collect();
+    let client_sock = socket_starting(&session.events, CLIENT_STATES[0], cpid).unwrap()[0].sock;
+    for e in retransmits {
+        assert_eq!(e.sock, client_sock, "retransmission on the client's socket: {}", describe(e));
+        assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(cpid));
+        assert_eq!(e.detail.to_string(), "retransmit (ESTABLISHED)");
+        assert_eq!(e.remote.port(), 41020);
+    }
+}
+
+fn nft(ns: &Netns, rule: &str) {
+    let mut args = vec!["netns", "exec", &ns.name, "nft"];
+    args.extend(rule.split(' '));
+    let output = Command::new("ip").args(&args).output().expect("run ip netns exec nft");
+    assert!(
+        output.status.success(),
+        "nft {rule} failed (nftables is installed by `cargo xtask test`): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Connection attempts to a closed port: exactly four events each on the client socket
+/// (SYN_SENT, RST rx, CLOSE, ECONNREFUSED), so the expected count is known in advance.
+fn refused_flood(ring_buffer_bytes: u32, attempts: u32) -> connwatch::sinks::Summary {
+    let ns = Netns::new(format!("cw-loss-{ring_buffer_bytes}-{}", std::process::id()));
+    let mut flooder = Peer::spawn(&ns);
+    let mut session = Session::start(LoadOptions {
+        ring_buffer_bytes,
+        ..options(Filters { ports: vec![41030], ..Filters::default() })
+    });
+    // Nothing is read while the flood runs: a small ring buffer must overflow.
+    flooder.ok(&format!("refuse-flood 127.0.0.1 41030 {attempts}"));
+    session.finish()
+}
+
+#[test]
+fn every_event_is_either_delivered_or_counted_lost() {
+    require_root();
+    const ATTEMPTS: u32 = 500;
+    let expected = [("error", ATTEMPTS as u64), ("reset", ATTEMPTS as u64), ("state", 2 * ATTEMPTS as u64)];
+
+    let roomy = refused_flood(8 << 20, ATTEMPTS);
+    assert_eq!(roomy.total_lost(), 0, "{roomy}");
+    for (kind, count) in expected {
+        assert_eq!(roomy.events.get(kind).copied().unwrap_or(0), count, "{kind} with a roomy ring buffer: {roomy}");
+    }
+
+    let tiny = refused_flood(4096, ATTEMPTS);
+    assert!(tiny.total_lost() > 0, "a 4 KiB ring buffer must overflow: {tiny}");
+    for (kind, count) in expected {
+        let seen = tiny.events.get(kind).copied().unwrap_or(0);
+        let lost = tiny.lost.get(kind).copied().unwrap_or(0);
+        assert_eq!(seen + lost, count, "{kind}: seen {seen} + lost {lost}: {tiny}");
+    }
+    assert_eq!(tiny.malformed, 0);
+}
+
+#[test]
+fn pid_filter_keeps_only_that_process() {
+    require_root();
+    let topology = Topology::new("fpid");
+    let mut server = Peer::spawn(&topology.server);
+    let mut wanted = Peer::spawn(&topology.client);
+    let mut other = Peer::spawn(&topology.client);
+    let wpid = wanted.pid();
+    let mut session = Session::start(options(pids(&[wpid])));
+    server.ok(&format!("listen {} 41040", Topology::SERVER_V4));
+    // The other client goes first: had its events passed the filter, they would arrive first.
+    other.ok(&format!("connect {} 41040", Topology::SERVER_V4));
+    other.ok("close");
+    wanted.ok(&format!("connect {} 41040", Topology::SERVER_V4));
+    wanted.ok("close");
+    session.wait_until("the wanted client's close", |evs| has_transitions(evs, CLIENT_STATES[0], wpid, &CLIENT_STATES[..3]));
+    for e in &session.events {
+        assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(wpid), "filtered in the kernel: {}", describe(e));
+    }
+}
+
+#[test]
+fn port_filter_keeps_only_that_port() {
+    require_root();
+    let topology = Topology::new("fport");
+    let mut server_a = Peer::spawn(&topology.server);
+    let mut server_b = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let mut session = Session::start(options(Filters { ports: vec![41051], ..Filters::default() }));
+    server_a.ok(&format!("listen {} 41051", Topology::SERVER_V4));
+    server_b.ok(&format!("listen {} 41052", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 41052", Topology::SERVER_V4));
+    client.ok("close");
+    client.ok(&format!("connect {} 41051", Topology::SERVER_V4));
+    client.ok("close");
+    session.wait_until("the connection to port 41051", |evs| {
+        evs.iter().any(|e| e.remote.port() == 41051 && transition(e) == Some(("ESTABLISHED", "FIN_WAIT1")) && e.owner.as_ref().map(|o| o.pid) == Some(cpid))
+    });
+    for e in &session.events {
+        assert!(e.local.port() == 41051 || e.remote.port() == 41051, "filtered in the kernel: {}", describe(e));
+    }
+}
+
+#[test]
+fn the_agents_own_sockets_are_never_reported() {
+    require_root();
+    // This test process is the agent: its listener and accepted socket must not appear; the
+    // peer's client socket on the same connection must.
+    let mut session = Session::start(options(Filters { ports: vec![41060], ..Filters::default() }));
+    let listener = std::net::TcpListener::bind("127.0.0.1:41060").expect("bind 127.0.0.1:41060");
+    let mut peer = Peer::spawn_host();
+    let ppid = peer.pid();
+    peer.ok("connect 127.0.0.1 41060");
+    let (accepted, _) = listener.accept().expect("accept");
+    peer.ok("close");
+    drop(accepted);
+    session.wait_until("the peer's close", |evs| has_transitions(evs, CLIENT_STATES[0], ppid, &CLIENT_STATES[..3]));
+    let me = std::process::id();
+    for e in &session.events {
+        assert_ne!(e.owner.as_ref().map(|o| o.pid), Some(me), "the agent's own socket: {}", describe(e));
+        assert!(e.owner.is_some(), "every event here has a known owner: {}", describe(e));
+    }
+}
