@@ -69,7 +69,11 @@ impl TraceArgs {
                 AttachChoice::Tracepoint => AttachMode::Prefer(Mechanism::Tracepoint),
             },
             ring_buffer_bytes: self.ring_buffer_size,
-            filters: Filters { pids: self.pids.clone(), ports: self.ports.clone(), comm: self.comm.clone() },
+            filters: Filters {
+                pids: self.pids.clone(),
+                ports: self.ports.clone(),
+                comm: self.comm.clone(),
+            },
         }
     }
 }
@@ -77,7 +81,9 @@ impl TraceArgs {
 fn parse_comm(s: &str) -> Result<String, String> {
     match s.len() {
         1..=15 => Ok(s.to_string()),
-        _ => Err(format!("the kernel keeps 1 to 15 bytes of a process name; {s:?} has {}", s.len())),
+        _ => {
+            Err(format!("the kernel keeps 1 to 15 bytes of a process name; {s:?} has {}", s.len()))
+        }
     }
 }
 
@@ -126,7 +132,24 @@ mod tests {
 
     #[test]
     fn trace_flags_become_load_options() {
-        let t = trace(&["trace", "--json", "--pid", "7", "--pid", "9", "--port", "443", "--comm", "nginx", "--duration", "1.5", "--ring-buffer-size", "64K", "--attach", "tracepoint"]);
+        let t = trace(&[
+            "trace",
+            "--json",
+            "--pid",
+            "7",
+            "--pid",
+            "9",
+            "--port",
+            "443",
+            "--comm",
+            "nginx",
+            "--duration",
+            "1.5",
+            "--ring-buffer-size",
+            "64K",
+            "--attach",
+            "tracepoint",
+        ]);
         assert!(t.json);
         assert_eq!(t.duration, Some(Duration::from_millis(1500)));
         let o = t.load_options();
@@ -142,7 +165,9 @@ mod tests {
         let o = trace(&["trace"]).load_options();
         assert_eq!(o.attach, AttachMode::Auto);
         assert_eq!(o.ring_buffer_bytes, DEFAULT_RING_BUFFER_BYTES);
-        assert!(o.filters.pids.is_empty() && o.filters.ports.is_empty() && o.filters.comm.is_none());
+        assert!(
+            o.filters.pids.is_empty() && o.filters.ports.is_empty() && o.filters.comm.is_none()
+        );
     }
 
     #[test]

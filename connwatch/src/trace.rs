@@ -50,7 +50,11 @@ pub async fn run(args: &TraceArgs) -> anyhow::Result<()> {
 }
 
 /// Forwards events until the deadline, SIGINT or SIGTERM.
-async fn stream(tracer: &mut Tracer, sink: &mut dyn Sink, duration: Option<Duration>) -> io::Result<()> {
+async fn stream(
+    tracer: &mut Tracer,
+    sink: &mut dyn Sink,
+    duration: Option<Duration>,
+) -> io::Result<()> {
     // A duplicate of the ring buffer's fd: readiness without borrowing the tracer.
     let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
     // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.

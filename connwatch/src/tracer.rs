@@ -49,7 +49,12 @@ impl Tracer {
 
     pub fn ready(&self) -> Ready {
         Ready {
-            hooks: self.probes.attached.iter().map(|a| (a.hook.id(), a.variant.mechanism.name())).collect(),
+            hooks: self
+                .probes
+                .attached
+                .iter()
+                .map(|a| (a.hook.id(), a.variant.mechanism.name()))
+                .collect(),
             degraded: self.probes.skipped.iter().map(|s| (s.hook.id(), s.reason.clone())).collect(),
             ring_buffer_bytes: self.ring_buffer_bytes,
         }
@@ -117,7 +122,11 @@ impl log::Log for KernelLog {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        eprintln!("connwatch: kernel {}: {}", record.level().as_str().to_lowercase(), record.args());
+        eprintln!(
+            "connwatch: kernel {}: {}",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        );
     }
 
     fn flush(&self) {}

@@ -43,7 +43,16 @@ fn without_privileges_it_names_what_is_needed() {
     let binary = env!("CARGO_BIN_EXE_connwatch");
     let out = if root {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", binary, "trace", "--duration", "1"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                binary,
+                "trace",
+                "--duration",
+                "1",
+            ])
             .output()
             .expect("run setpriv (util-linux)")
     } else {
@@ -51,6 +60,67 @@ fn without_privileges_it_names_what_is_needed() {
     };
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("needs root") && stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+    assert!(
+        stderr.contains("needs root")
+            && stderr.contains("CAP_BPF")
+            && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty(), "nothing on stdout: no ready line without hooks");
+}
+
+/// The JSON protocol scripts rely on: `ready` first (only once attached), events, and on
+/// SIGTERM a clean exit with every program detached and a `summary` line last.
+#[test]
+fn json_run_starts_with_ready_and_ends_with_summary_on_sigterm() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::Stdio,
+    };
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads eBPF programs: run it as root (cargo xtask test)"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_connwatch"))
+        .args(["trace", "--json", "--port", "41070"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start connwatch");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(ready["hooks"]["sock:inet_sock_set_state"], "raw_tracepoint");
+
+    // A refused connection on the filtered port: state, reset, state, error.
+    let refused = std::net::TcpStream::connect("127.0.0.1:41070");
+    assert!(refused.is_err(), "nothing listens on 41070");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event: serde_json::Value =
+            serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(event["dport"], 41070, "{event}");
+        seen.push(event["type"].as_str().unwrap().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["error", "reset", "state", "state"]);
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let summary: serde_json::Value =
+        serde_json::from_str(rest.last().expect("a summary line")).unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["events"]["state"], 2);
+    assert_eq!(
+        summary["lost"],
+        serde_json::json!({"error": 0, "reset": 0, "retransmit": 0, "state": 0})
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("connwatch: 4 events"), "{stderr}");
 }

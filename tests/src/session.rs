@@ -32,7 +32,11 @@ impl Session {
             if done(&self.events) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; events:\n{}", self.dump());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events:\n{}",
+                self.dump()
+            );
             self.tracer.wait(Duration::from_millis(50));
         }
     }

@@ -47,9 +47,14 @@ fn by_socket(events: &[Event]) -> BTreeMap<SockId, Vec<&Event>> {
 }
 
 /// The socket whose first state change is `first`, owned by `pid`.
-fn socket_starting<'a>(events: &'a [Event], first: (&str, &str), pid: u32) -> Option<Vec<&'a Event>> {
+fn socket_starting<'a>(
+    events: &'a [Event],
+    first: (&str, &str),
+    pid: u32,
+) -> Option<Vec<&'a Event>> {
     by_socket(events).into_values().find(|evs| {
-        evs.iter().find_map(|e| transition(e)) == Some(first) && evs[0].owner.as_ref().map(|o| o.pid) == Some(pid)
+        evs.iter().find_map(|e| transition(e)) == Some(first)
+            && evs[0].owner.as_ref().map(|o| o.pid) == Some(pid)
     })
 }
 
@@ -57,7 +62,12 @@ fn transitions(events: &[&Event]) -> Vec<(&'static str, &'static str)> {
     events.iter().filter_map(|e| transition(e)).collect()
 }
 
-fn has_transitions(events: &[Event], first: (&str, &str), pid: u32, expected: &[(&str, &str)]) -> bool {
+fn has_transitions(
+    events: &[Event],
+    first: (&str, &str),
+    pid: u32,
+    expected: &[(&str, &str)],
+) -> bool {
     socket_starting(events, first, pid).is_some_and(|evs| transitions(&evs).len() >= expected.len())
 }
 
@@ -72,13 +82,19 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
     let mut session = Session::start(LoadOptions { attach, ..options(pids(&[spid, cpid])) });
 
     server.ok(&format!("listen {server_addr} {port}"));
-    let client_port: u16 = client.ok(&format!("connect {server_addr} {port}")).trim_start_matches("connected ").parse().unwrap();
+    let client_port: u16 = client
+        .ok(&format!("connect {server_addr} {port}"))
+        .trim_start_matches("connected ")
+        .parse()
+        .unwrap();
     server.ok("accept");
     client.ok("close");
     server.ok("read-eof");
     // The server closes only once the client has seen its FIN acknowledged, so the client
     // passes through FIN_WAIT2 on every run.
-    session.wait_until("client FIN_WAIT2", |evs| has_transitions(evs, CLIENT_STATES[0], cpid, &CLIENT_STATES[..4]));
+    session.wait_until("client FIN_WAIT2", |evs| {
+        has_transitions(evs, CLIENT_STATES[0], cpid, &CLIENT_STATES[..4])
+    });
     server.ok("close");
     server.ok("close-listener");
     session.wait_until("every state change of the three sockets", |evs| {
@@ -96,7 +112,10 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
         let socket = socket_starting(events, first, pid).unwrap();
         assert_eq!(transitions(&socket), expected, "{name} transitions:\n{}", session.dump());
         for e in &socket {
-            let owner = e.owner.as_ref().unwrap_or_else(|| panic!("{name}: unknown owner in {}", describe(e)));
+            let owner = e
+                .owner
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: unknown owner in {}", describe(e)));
             assert_eq!(owner.pid, pid, "{name} event owned by the wrong process: {}", describe(e));
             assert_eq!(owner.comm, "cw-peer");
         }
@@ -104,7 +123,8 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
 
     // The established sockets name both ends correctly.
     let family = if server_addr.contains(':') { Family::Inet6 } else { Family::Inet };
-    let client_addr = if family == Family::Inet6 { Topology::CLIENT_V6 } else { Topology::CLIENT_V4 };
+    let client_addr =
+        if family == Family::Inet6 { Topology::CLIENT_V6 } else { Topology::CLIENT_V4 };
     let established = |pid: u32, first| {
         let socket = socket_starting(events, first, pid).unwrap();
         *socket.iter().find(|e| transition(e).is_some_and(|(_, new)| new == "ESTABLISHED")).unwrap()
@@ -115,7 +135,10 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
     assert_eq!((c.remote.ip().to_string(), c.remote.port()), (server_addr.to_string(), port));
     let s = established(spid, SERVER_STATES[0]);
     assert_eq!((s.local.ip().to_string(), s.local.port()), (server_addr.to_string(), port));
-    assert_eq!((s.remote.ip().to_string(), s.remote.port()), (client_addr.to_string(), client_port));
+    assert_eq!(
+        (s.remote.ip().to_string(), s.remote.port()),
+        (client_addr.to_string(), client_port)
+    );
 
     let summary = session.finish();
     assert_eq!((summary.total_lost(), summary.malformed), (0, 0));
@@ -163,15 +186,24 @@ fn linger_zero_close_resets_the_client() {
     server.ok("linger0");
     server.ok("close");
 
-    let client_socket = |evs: &[Event]| socket_starting(evs, CLIENT_STATES[0], cpid).map(|s| s.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
-    let is_reset_rx = |e: &Event| matches!(e.detail, Detail::Reset { direction, .. } if direction.name() == "rx");
+    let client_socket = |evs: &[Event]| {
+        socket_starting(evs, CLIENT_STATES[0], cpid)
+            .map(|s| s.iter().map(|e| (*e).clone()).collect::<Vec<_>>())
+    };
+    let is_reset_rx =
+        |e: &Event| matches!(e.detail, Detail::Reset { direction, .. } if direction.name() == "rx");
     let is_econnreset = |e: &Event| matches!(&e.detail, Detail::Error { errno, .. } if errno.name() == "ECONNRESET");
     session.wait_until("RST and ECONNRESET on the client socket", |evs| {
         client_socket(evs).is_some_and(|s| s.iter().any(is_reset_rx) && s.iter().any(is_econnreset))
     });
     let socket = client_socket(&session.events).unwrap();
     for e in socket.iter().filter(|e| is_reset_rx(e) || is_econnreset(e)) {
-        assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(cpid), "owned by the client: {}", describe(e));
+        assert_eq!(
+            e.owner.as_ref().map(|o| o.pid),
+            Some(cpid),
+            "owned by the client: {}",
+            describe(e)
+        );
         assert_eq!(e.local.ip().to_string(), Topology::CLIENT_V4);
         assert_eq!(e.remote.port(), 41010);
     }
@@ -203,12 +235,23 @@ fn writes_into_a_black_hole_are_retransmitted() {
     nft(&topology.server, "add table inet cwtest");
     nft(&topology.server, "add chain inet cwtest input { type filter hook input priority 0 ; }");
     nft(&topology.server, "add rule inet cwtest input tcp dport 41020 drop");
-    assert_eq!(client.ok("write 1000"), "wrote 1000", "the write succeeds: bytes only reach the send buffer");
+    assert_eq!(
+        client.ok("write 1000"),
+        "wrote 1000",
+        "the write succeeds: bytes only reach the send buffer"
+    );
 
     session.wait_until("retransmissions of the client's data", |evs| {
-        evs.iter().filter(|e| matches!(e.detail, Detail::Retransmit { .. }) && e.local.ip().to_string() == Topology::CLIENT_V4).count() >= 2
+        evs.iter()
+            .filter(|e| {
+                matches!(e.detail, Detail::Retransmit { .. })
+                    && e.local.ip().to_string() == Topology::CLIENT_V4
+            })
+            .count()
+            >= 2
     });
-    let retransmits: Vec<&Event> = session.events.iter().filter(|e| matches!(e.detail, Detail::Retransmit { .. })).collect();
+    let retransmits: Vec<&Event> =
+        session.events.iter().filter(|e| matches!(e.detail, Detail::Retransmit { .. })).collect();
     let client_sock = socket_starting(&session.events, CLIENT_STATES[0], cpid).unwrap()[0].sock;
     for e in retransmits {
         assert_eq!(e.sock, client_sock, "retransmission on the client's socket: {}", describe(e));
@@ -247,12 +290,17 @@ fn refused_flood(ring_buffer_bytes: u32, attempts: u32) -> connwatch::sinks::Sum
 fn every_event_is_either_delivered_or_counted_lost() {
     require_root();
     const ATTEMPTS: u32 = 500;
-    let expected = [("error", ATTEMPTS as u64), ("reset", ATTEMPTS as u64), ("state", 2 * ATTEMPTS as u64)];
+    let expected =
+        [("error", ATTEMPTS as u64), ("reset", ATTEMPTS as u64), ("state", 2 * ATTEMPTS as u64)];
 
     let roomy = refused_flood(8 << 20, ATTEMPTS);
     assert_eq!(roomy.total_lost(), 0, "{roomy}");
     for (kind, count) in expected {
-        assert_eq!(roomy.events.get(kind).copied().unwrap_or(0), count, "{kind} with a roomy ring buffer: {roomy}");
+        assert_eq!(
+            roomy.events.get(kind).copied().unwrap_or(0),
+            count,
+            "{kind} with a roomy ring buffer: {roomy}"
+        );
     }
 
     let tiny = refused_flood(4096, ATTEMPTS);
@@ -280,9 +328,16 @@ fn pid_filter_keeps_only_that_process() {
     other.ok("close");
     wanted.ok(&format!("connect {} 41040", Topology::SERVER_V4));
     wanted.ok("close");
-    session.wait_until("the wanted client's close", |evs| has_transitions(evs, CLIENT_STATES[0], wpid, &CLIENT_STATES[..3]));
+    session.wait_until("the wanted client's close", |evs| {
+        has_transitions(evs, CLIENT_STATES[0], wpid, &CLIENT_STATES[..3])
+    });
     for e in &session.events {
-        assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(wpid), "filtered in the kernel: {}", describe(e));
+        assert_eq!(
+            e.owner.as_ref().map(|o| o.pid),
+            Some(wpid),
+            "filtered in the kernel: {}",
+            describe(e)
+        );
     }
 }
 
@@ -302,10 +357,18 @@ fn port_filter_keeps_only_that_port() {
     client.ok(&format!("connect {} 41051", Topology::SERVER_V4));
     client.ok("close");
     session.wait_until("the connection to port 41051", |evs| {
-        evs.iter().any(|e| e.remote.port() == 41051 && transition(e) == Some(("ESTABLISHED", "FIN_WAIT1")) && e.owner.as_ref().map(|o| o.pid) == Some(cpid))
+        evs.iter().any(|e| {
+            e.remote.port() == 41051
+                && transition(e) == Some(("ESTABLISHED", "FIN_WAIT1"))
+                && e.owner.as_ref().map(|o| o.pid) == Some(cpid)
+        })
     });
     for e in &session.events {
-        assert!(e.local.port() == 41051 || e.remote.port() == 41051, "filtered in the kernel: {}", describe(e));
+        assert!(
+            e.local.port() == 41051 || e.remote.port() == 41051,
+            "filtered in the kernel: {}",
+            describe(e)
+        );
     }
 }
 
@@ -322,10 +385,17 @@ fn the_agents_own_sockets_are_never_reported() {
     let (accepted, _) = listener.accept().expect("accept");
     peer.ok("close");
     drop(accepted);
-    session.wait_until("the peer's close", |evs| has_transitions(evs, CLIENT_STATES[0], ppid, &CLIENT_STATES[..3]));
+    session.wait_until("the peer's close", |evs| {
+        has_transitions(evs, CLIENT_STATES[0], ppid, &CLIENT_STATES[..3])
+    });
     let me = std::process::id();
     for e in &session.events {
-        assert_ne!(e.owner.as_ref().map(|o| o.pid), Some(me), "the agent's own socket: {}", describe(e));
+        assert_ne!(
+            e.owner.as_ref().map(|o| o.pid),
+            Some(me),
+            "the agent's own socket: {}",
+            describe(e)
+        );
         assert!(e.owner.is_some(), "every event here has a known owner: {}", describe(e));
     }
 }

@@ -1,2 +1,5 @@
-pub fn run(_: &BenchArgs) -> anyhow::Result<()> { anyhow::bail!("not yet") }
-#[derive(clap::Args)] pub struct BenchArgs {}
+pub fn run(_: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::bail!("not yet")
+}
+#[derive(clap::Args)]
+pub struct BenchArgs {}

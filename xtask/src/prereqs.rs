@@ -71,7 +71,9 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
     // wants the plain name at build time. Provide both.
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    for name in [OsString::from("libLLVM.so"), llvm.file_name().context("LLVM path")?.to_os_string()] {
+    for name in
+        [OsString::from("libLLVM.so"), llvm.file_name().context("LLVM path")?.to_os_string()]
+    {
         let link = lib.join(name);
         if fs::read_link(&link).ok().as_deref() != Some(llvm.as_path()) {
             let _ = fs::remove_file(&link);
@@ -97,10 +99,9 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
 }
 
 fn bpf_linker_works() -> bool {
-    Command::new(cargo_home().join("bin/bpf-linker"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+    Command::new(cargo_home().join("bin/bpf-linker")).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    })
 }
 
 /// The nightly's `libLLVM.so.<major>.<minor>-rust-...` shared library.
@@ -127,9 +128,9 @@ fn llvm_major(llvm: &Path) -> anyhow::Result<u32> {
 }
 
 pub fn cargo_home() -> PathBuf {
-    env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+    env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+    })
 }
 
 /// PATH with cargo's bin directory first, so builds find the bpf-linker installed above.

@@ -1,10 +1,6 @@
 //! Building, running and testing connwatch.
 
-use std::{
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
-    process::Command,
-};
+use std::{os::unix::process::CommandExt as _, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
@@ -14,7 +10,10 @@ use crate::prereqs::{self, path_with_cargo_bin};
 const TEST_PACKAGES: &[&str] = &["nftables", "iproute2"];
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {

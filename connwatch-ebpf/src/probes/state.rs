@@ -66,9 +66,7 @@ fn identify(sk: u64, old: u8, new: u8, port: u16) -> SocketInfo {
         // connect() and listen(): process context, a new life.
         (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) => owner::begin(sk, owner::current()),
         // A child created from a listener in softirq: inherits the listener's owner.
-        (TCP_LISTEN, TCP_SYN_RECV) => {
-            owner::begin(sk, owner::listener_owner(sock::net(sk), port))
-        }
+        (TCP_LISTEN, TCP_SYN_RECV) => owner::begin(sk, owner::listener_owner(sock::net(sk), port)),
         // close() or shutdown() by the application: process context.
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => owner::touch(sk),
         // Everything else may run in softirq: the task on the CPU is not the owner.

@@ -71,7 +71,8 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         other => return Err(DecodeError::UnknownKind(other)),
     };
     let (family, local, remote) = endpoints(&header)?;
-    let owner = (header.tgid != OWNER_UNKNOWN).then(|| Owner { pid: header.tgid, comm: comm(&header.comm) });
+    let owner = (header.tgid != OWNER_UNKNOWN)
+        .then(|| Owner { pid: header.tgid, comm: comm(&header.comm) });
     Ok(Event {
         ts_ns: header.ts_ns,
         owner,

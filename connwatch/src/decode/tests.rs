@@ -41,7 +41,12 @@ fn bytes_of<T>(record: &T) -> Vec<u8> {
 }
 
 fn state_record(old: u8, new: u8) -> Vec<u8> {
-    bytes_of(&StateEvent { header: header(KIND_STATE, AF_INET), old_state: old, new_state: new, _pad: [0; 6] })
+    bytes_of(&StateEvent {
+        header: header(KIND_STATE, AF_INET),
+        old_state: old,
+        new_state: new,
+        _pad: [0; 6],
+    })
 }
 
 #[test]
@@ -80,7 +85,12 @@ fn header_layout_matches_fixed_bytes() {
 #[test]
 fn reset_records_decode_both_directions() {
     for (direction, name) in [(RESET_RX, "rx"), (RESET_TX, "tx")] {
-        let record = ResetEvent { header: header(KIND_RESET, AF_INET), direction, state: TCP_ESTABLISHED, _pad: [0; 6] };
+        let record = ResetEvent {
+            header: header(KIND_RESET, AF_INET),
+            direction,
+            state: TCP_ESTABLISHED,
+            _pad: [0; 6],
+        };
         let event = decode(&bytes_of(&record)).unwrap();
         match event.detail {
             Detail::Reset { direction, state } => {
@@ -94,7 +104,11 @@ fn reset_records_decode_both_directions() {
 
 #[test]
 fn retransmit_record_decodes() {
-    let record = RetransmitEvent { header: header(KIND_RETRANSMIT, AF_INET), state: TCP_ESTABLISHED, _pad: [0; 7] };
+    let record = RetransmitEvent {
+        header: header(KIND_RETRANSMIT, AF_INET),
+        state: TCP_ESTABLISHED,
+        _pad: [0; 7],
+    };
     let event = decode(&bytes_of(&record)).unwrap();
     assert_eq!(event.detail, Detail::Retransmit { state: TcpState::new(TCP_ESTABLISHED).unwrap() });
     assert_eq!(event.detail.type_name(), "retransmit");
@@ -102,7 +116,12 @@ fn retransmit_record_decodes() {
 
 #[test]
 fn error_record_names_its_errno() {
-    let record = ErrorEvent { header: header(KIND_ERROR, AF_INET), errno: libc::ECONNRESET, state: TCP_CLOSE, _pad: [0; 3] };
+    let record = ErrorEvent {
+        header: header(KIND_ERROR, AF_INET),
+        errno: libc::ECONNRESET,
+        state: TCP_CLOSE,
+        _pad: [0; 3],
+    };
     let event = decode(&bytes_of(&record)).unwrap();
     assert_eq!(event.detail.to_string(), "ECONNRESET (CLOSE)");
     assert_eq!(Errno(libc::ETIMEDOUT).name(), "ETIMEDOUT");
@@ -126,7 +145,12 @@ fn unknown_owner_is_none_not_pid_zero() {
     let mut h = header(KIND_STATE, AF_INET);
     h.tgid = 0;
     h.comm = [0; 16];
-    let record = StateEvent { header: h, old_state: TCP_ESTABLISHED, new_state: TCP_CLOSE_WAIT, _pad: [0; 6] };
+    let record = StateEvent {
+        header: h,
+        old_state: TCP_ESTABLISHED,
+        new_state: TCP_CLOSE_WAIT,
+        _pad: [0; 6],
+    };
     assert_eq!(decode(&bytes_of(&record)).unwrap().owner, None);
 }
 
@@ -147,7 +171,12 @@ fn malformed_records_are_errors_not_panics() {
     assert_eq!(decode(&state_record(0, TCP_CLOSE)), Err(DecodeError::InvalidState(0)));
     assert_eq!(decode(&state_record(TCP_CLOSE, 13)), Err(DecodeError::InvalidState(13)));
 
-    let bad_direction = ResetEvent { header: header(KIND_RESET, AF_INET), direction: 9, state: TCP_CLOSE, _pad: [0; 6] };
+    let bad_direction = ResetEvent {
+        header: header(KIND_RESET, AF_INET),
+        direction: 9,
+        state: TCP_CLOSE,
+        _pad: [0; 6],
+    };
     assert_eq!(decode(&bytes_of(&bad_direction)), Err(DecodeError::InvalidDirection(9)));
 
     // Any prefix of any record, and random bytes, decode or fail; they never panic.

@@ -25,7 +25,12 @@ impl RecordBatch {
 
     /// Hands out the records collected so far and starts an empty batch.
     pub fn take(&mut self) -> Records {
-        Records { bytes: self.buf.split().freeze(), ends: std::mem::take(&mut self.ends), next: 0, start: 0 }
+        Records {
+            bytes: self.buf.split().freeze(),
+            ends: std::mem::take(&mut self.ends),
+            next: 0,
+            start: 0,
+        }
     }
 }
 

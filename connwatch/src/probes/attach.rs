@@ -108,10 +108,8 @@ pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
     };
     // A failed detach leaves the link to be closed when the Ebpf is dropped.
     let _ = match attached.link {
-        Link::Raw(id) => <&mut RawTracePoint>::try_from(program)
-            .and_then(|p| p.detach(id)),
-        Link::Tracepoint(id) => <&mut TracePoint>::try_from(program)
-            .and_then(|p| p.detach(id)),
+        Link::Raw(id) => <&mut RawTracePoint>::try_from(program).and_then(|p| p.detach(id)),
+        Link::Tracepoint(id) => <&mut TracePoint>::try_from(program).and_then(|p| p.detach(id)),
     };
 }
 
@@ -121,7 +119,10 @@ fn describe(error: ProgramError) -> String {
     if let ProgramError::LoadError { verifier_log, .. } = &error {
         let log = verifier_log.to_string();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        text.push_str(&format!(" (verifier: {})", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+        text.push_str(&format!(
+            " (verifier: {})",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
     }
     let mut source = error.source();
     while let Some(cause) = source {

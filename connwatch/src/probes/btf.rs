@@ -98,7 +98,8 @@ impl KernelBtf {
     }
 
     fn named_struct(&self, name: &str) -> Result<Type, BtfError> {
-        let types = self.btf.resolve_types_by_name(name).map_err(|e| BtfError::Parse(e.to_string()))?;
+        let types =
+            self.btf.resolve_types_by_name(name).map_err(|e| BtfError::Parse(e.to_string()))?;
         types
             .into_iter()
             .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))

@@ -35,11 +35,12 @@ pub fn from_formats(read: impl Fn(&str, &str) -> Result<Format, TracefsError>) -
     let mut layouts = Layouts::default();
     let f = &mut layouts.fields;
     let mut problems = HashMap::new();
-    let mut take = |category: &str, name: &str, fill: &mut dyn FnMut(&Format) -> Result<(), TracefsError>| {
-        if let Err(e) = read(category, name).and_then(|format| fill(&format)) {
-            problems.insert(format!("{category}:{name}"), e);
-        }
-    };
+    let mut take =
+        |category: &str, name: &str, fill: &mut dyn FnMut(&Format) -> Result<(), TracefsError>| {
+            if let Err(e) = read(category, name).and_then(|format| fill(&format)) {
+                problems.insert(format!("{category}:{name}"), e);
+            }
+        };
     take("sock", "inet_sock_set_state", &mut |fmt| {
         f.set_state_skaddr = fmt.offset("skaddr", POINTER)?;
         f.set_state_oldstate = fmt.offset("oldstate", INT)?;
@@ -83,7 +84,8 @@ mod tests {
 
     /// A format source reading tests/fixtures/formats/<kernel>/<name>.format.
     fn fixtures(kernel: &str) -> impl Fn(&str, &str) -> Result<Format, TracefsError> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats").join(kernel);
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats").join(kernel);
         move |category, name| match fs::read_to_string(dir.join(format!("{name}.format"))) {
             Ok(text) => Format::parse(&format!("{category}:{name}"), &text),
             Err(_) => Err(TracefsError::Missing { category: category.into(), name: name.into() }),
@@ -100,7 +102,12 @@ mod tests {
         assert_eq!(f.retransmit_skaddr, 16);
         assert_eq!((f.send_length_sk, f.recv_length_sk), (8, 8));
         assert_eq!(f.sys_exit_ret, 16);
-        for tp in ["sock:inet_sock_set_state", "tcp:tcp_send_reset", "tcp:tcp_retransmit_skb", "sock:sock_send_length"] {
+        for tp in [
+            "sock:inet_sock_set_state",
+            "tcp:tcp_send_reset",
+            "tcp:tcp_retransmit_skb",
+            "sock:sock_send_length",
+        ] {
             assert!(layouts.problem(tp).is_none(), "{tp}: {:?}", layouts.problem(tp));
         }
     }
@@ -134,7 +141,8 @@ mod tests {
     #[test]
     fn a_field_of_unexpected_size_disables_the_classic_variant() {
         let text = "format:\n\tfield:unsigned int skaddr;\toffset:8;\tsize:4;\tsigned:0;\n";
-        let layouts = from_formats(|category, name| Format::parse(&format!("{category}:{name}"), text));
+        let layouts =
+            from_formats(|category, name| Format::parse(&format!("{category}:{name}"), text));
         match layouts.problem("tcp:tcp_receive_reset") {
             Some(TracefsError::NoField { field, .. }) => assert_eq!(field, "skaddr (8 bytes)"),
             other => panic!("expected NoField, got {other:?}"),
@@ -147,7 +155,8 @@ mod tests {
                     \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n\
                     \tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\nprint fmt: \"x\"\n";
         let format = Format::parse("t:x", text).unwrap();
-        let names: Vec<(&str, u32, u32)> = format.fields.iter().map(|f| (f.name.as_str(), f.offset, f.size)).collect();
+        let names: Vec<(&str, u32, u32)> =
+            format.fields.iter().map(|f| (f.name.as_str(), f.offset, f.size)).collect();
         assert_eq!(names, [("skaddr", 8, 8), ("saddr_v6", 40, 16), ("reason", 28, 4)]);
         assert!(matches!(
             Format::parse("t:x", "\tfield:int x;\toffset:zz;\tsize:4;\n"),

@@ -61,7 +61,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { attach: AttachMode::Auto, ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES, filters: Filters::default() }
+        Self {
+            attach: AttachMode::Auto,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            filters: Filters::default(),
+        }
     }
 }
 
@@ -178,7 +182,8 @@ fn comm_bytes(comm: &str) -> [u8; 16] {
 fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<(), ProbeError> {
     let map_err = |map| move |source| ProbeError::Map { map, source };
     let pid_map = ebpf.map_mut(MAP_PID_FILTER).expect("connwatch-ebpf defines PID_FILTER");
-    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(pid_map).map_err(map_err(MAP_PID_FILTER))?;
+    let mut pids: HashMap<_, u32, u8> =
+        HashMap::try_from(pid_map).map_err(map_err(MAP_PID_FILTER))?;
     for pid in &filters.pids {
         pids.insert(pid, 1, 0).map_err(map_err(MAP_PID_FILTER))?;
     }

@@ -75,7 +75,8 @@ impl Format {
             return Err(TracefsError::Missing { category: category.into(), name: name.into() });
         }
         let path = dir.join("format");
-        let text = fs::read_to_string(&path).map_err(|source| TracefsError::Read { path, source })?;
+        let text =
+            fs::read_to_string(&path).map_err(|source| TracefsError::Read { path, source })?;
         Self::parse(&format!("{category}:{name}"), &text)
     }
 

@@ -10,7 +10,8 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn now() -> Self {
-        let realtime = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        let realtime =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
         Self { offset_ns: realtime - monotonic_ns() as i128 }
     }
 
@@ -18,7 +19,12 @@ impl WallClock {
     pub fn time_of_day(&self, ts_ns: u64) -> String {
         let wall_ms = (ts_ns as i128 + self.offset_ns).max(0) / 1_000_000;
         let ms_of_day = wall_ms % 86_400_000;
-        let (h, m, s, ms) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
+        let (h, m, s, ms) = (
+            ms_of_day / 3_600_000,
+            ms_of_day / 60_000 % 60,
+            ms_of_day / 1000 % 60,
+            ms_of_day % 1000,
+        );
         format!("{h:02}:{m:02}:{s:02}.{ms:03}")
     }
 }

@@ -56,7 +56,8 @@ pub fn event_json(e: &Event) -> Value {
 }
 
 pub fn ready_json(ready: &Ready) -> Value {
-    let hooks: Map<String, Value> = ready.hooks.iter().map(|(h, m)| (h.clone(), (*m).into())).collect();
+    let hooks: Map<String, Value> =
+        ready.hooks.iter().map(|(h, m)| (h.clone(), (*m).into())).collect();
     let degraded: Map<String, Value> =
         ready.degraded.iter().map(|(h, r)| (h.clone(), r.clone().into())).collect();
     json!({

@@ -46,29 +46,39 @@ impl Peer {
                 self.listener = socket_for(&addr)?;
                 let one: i32 = 1;
                 setsockopt(self.listener, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
-                with_sockaddr(&addr, |sa, len| check(unsafe { libc::bind(self.listener, sa, len) }))?;
+                with_sockaddr(&addr, |sa, len| {
+                    check(unsafe { libc::bind(self.listener, sa, len) })
+                })?;
                 check(unsafe { libc::listen(self.listener, 128) })?;
                 Ok("listening".into())
             }
             ["accept"] => {
-                self.conn = check(unsafe { libc::accept(self.listener, std::ptr::null_mut(), std::ptr::null_mut()) })?;
+                self.conn = check(unsafe {
+                    libc::accept(self.listener, std::ptr::null_mut(), std::ptr::null_mut())
+                })?;
                 Ok(format!("accepted {}", self.conn))
             }
             ["connect", addr, port] => {
                 let addr = sockaddr(addr, port);
                 self.conn = socket_for(&addr)?;
-                with_sockaddr(&addr, |sa, len| check(unsafe { libc::connect(self.conn, sa, len) }))?;
+                with_sockaddr(&addr, |sa, len| {
+                    check(unsafe { libc::connect(self.conn, sa, len) })
+                })?;
                 Ok(format!("connected {}", local_port(self.conn)?))
             }
             ["write", bytes] => {
                 let buf = vec![b'x'; bytes.parse().expect("byte count")];
-                let n = unsafe { libc::send(self.conn, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+                let n = unsafe {
+                    libc::send(self.conn, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+                };
                 Ok(format!("wrote {}", check_len(n)?))
             }
             ["read-eof"] => {
                 let mut buf = [0u8; 4096];
                 loop {
-                    let n = check_len(unsafe { libc::recv(self.conn, buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+                    let n = check_len(unsafe {
+                        libc::recv(self.conn, buf.as_mut_ptr().cast(), buf.len(), 0)
+                    })?;
                     if n == 0 {
                         return Ok("eof".into());
                     }
@@ -92,12 +102,16 @@ impl Peer {
                 let count: u32 = count.parse().expect("count");
                 for _ in 0..count {
                     let fd = socket_for(&addr)?;
-                    let rc = with_sockaddr(&addr, |sa, len| check(unsafe { libc::connect(fd, sa, len) }));
+                    let rc = with_sockaddr(&addr, |sa, len| {
+                        check(unsafe { libc::connect(fd, sa, len) })
+                    });
                     unsafe { libc::close(fd) };
                     match rc {
                         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
                         Err(e) => return Err(e),
-                        Ok(_) => return Err(io::Error::other("connect to a closed port succeeded")),
+                        Ok(_) => {
+                            return Err(io::Error::other("connect to a closed port succeeded"));
+                        }
                     }
                 }
                 Ok(format!("flooded {count}"))
@@ -116,7 +130,10 @@ fn socket_for(addr: &SocketAddr) -> io::Result<i32> {
     check(unsafe { libc::socket(family, libc::SOCK_STREAM, 0) })
 }
 
-fn with_sockaddr<T>(addr: &SocketAddr, f: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> T) -> T {
+fn with_sockaddr<T>(
+    addr: &SocketAddr,
+    f: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> T,
+) -> T {
     match addr {
         SocketAddr::V4(v4) => {
             let mut sa: libc::sockaddr_in = unsafe { zeroed() };
@@ -144,7 +161,9 @@ fn local_port(fd: i32) -> io::Result<u16> {
 }
 
 fn setsockopt<T>(fd: i32, level: i32, name: i32, value: &T) -> io::Result<i32> {
-    check(unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as u32) })
+    check(unsafe {
+        libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as u32)
+    })
 }
 
 fn check(rc: i32) -> io::Result<i32> {
