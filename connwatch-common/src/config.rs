@@ -5,10 +5,12 @@
 
 use crate::assert_size;
 
-/// Bits of [`Config::filters`].
+/// Bits of [`Config::flags`].
 pub const FILTER_PIDS: u32 = 1;
 pub const FILTER_PORTS: u32 = 2;
 pub const FILTER_COMM: u32 = 4;
+/// `--all-io`: report every recv, send and readiness call instead of summarising.
+pub const FLAG_ALL_IO: u32 = 8;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.
@@ -19,7 +21,7 @@ pub const OFFSET_ABSENT: u32 = u32::MAX;
 pub struct Config {
     /// The agent itself: its sockets are never reported.
     pub self_tgid: u32,
-    pub filters: u32,
+    pub flags: u32,
     pub comm: [u8; 16],
     /// Submissions wake userspace only once this many bytes wait in the ring buffer; below it
     /// userspace drains on its own timer. Batching wake-ups is what keeps the hot paths cheap.
@@ -28,7 +30,7 @@ pub struct Config {
     pub sock: SockOffsets,
     pub task: TaskOffsets,
 }
-assert_size!(Config, 32 + 40 + 48 + 32);
+assert_size!(Config, 32 + 48 + 64 + 32);
 
 /// Byte offsets of the fields the classic tracepoint programs read from their records, taken
 /// from `/sys/kernel/tracing/events/<category>/<name>/format`.
@@ -42,10 +44,14 @@ pub struct TracepointFields {
     pub send_reset_skaddr: u32,
     pub retransmit_skaddr: u32,
     pub send_length_sk: u32,
+    pub send_length_ret: u32,
     pub recv_length_sk: u32,
+    pub recv_length_ret: u32,
     /// `ret` of `syscalls:sys_exit_*`.
     pub sys_exit_ret: u32,
-    pub _pad: u32,
+    /// First argument of `syscalls:sys_enter_*`; the loader checks each hooked syscall's
+    /// arguments follow it at 8-byte steps.
+    pub sys_enter_arg0: u32,
 }
 
 /// Byte offsets inside `struct sock`, from the kernel's BTF.
@@ -64,6 +70,12 @@ pub struct SockOffsets {
     pub err: u32,
     pub protocol: u32,
     pub sk_type: u32,
+    /// `inet_connection_sock.icsk_retransmits` (u8).
+    pub rto_retransmits: u32,
+    /// `tcp_sock.snd_una` / `snd_nxt` (u32).
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets along task -> files -> fd table -> file -> socket -> sock, from BTF.

@@ -9,11 +9,37 @@ pub const KIND_STATE: u8 = 1;
 pub const KIND_RESET: u8 = 2;
 pub const KIND_RETRANSMIT: u8 = 3;
 pub const KIND_ERROR: u8 = 4;
+// What the application itself observed (syscalls and socket-layer calls), as [`AppEvent`]s.
+pub const KIND_SO_ERROR: u8 = 5;
+pub const KIND_READINESS: u8 = 6;
+pub const KIND_RECV: u8 = 7;
+pub const KIND_SEND: u8 = 8;
+pub const KIND_CONNECT: u8 = 9;
+pub const KIND_CLOSE: u8 = 10;
+pub const KIND_ACCEPT: u8 = 11;
 /// Slots of the per-CPU loss counter; every kind's value is below it.
 pub const KIND_SLOTS: u32 = 16;
 
 pub const RESET_RX: u8 = 1;
 pub const RESET_TX: u8 = 2;
+
+/// How a readiness observation was made ([`AppEvent::via`]).
+pub const VIA_EPOLL: u8 = 1;
+pub const VIA_POLL: u8 = 2;
+pub const VIA_SELECT: u8 = 3;
+
+/// Readiness bits reported for `select()` (its sets carry no poll mask).
+pub const SELECT_READ: i32 = 1;
+pub const SELECT_WRITE: i32 = 2;
+pub const SELECT_EXCEPT: i32 = 4;
+
+/// Slots of the per-CPU `COUNTERS` map (things not lost, but not reported one by one either).
+/// Readiness entries beyond the per-call bound (epoll_wait/poll/select return more than the
+/// programs examine).
+pub const COUNTER_READINESS_UNEXAMINED: u32 = 0;
+/// recv/send/readiness calls folded into summarising records rather than reported singly.
+pub const COUNTER_IO_SUMMARISED: u32 = 1;
+pub const COUNTER_SLOTS: u32 = 4;
 
 /// Common to every record: what happened when, to which socket, owned by whom.
 #[repr(C)]
@@ -86,3 +112,42 @@ pub struct ErrorEvent {
     pub _pad: [u8; 3],
 }
 assert_size!(ErrorEvent, 96);
+
+/// The socket as it was when the application made its call: every observation carries it, so
+/// each is self-describing even when other events were lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockSnapshot {
+    /// Kernel TCP state.
+    pub state: u8,
+    /// Consecutive retransmission timeouts without an acknowledgement (`icsk_retransmits`).
+    pub rto_retransmits: u8,
+    pub _pad: [u8; 2],
+    /// Pending socket error (`sk_err`), positive errno or 0.
+    pub sk_err: i32,
+    /// Bytes sent and not yet acknowledged (`snd_nxt - snd_una`).
+    pub unacked_bytes: u32,
+    pub _pad2: u32,
+}
+assert_size!(SockSnapshot, 16);
+
+/// An application's observation on a socket: `KIND_SO_ERROR` .. `KIND_ACCEPT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AppEvent {
+    pub header: EventHeader,
+    pub snapshot: SockSnapshot,
+    /// The application's file descriptor; -1 where the hook does not know it (recv, send).
+    pub fd: i32,
+    /// Per kind: SO_ERROR value read (positive errno or 0); connect/recv/send return value
+    /// (bytes, 0, or -errno); readiness event mask; 0 for close and accept.
+    pub value: i32,
+    /// recv/send: bytes transferred by the `calls` this record stands for.
+    pub bytes: u64,
+    /// How many calls this record stands for (1, or more when summarised).
+    pub calls: u32,
+    /// Readiness: `VIA_EPOLL`, `VIA_POLL` or `VIA_SELECT`.
+    pub via: u8,
+    pub _pad: [u8; 3],
+}
+assert_size!(AppEvent, 128);

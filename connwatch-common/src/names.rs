@@ -6,6 +6,7 @@ pub const MAP_SOCKETS: &str = "SOCKETS";
 pub const MAP_LISTENERS: &str = "LISTENERS";
 pub const MAP_PID_FILTER: &str = "PID_FILTER";
 pub const MAP_PORT_FILTER: &str = "PORT_FILTER";
+pub const MAP_COUNTERS: &str = "COUNTERS";
 
 /// The global the loader overrides with a [`crate::config::Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
@@ -15,3 +16,13 @@ pub const MAX_SOCKETS: u32 = 65_536;
 pub const MAX_LISTENERS: u32 = 4_096;
 pub const MAX_FILTER_PIDS: u32 = 64;
 pub const MAX_FILTER_PORTS: u32 = 64;
+pub const MAX_PENDING_CALLS: u32 = 16_384;
+pub const MAX_EPOLL_REGISTRATIONS: u32 = 65_536;
+
+/// How many entries of one epoll_wait/poll/select result the programs examine; the rest are
+/// counted in `COUNTER_READINESS_UNEXAMINED`.
+pub const READINESS_PER_CALL: u32 = 16;
+/// select() sets are examined for descriptors below this.
+pub const SELECT_FDS: u32 = 64;
+/// With summarising, a busy socket reports recv, send and readiness at most this often.
+pub const IO_REPORT_INTERVAL_NS: u64 = 1_000_000_000;

@@ -31,8 +31,81 @@ impl Owner {
 pub struct SocketInfo {
     pub birth_ns: u64,
     pub owner: Owner,
+    /// `SOCKET_APP_CLOSED` once the application closed its fd: when such a socket reaches
+    /// CLOSE its entry is dropped, so a reused address starts a new identity.
+    pub flags: u32,
+    /// The connection's ports once known: the kernel releases the local port on the way to
+    /// CLOSE, and events after that still belong to (and are filtered as) this connection.
+    pub sport: u16,
+    pub dport: u16,
 }
-assert_size!(SocketInfo, 32);
+assert_size!(SocketInfo, 40);
+
+pub const SOCKET_APP_CLOSED: u32 = 1;
+
+/// recv/send/readiness activity on a socket not yet reported (the summarising policy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoTally {
+    pub last_report_ns: u64,
+    pub bytes: u64,
+    pub calls: u32,
+    /// State at the last report: a change of state is always reported.
+    pub last_state: u8,
+    pub _pad: [u8; 3],
+}
+assert_size!(IoTally, 24);
+
+/// Per-socket tallies, keyed by `struct sock` address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoState {
+    pub recv: IoTally,
+    pub send: IoTally,
+    pub readiness: IoTally,
+}
+assert_size!(IoState, 72);
+
+/// An epoll registration: which socket a (process, epfd, user data) triple stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollKey {
+    pub tgid: u32,
+    pub epfd: i32,
+    pub data: u64,
+}
+assert_size!(EpollKey, 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollTarget {
+    pub sk: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+assert_size!(EpollTarget, 16);
+
+/// A syscall's arguments kept from its entry to its exit, keyed by thread (`pid_tgid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingCall {
+    /// `CALL_*`: which syscall these arguments belong to.
+    pub call: u32,
+    pub fd: i32,
+    /// A user pointer (getsockopt optval, epoll events, pollfd array, select read set).
+    pub ptr: u64,
+    /// A count or second pointer (poll nfds, select write set).
+    pub aux: u64,
+    /// select's exception set.
+    pub aux2: u64,
+}
+assert_size!(PendingCall, 32);
+
+pub const CALL_GETSOCKOPT: u32 = 1;
+pub const CALL_EPOLL_WAIT: u32 = 2;
+pub const CALL_POLL: u32 = 3;
+pub const CALL_SELECT: u32 = 4;
+pub const CALL_CONNECT: u32 = 5;
 
 /// A listening socket, found again when it spawns a child in softirq context. Keyed by network
 /// namespace (the `struct net` address) and port because the child has no pointer to its parent.
@@ -51,4 +124,8 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::SocketInfo {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::IoState {}
+    unsafe impl aya::Pod for super::EpollKey {}
+    unsafe impl aya::Pod for super::EpollTarget {}
+    unsafe impl aya::Pod for super::PendingCall {}
 }

@@ -6,26 +6,28 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
-    event::EventHeader,
+    event::{AppEvent, EventHeader, SockSnapshot},
     socket::{OWNER_UNKNOWN, SocketInfo},
 };
 
 use crate::{
     config::conf,
-    maps::{EVENTS, LOST, PID_FILTER, PORT_FILTER},
-    owner::now,
+    maps::{COUNTERS, EVENTS, LOST, PID_FILTER, PORT_FILTER},
+    owner::{self, now},
     sock::{self, Endpoints},
 };
 
 /// Whether an event about this socket is wanted: never the agent's own, and only what the
-/// `--pid`, `--comm` and `--port` filters let through. Runs before any reservation.
+/// `--pid`, `--comm` and `--port` filters let through. Runs before any reservation; completes
+/// `ends` with the connection's remembered ports first.
 #[inline(always)]
-pub fn wanted(info: &SocketInfo, ends: &Endpoints) -> bool {
+pub fn wanted(sk: u64, info: &SocketInfo, ends: &mut Endpoints) -> bool {
+    owner::complete_ports(sk, info, ends);
     let tgid = info.owner.tgid;
     if tgid != OWNER_UNKNOWN && tgid == conf!(self_tgid) {
         return false;
     }
-    let filters = conf!(filters);
+    let filters = conf!(flags);
     if filters & FILTER_PIDS != 0 && (tgid == OWNER_UNKNOWN || PID_FILTER.get_ptr(&tgid).is_none())
     {
         return false;
@@ -92,5 +94,50 @@ fn count_lost(kind: u8) {
     if let Some(counter) = LOST.get_ptr_mut(kind as u32) {
         // SAFETY: per-CPU slot; no other writer on this CPU while we run.
         unsafe { *counter += 1 };
+    }
+}
+
+/// One application observation, as it will be reported.
+pub struct Observation {
+    pub kind: u8,
+    pub fd: i32,
+    pub value: i32,
+    pub bytes: u64,
+    pub calls: u32,
+    pub via: u8,
+    pub snapshot: SockSnapshot,
+}
+
+impl Observation {
+    #[inline(always)]
+    pub fn single(kind: u8, sk: u64, fd: i32, value: i32) -> Self {
+        Self { kind, fd, value, bytes: 0, calls: 1, via: 0, snapshot: sock::snapshot(sk) }
+    }
+}
+
+/// Reports what the current process (the socket's owner from now on) observed on `sk`.
+#[inline(always)]
+pub fn observed(sk: u64, mut ends: Endpoints, obs: &Observation) {
+    let info = owner::touch(sk);
+    if !wanted(sk, &info, &mut ends) {
+        return;
+    }
+    emit(obs.kind, sk, &info, &ends, |event: &mut AppEvent| {
+        event.snapshot = obs.snapshot;
+        event.fd = obs.fd;
+        event.value = obs.value;
+        event.bytes = obs.bytes;
+        event.calls = obs.calls;
+        event.via = obs.via;
+        event._pad = [0; 3];
+    });
+}
+
+/// Adds `n` to a `COUNTERS` slot on this CPU.
+#[inline(always)]
+pub fn count(slot: u32, n: u64) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; no other writer on this CPU while we run.
+        unsafe { *counter += n };
     }
 }

@@ -10,8 +10,10 @@ mod config;
 mod emit;
 mod maps;
 mod owner;
+mod policy;
 mod probes;
 mod sock;
+mod syscall;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -5,9 +5,12 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use connwatch_common::{
-    event::KIND_SLOTS,
-    names::{MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS, MAX_SOCKETS},
-    socket::{ListenerKey, Owner, SocketInfo},
+    event::{COUNTER_SLOTS, KIND_SLOTS},
+    names::{
+        MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
+        MAX_PENDING_CALLS, MAX_SOCKETS,
+    },
+    socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, PendingCall, SocketInfo},
 };
 
 /// Every event, in order. The loader resizes it (`--ring-buffer-size`).
@@ -35,3 +38,21 @@ pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_P
 /// `--port` values (host order -> 1).
 #[map(name = "PORT_FILTER")]
 pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+/// Per-CPU counts of what is deliberately not reported one by one (see `COUNTER_*`).
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// recv/send/readiness activity not yet reported, per socket (the summarising policy).
+#[map(name = "IO_STATE")]
+pub static IO_STATE: LruHashMap<u64, IoState> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// epoll registrations: (process, epfd, user data) -> socket, learnt at epoll_ctl.
+#[map(name = "EPOLL_WATCH")]
+pub static EPOLL_WATCH: LruHashMap<EpollKey, EpollTarget> =
+    LruHashMap::with_max_entries(MAX_EPOLL_REGISTRATIONS, 0);
+
+/// Syscall arguments kept from entry to exit, per thread.
+#[map(name = "PENDING")]
+pub static PENDING: LruHashMap<u64, PendingCall> =
+    LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);

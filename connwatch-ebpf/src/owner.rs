@@ -5,9 +5,9 @@
 //! socket is touched in process context and looked up everywhere else.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use connwatch_common::socket::{ListenerKey, Owner, SocketInfo};
+use connwatch_common::socket::{ListenerKey, Owner, SOCKET_APP_CLOSED, SocketInfo};
 
-use crate::maps::{LISTENERS, SOCKETS};
+use crate::maps::{IO_STATE, LISTENERS, SOCKETS};
 
 /// The process running this (process-context) hook.
 #[inline(always)]
@@ -28,7 +28,7 @@ pub fn now() -> u64 {
 /// A new life of `sk`: connect, listen, or a child spawned by a listener.
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
-    let info = SocketInfo { birth_ns: now(), owner };
+    let info = SocketInfo { birth_ns: now(), owner, flags: 0, sport: 0, dport: 0 };
     let _ = SOCKETS.insert(&sk, &info, 0);
     info
 }
@@ -83,5 +83,51 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
         // SAFETY: a valid map value pointer; Owner is Copy and read whole.
         Some(owner) => unsafe { *owner },
         None => Owner::UNKNOWN,
+    }
+}
+
+/// The application closed its descriptor. A socket already in CLOSE dies with it, so its
+/// identity goes now; otherwise it goes when the orphan reaches CLOSE (see [`closed`]).
+#[inline(always)]
+pub fn app_closed(sk: u64, state: u8) {
+    if state == connwatch_common::tcp::TCP_CLOSE {
+        forget(sk);
+    } else if let Some(info) = SOCKETS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*info).flags |= SOCKET_APP_CLOSED };
+    }
+}
+
+/// The socket reached CLOSE: if its application has already let go, this life is over.
+#[inline(always)]
+pub fn closed(sk: u64, info: &SocketInfo) {
+    if info.flags & SOCKET_APP_CLOSED != 0 {
+        forget(sk);
+    }
+}
+
+#[inline(always)]
+fn forget(sk: u64) {
+    let _ = SOCKETS.remove(&sk);
+    let _ = IO_STATE.remove(&sk);
+}
+
+/// Remembers the connection's ports while the kernel has them, and supplies them once it has
+/// released the local port (on the way to CLOSE).
+#[inline(always)]
+pub fn complete_ports(sk: u64, info: &SocketInfo, ends: &mut crate::sock::Endpoints) {
+    if ends.sport != 0 && ends.dport != 0 {
+        if (info.sport, info.dport) != (ends.sport, ends.dport)
+            && let Some(entry) = SOCKETS.get_ptr_mut(&sk)
+        {
+            // SAFETY: a valid map value pointer.
+            unsafe {
+                (*entry).sport = ends.sport;
+                (*entry).dport = ends.dport;
+            }
+        }
+    } else if info.sport != 0 {
+        ends.sport = info.sport;
+        ends.dport = info.dport;
     }
 }

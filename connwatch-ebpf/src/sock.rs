@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use connwatch_common::{
     config::OFFSET_ABSENT,
-    event::EventHeader,
+    event::{EventHeader, SockSnapshot},
     tcp::{AF_INET, AF_INET6, IPPROTO_TCP, S_IFMT, S_IFSOCK, SOCK_STREAM},
 };
 
@@ -69,6 +69,21 @@ pub fn state(sk: u64) -> u8 {
 #[inline(always)]
 pub fn error(sk: u64) -> i32 {
     read(sk, conf!(sock.err)).unwrap_or(0)
+}
+
+/// The socket as the application's call found it.
+#[inline(always)]
+pub fn snapshot(sk: u64) -> SockSnapshot {
+    let una: u32 = read(sk, conf!(sock.snd_una)).unwrap_or(0);
+    let nxt: u32 = read(sk, conf!(sock.snd_nxt)).unwrap_or(0);
+    SockSnapshot {
+        state: state(sk),
+        rto_retransmits: read(sk, conf!(sock.rto_retransmits)).unwrap_or(0),
+        _pad: [0; 2],
+        sk_err: error(sk),
+        unacked_bytes: nxt.wrapping_sub(una),
+        _pad2: 0,
+    }
 }
 
 /// The socket's network namespace (`struct net` address).

@@ -45,6 +45,10 @@ pub struct TraceArgs {
     /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
+    /// Report every recv, send and readiness call. By default a busy socket's routine calls are
+    /// summarised in the kernel (EOF, errors and unusual states are always reported one by one).
+    #[arg(long)]
+    pub all_io: bool,
     /// Attach mechanism to prefer where a hook offers several.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
     pub attach: AttachChoice,
@@ -74,6 +78,7 @@ impl TraceArgs {
                 ports: self.ports.clone(),
                 comm: self.comm.clone(),
             },
+            all_io: self.all_io,
         }
     }
 }

@@ -32,9 +32,10 @@ pub async fn run(args: &TraceArgs) -> anyhow::Result<()> {
     } else {
         Box::new(HumanSink::new(stdout, WallClock::now()))
     };
-    sink.ready(&tracer.ready()).context("writing to stdout")?;
-
-    let outcome = stream(&mut tracer, sink.as_mut(), args.duration).await;
+    let outcome = match sink.ready(&tracer.ready()) {
+        Ok(()) => stream(&mut tracer, sink.as_mut(), args.duration).await,
+        Err(e) => Err(e),
+    };
     tracer.detach();
     let mut events = Vec::new();
     let last = forward(&mut tracer, &mut events, sink.as_mut());

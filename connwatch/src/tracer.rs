@@ -109,7 +109,18 @@ impl Tracer {
                 BTreeMap::new()
             }
         };
-        Summary { duration, events: self.events_by_type.clone(), lost, malformed: self.malformed }
+        let folded = self.loss.folded().unwrap_or_else(|e| {
+            eprintln!("connwatch: warning: cannot read kernel counters: {e}");
+            Default::default()
+        });
+        Summary {
+            duration,
+            events: self.events_by_type.clone(),
+            lost,
+            malformed: self.malformed,
+            readiness_unexamined: folded.readiness_unexamined,
+            io_summarised: folded.io_summarised,
+        }
     }
 }
 

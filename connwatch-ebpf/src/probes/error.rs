@@ -10,11 +10,11 @@ use crate::{emit, owner, sock};
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return 0;
     };
     let info = owner::known(sk);
-    if emit::wanted(&info, &ends) {
+    if emit::wanted(sk, &info, &mut ends) {
         let (errno, state) = (sock::error(sk), sock::state(sk));
         emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {
             event.errno = errno;

@@ -46,11 +46,11 @@ pub fn raw_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
 /// `sk` is NULL for resets answering segments that match no socket: nothing to attribute.
 #[inline(always)]
 fn on_reset(sk: u64, direction: u8) {
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
     let info = owner::known(sk);
-    if emit::wanted(&info, &ends) {
+    if emit::wanted(sk, &info, &mut ends) {
         let state = sock::state(sk);
         emit::emit(KIND_RESET, sk, &info, &ends, |event: &mut ResetEvent| {
             event.direction = direction;

@@ -27,11 +27,11 @@ pub fn raw_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_retransmit(sk: u64) {
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
     let info = owner::known(sk);
-    if emit::wanted(&info, &ends) {
+    if emit::wanted(sk, &info, &mut ends) {
         let state = sock::state(sk);
         emit::emit(KIND_RETRANSMIT, sk, &info, &ends, |event: &mut RetransmitEvent| {
             event.state = state;

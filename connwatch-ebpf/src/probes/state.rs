@@ -39,7 +39,7 @@ pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_state_change(sk: u64, old: i32, new: i32) {
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
     let (old, new) = (old as u8, new as u8);
@@ -49,12 +49,15 @@ fn on_state_change(sk: u64, old: i32, new: i32) {
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
-    if emit::wanted(&info, &ends) {
+    if emit::wanted(sk, &info, &mut ends) {
         emit::emit(KIND_STATE, sk, &info, &ends, |event: &mut StateEvent| {
             event.old_state = old;
             event.new_state = new;
             event._pad = [0; 6];
         });
+    }
+    if new == TCP_CLOSE {
+        owner::closed(sk, &info);
     }
 }
 

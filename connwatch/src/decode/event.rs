@@ -95,12 +95,100 @@ impl fmt::Display for TcpState {
     }
 }
 
+/// The socket as the application's call found it (carried by every observation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub state: TcpState,
+    /// Pending socket error (`sk_err`), if any.
+    pub sk_err: Option<Errno>,
+    /// Consecutive retransmission timeouts without an acknowledgement.
+    pub rto_retransmits: u8,
+    /// Bytes sent and not yet acknowledged.
+    pub unacked_bytes: u32,
+}
+
+/// How readiness was learnt; decides how its mask is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Epoll,
+    Poll,
+    Select,
+}
+
+impl Via {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::Poll => "poll",
+            Self::Select => "select",
+        }
+    }
+}
+
+/// What one recv or send record stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Io {
+    /// The last call's result: bytes (0 = EOF for recv) or the error.
+    pub last: Result<u32, Errno>,
+    /// Bytes moved by all `calls` calls.
+    pub bytes: u64,
+    /// Calls this record stands for (more than 1 when summarised).
+    pub calls: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
-    State { old: TcpState, new: TcpState },
-    Reset { direction: Direction, state: TcpState },
-    Retransmit { state: TcpState },
-    Error { errno: Errno, state: TcpState },
+    State {
+        old: TcpState,
+        new: TcpState,
+    },
+    Reset {
+        direction: Direction,
+        state: TcpState,
+    },
+    Retransmit {
+        state: TcpState,
+    },
+    Error {
+        errno: Errno,
+        state: TcpState,
+    },
+    /// getsockopt(SO_ERROR) returned `value` (None = 0) to the application.
+    SoError {
+        fd: i32,
+        value: Option<Errno>,
+        snapshot: Snapshot,
+    },
+    /// epoll/poll/select told the application the socket was ready.
+    Readiness {
+        fd: i32,
+        via: Via,
+        mask: u32,
+        calls: u32,
+        snapshot: Snapshot,
+    },
+    Recv {
+        io: Io,
+        snapshot: Snapshot,
+    },
+    Send {
+        io: Io,
+        snapshot: Snapshot,
+    },
+    /// connect() returned: Ok(()) connected, Err(EINPROGRESS) under way, Err(other) failed.
+    Connect {
+        fd: i32,
+        result: Result<(), Errno>,
+        snapshot: Snapshot,
+    },
+    Accept {
+        fd: i32,
+        snapshot: Snapshot,
+    },
+    Close {
+        fd: i32,
+        snapshot: Snapshot,
+    },
 }
 
 impl Detail {
@@ -111,8 +199,106 @@ impl Detail {
             Self::Reset { .. } => "reset",
             Self::Retransmit { .. } => "retransmit",
             Self::Error { .. } => "error",
+            Self::SoError { .. } => "so_error",
+            Self::Readiness { .. } => "readiness",
+            Self::Recv { .. } => "recv",
+            Self::Send { .. } => "send",
+            Self::Connect { .. } => "connect",
+            Self::Accept { .. } => "accept",
+            Self::Close { .. } => "close",
         }
     }
+
+    /// The socket snapshot of an application observation; `None` for kernel events.
+    pub const fn snapshot(&self) -> Option<&Snapshot> {
+        match self {
+            Self::SoError { snapshot, .. }
+            | Self::Readiness { snapshot, .. }
+            | Self::Recv { snapshot, .. }
+            | Self::Send { snapshot, .. }
+            | Self::Connect { snapshot, .. }
+            | Self::Accept { snapshot, .. }
+            | Self::Close { snapshot, .. } => Some(snapshot),
+            _ => None,
+        }
+    }
+
+    /// The application's fd, where the observation names one.
+    pub const fn fd(&self) -> Option<i32> {
+        match self {
+            Self::SoError { fd, .. }
+            | Self::Readiness { fd, .. }
+            | Self::Connect { fd, .. }
+            | Self::Accept { fd, .. }
+            | Self::Close { fd, .. } => Some(*fd),
+            _ => None,
+        }
+    }
+}
+
+/// Names of the bits set in a readiness mask (`EPOLLIN`, `POLLHUP`, `READ`, ...).
+pub fn readiness_names(via: Via, mask: u32) -> Vec<String> {
+    const POLL_BITS: &[(u32, &str)] = &[
+        (0x001, "IN"),
+        (0x002, "PRI"),
+        (0x004, "OUT"),
+        (0x008, "ERR"),
+        (0x010, "HUP"),
+        (0x020, "NVAL"),
+        (0x040, "RDNORM"),
+        (0x080, "RDBAND"),
+        (0x100, "WRNORM"),
+        (0x200, "WRBAND"),
+        (0x400, "MSG"),
+        (0x2000, "RDHUP"),
+    ];
+    const SELECT_BITS: &[(u32, &str)] = &[(1, "READ"), (2, "WRITE"), (4, "EXCEPT")];
+    let (prefix, bits) = match via {
+        Via::Epoll => ("EPOLL", POLL_BITS),
+        Via::Poll => ("POLL", POLL_BITS),
+        Via::Select => ("", SELECT_BITS),
+    };
+    let mut names: Vec<String> = bits
+        .iter()
+        .filter(|(bit, _)| mask & bit != 0)
+        .map(|(_, n)| format!("{prefix}{n}"))
+        .collect();
+    let known: u32 = bits.iter().map(|(bit, _)| bit).sum();
+    if mask & !known != 0 {
+        names.push(format!("{:#x}", mask & !known));
+    }
+    names
+}
+
+fn fd_note(f: &mut fmt::Formatter<'_>, fd: i32, snapshot: &Snapshot) -> fmt::Result {
+    write!(f, " (fd {fd}) [{}", snapshot.state)?;
+    if let Some(err) = snapshot.sk_err {
+        write!(f, ", pending {err}")?;
+    }
+    f.write_str("]")
+}
+
+fn io_note(f: &mut fmt::Formatter<'_>, verb: &str, io: &Io, snapshot: &Snapshot) -> fmt::Result {
+    match (io.calls, io.last) {
+        (1, Ok(0)) if verb == "recv" => write!(f, "recv 0 (EOF)")?,
+        (1, Ok(n)) => write!(f, "{verb} {n} bytes")?,
+        (1, Err(e)) => write!(f, "{verb} {e}")?,
+        (calls, last) => {
+            write!(f, "{verb} {calls} calls, {} bytes", io.bytes)?;
+            if let Err(e) = last {
+                write!(f, ", last {e}")?;
+            }
+        }
+    }
+    write!(f, " [{}", snapshot.state)?;
+    if snapshot.rto_retransmits > 0 {
+        write!(
+            f,
+            ", {} timeouts, {} bytes unacked",
+            snapshot.rto_retransmits, snapshot.unacked_bytes
+        )?;
+    }
+    f.write_str("]")
 }
 
 impl fmt::Display for Detail {
@@ -122,6 +308,37 @@ impl fmt::Display for Detail {
             Self::Reset { direction, state } => write!(f, "RST {} ({state})", direction.name()),
             Self::Retransmit { state } => write!(f, "retransmit ({state})"),
             Self::Error { errno, state } => write!(f, "{errno} ({state})"),
+            Self::SoError { fd, value, snapshot } => {
+                match value {
+                    Some(e) => write!(f, "SO_ERROR {e}")?,
+                    None => f.write_str("SO_ERROR 0")?,
+                }
+                fd_note(f, *fd, snapshot)
+            }
+            Self::Readiness { fd, via, mask, calls, snapshot } => {
+                write!(f, "{} {}", via.name(), readiness_names(*via, *mask).join("|"))?;
+                if *calls > 1 {
+                    write!(f, " x{calls}")?;
+                }
+                fd_note(f, *fd, snapshot)
+            }
+            Self::Recv { io, snapshot } => io_note(f, "recv", io, snapshot),
+            Self::Send { io, snapshot } => io_note(f, "send", io, snapshot),
+            Self::Connect { fd, result, snapshot } => {
+                match result {
+                    Ok(()) => f.write_str("connect 0")?,
+                    Err(e) => write!(f, "connect {e}")?,
+                }
+                fd_note(f, *fd, snapshot)
+            }
+            Self::Accept { fd, snapshot } => {
+                f.write_str("accept")?;
+                fd_note(f, *fd, snapshot)
+            }
+            Self::Close { fd, snapshot } => {
+                f.write_str("close")?;
+                fd_note(f, *fd, snapshot)
+            }
         }
     }
 }

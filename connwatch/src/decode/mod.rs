@@ -8,8 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use connwatch_common::{
     event::{
-        ErrorEvent, EventHeader, KIND_ERROR, KIND_RESET, KIND_RETRANSMIT, KIND_STATE, RESET_RX,
-        RESET_TX, ResetEvent, RetransmitEvent, StateEvent,
+        AppEvent, ErrorEvent, EventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_ERROR,
+        KIND_READINESS, KIND_RECV, KIND_RESET, KIND_RETRANSMIT, KIND_SEND, KIND_SO_ERROR,
+        KIND_STATE, RESET_RX, RESET_TX, ResetEvent, RetransmitEvent, SockSnapshot, StateEvent,
+        VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
     socket::OWNER_UNKNOWN,
     tcp::{AF_INET, AF_INET6},
@@ -17,7 +19,9 @@ use connwatch_common::{
 use thiserror::Error;
 
 pub use errno::Errno;
-pub use event::{Detail, Direction, Event, Family, Owner, SockId, TcpState};
+pub use event::{
+    Detail, Direction, Event, Family, Io, Owner, Snapshot, SockId, TcpState, Via, readiness_names,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -31,6 +35,10 @@ pub enum DecodeError {
     InvalidState(u8),
     #[error("invalid reset direction {0}")]
     InvalidDirection(u8),
+    #[error("invalid readiness source {0}")]
+    InvalidVia(u8),
+    #[error("a record standing for no calls")]
+    NoCalls,
 }
 
 /// The JSON / summary name of an event kind.
@@ -40,6 +48,13 @@ pub const fn kind_name(kind: u8) -> Option<&'static str> {
         KIND_RESET => "reset",
         KIND_RETRANSMIT => "retransmit",
         KIND_ERROR => "error",
+        KIND_SO_ERROR => "so_error",
+        KIND_READINESS => "readiness",
+        KIND_RECV => "recv",
+        KIND_SEND => "send",
+        KIND_CONNECT => "connect",
+        KIND_ACCEPT => "accept",
+        KIND_CLOSE => "close",
         _ => return None,
     })
 }
@@ -68,6 +83,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let e: ErrorEvent = read(record)?;
             Detail::Error { errno: Errno(e.errno), state: TcpState::new(e.state)? }
         }
+        KIND_SO_ERROR..=KIND_ACCEPT => observation(header.kind, &read::<AppEvent>(record)?)?,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     let (family, local, remote) = endpoints(&header)?;
@@ -82,6 +98,53 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         remote,
         detail,
     })
+}
+
+fn observation(kind: u8, e: &AppEvent) -> Result<Detail, DecodeError> {
+    let snapshot = snapshot(&e.snapshot)?;
+    let fd = e.fd;
+    if e.calls == 0 {
+        return Err(DecodeError::NoCalls);
+    }
+    let io = || Io {
+        last: if e.value < 0 { Err(Errno(-e.value)) } else { Ok(e.value as u32) },
+        bytes: e.bytes,
+        calls: e.calls,
+    };
+    Ok(match kind {
+        KIND_SO_ERROR => Detail::SoError { fd, value: errno(e.value), snapshot },
+        KIND_READINESS => {
+            let via = match e.via {
+                VIA_EPOLL => Via::Epoll,
+                VIA_POLL => Via::Poll,
+                VIA_SELECT => Via::Select,
+                other => return Err(DecodeError::InvalidVia(other)),
+            };
+            Detail::Readiness { fd, via, mask: e.value as u32, calls: e.calls, snapshot }
+        }
+        KIND_RECV => Detail::Recv { io: io(), snapshot },
+        KIND_SEND => Detail::Send { io: io(), snapshot },
+        KIND_CONNECT => {
+            let result = if e.value < 0 { Err(Errno(-e.value)) } else { Ok(()) };
+            Detail::Connect { fd, result, snapshot }
+        }
+        KIND_ACCEPT => Detail::Accept { fd, snapshot },
+        _ => Detail::Close { fd, snapshot },
+    })
+}
+
+fn snapshot(s: &SockSnapshot) -> Result<Snapshot, DecodeError> {
+    Ok(Snapshot {
+        state: TcpState::new(s.state)?,
+        sk_err: errno(s.sk_err),
+        rto_retransmits: s.rto_retransmits,
+        unacked_bytes: s.unacked_bytes,
+    })
+}
+
+/// A positive errno, or `None` for 0.
+fn errno(value: i32) -> Option<Errno> {
+    (value != 0).then_some(Errno(value.abs()))
 }
 
 /// Reads a `#[repr(C)]` record of plain integers from the front of `bytes`.

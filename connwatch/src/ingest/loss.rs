@@ -1,15 +1,29 @@
-//! The kernel's count of events it could not reserve ring-buffer space for, per kind.
+//! The kernel's accounts: events it could not reserve ring-buffer space for (per kind), and
+//! what it deliberately did not report one by one (`COUNTERS`).
 
 use aya::{
     Ebpf,
     maps::{MapData, MapError, PerCpuArray},
 };
-use connwatch_common::{event::KIND_SLOTS, names::MAP_LOST};
+use connwatch_common::{
+    event::{COUNTER_IO_SUMMARISED, COUNTER_READINESS_UNEXAMINED, KIND_SLOTS},
+    names::{MAP_COUNTERS, MAP_LOST},
+};
 
 use crate::decode::kind_name;
 
 pub struct LossCounters {
     map: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// What the kernel folded or skipped on purpose, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Ready entries of epoll_wait/poll/select results beyond the per-call bound.
+    pub readiness_unexamined: u64,
+    /// recv/send/readiness calls folded into summarising records.
+    pub io_summarised: u64,
 }
 
 /// Lost events by kind, summed over CPUs.
@@ -32,7 +46,20 @@ impl Lost {
 impl LossCounters {
     pub fn take(ebpf: &mut Ebpf) -> Self {
         let map = ebpf.take_map(MAP_LOST).expect("connwatch-ebpf defines LOST");
-        Self { map: PerCpuArray::try_from(map).expect("LOST is a per-CPU array of u64") }
+        let counters = ebpf.take_map(MAP_COUNTERS).expect("connwatch-ebpf defines COUNTERS");
+        Self {
+            map: PerCpuArray::try_from(map).expect("LOST is a per-CPU array of u64"),
+            counters: PerCpuArray::try_from(counters).expect("COUNTERS is a per-CPU array of u64"),
+        }
+    }
+
+    pub fn folded(&self) -> Result<Folded, MapError> {
+        let sum =
+            |slot: u32| -> Result<u64, MapError> { Ok(self.counters.get(&slot, 0)?.iter().sum()) };
+        Ok(Folded {
+            readiness_unexamined: sum(COUNTER_READINESS_UNEXAMINED)?,
+            io_summarised: sum(COUNTER_IO_SUMMARISED)?,
+        })
     }
 
     pub fn read(&self) -> Result<Lost, MapError> {

@@ -81,6 +81,12 @@ impl KernelBtf {
             err: sk("sk_err")?,
             protocol: sk("sk_protocol")?,
             sk_type: sk("sk_type")?,
+            // tcp_sock and inet_connection_sock both begin with struct sock, so these offsets
+            // apply to the same pointer.
+            rto_retransmits: self.offset_of("inet_connection_sock", "icsk_retransmits")?,
+            snd_una: self.offset_of("tcp_sock", "snd_una")?,
+            snd_nxt: self.offset_of("tcp_sock", "snd_nxt")?,
+            _pad: 0,
         })
     }
 

@@ -51,8 +51,19 @@ const fn tp(program: &'static str) -> Variant {
 pub enum Role {
     /// Produces events; connwatch refuses to run without it.
     Events,
-    /// Keeps owners accurate; without it owners stay unknown longer (reported as degraded).
-    Ownership,
+    /// Keeps owners accurate and reports what applications observed; without it connwatch
+    /// runs degraded (listed in `ready`): owners stay unknown longer, observations are missing.
+    Observation,
+}
+
+impl Role {
+    /// What is missing when an optional hook cannot be attached.
+    pub const fn without(self) -> &'static str {
+        match self {
+            Self::Events => "kernel events",
+            Self::Observation => "application observations (and some owners)",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -69,6 +80,22 @@ impl Hook {
     pub fn id(&self) -> String {
         format!("{}:{}", self.category, self.name)
     }
+}
+
+/// A syscall tracepoint, whose program is `tp_<name>`: classic only (raw tracepoints exist
+/// just for all syscalls at once, which would run on every syscall in the system).
+macro_rules! syscall {
+    ($name:literal) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[Variant {
+                mechanism: Mechanism::Tracepoint,
+                program: concat!("tp_", $name),
+            }],
+        }
+    };
 }
 
 pub static HOOKS: &[Hook] = &[
@@ -106,25 +133,35 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         category: "sock",
         name: "sock_send_length",
-        role: Role::Ownership,
+        role: Role::Observation,
         variants: &[raw("raw_sock_send_length"), tp("tp_sock_send_length")],
     },
     Hook {
         category: "sock",
         name: "sock_recv_length",
-        role: Role::Ownership,
+        role: Role::Observation,
         variants: &[raw("raw_sock_recv_length"), tp("tp_sock_recv_length")],
     },
-    Hook {
-        category: "syscalls",
-        name: "sys_exit_accept4",
-        role: Role::Ownership,
-        variants: &[tp("tp_sys_exit_accept4")],
-    },
-    Hook {
-        category: "syscalls",
-        name: "sys_exit_accept",
-        role: Role::Ownership,
-        variants: &[tp("tp_sys_exit_accept")],
-    },
+    syscall!("sys_exit_accept4"),
+    syscall!("sys_exit_accept"),
+    syscall!("sys_enter_connect"),
+    syscall!("sys_exit_connect"),
+    syscall!("sys_enter_close"),
+    syscall!("sys_enter_getsockopt"),
+    syscall!("sys_exit_getsockopt"),
+    syscall!("sys_enter_epoll_ctl"),
+    syscall!("sys_enter_epoll_wait"),
+    syscall!("sys_exit_epoll_wait"),
+    syscall!("sys_enter_epoll_pwait"),
+    syscall!("sys_exit_epoll_pwait"),
+    syscall!("sys_enter_epoll_pwait2"),
+    syscall!("sys_exit_epoll_pwait2"),
+    syscall!("sys_enter_poll"),
+    syscall!("sys_exit_poll"),
+    syscall!("sys_enter_ppoll"),
+    syscall!("sys_exit_ppoll"),
+    syscall!("sys_enter_select"),
+    syscall!("sys_exit_select"),
+    syscall!("sys_enter_pselect6"),
+    syscall!("sys_exit_pselect6"),
 ];

@@ -61,19 +61,86 @@ pub fn from_formats(read: impl Fn(&str, &str) -> Result<Format, TracefsError>) -
     });
     take("sock", "sock_send_length", &mut |fmt| {
         f.send_length_sk = fmt.offset("sk", POINTER)?;
+        f.send_length_ret = fmt.offset("ret", INT)?;
         Ok(())
     });
     take("sock", "sock_recv_length", &mut |fmt| {
         f.recv_length_sk = fmt.offset("sk", POINTER)?;
+        f.recv_length_ret = fmt.offset("ret", INT)?;
         Ok(())
     });
-    // Every syscalls:sys_exit_* record shares one layout; accept4's stands for them all.
+    // The programs read every syscall record at one base: `ret` for exits, and arguments at
+    // 8-byte steps from the first for entries. Each hooked syscall is checked against it.
     take("syscalls", "sys_exit_accept4", &mut |fmt| {
         f.sys_exit_ret = fmt.offset("ret", LONG)?;
         Ok(())
     });
+    take("syscalls", "sys_enter_connect", &mut |fmt| {
+        f.sys_enter_arg0 = syscall_arguments(fmt)?.first().copied().unwrap_or_default();
+        Ok(())
+    });
+    for name in SYSCALL_EXITS {
+        let ret = f.sys_exit_ret;
+        take("syscalls", name, &mut |fmt| match fmt.offset("ret", LONG)? {
+            offset if offset == ret => Ok(()),
+            _ => Err(unexpected(fmt, "ret")),
+        });
+    }
+    for name in SYSCALL_ENTRIES {
+        let arg0 = f.sys_enter_arg0;
+        take("syscalls", name, &mut |fmt| {
+            let offsets = syscall_arguments(fmt)?;
+            match offsets.iter().enumerate().all(|(i, &o)| o == arg0 + 8 * i as u32) {
+                true => Ok(()),
+                false => Err(unexpected(fmt, "arguments at 8-byte steps")),
+            }
+        });
+    }
     layouts.problems = problems;
     layouts
+}
+
+/// The syscall records the programs read (besides accept4's and connect's, read above).
+const SYSCALL_EXITS: &[&str] = &[
+    "sys_exit_accept",
+    "sys_exit_getsockopt",
+    "sys_exit_connect",
+    "sys_exit_epoll_wait",
+    "sys_exit_epoll_pwait",
+    "sys_exit_epoll_pwait2",
+    "sys_exit_poll",
+    "sys_exit_ppoll",
+    "sys_exit_select",
+    "sys_exit_pselect6",
+];
+const SYSCALL_ENTRIES: &[&str] = &[
+    "sys_enter_getsockopt",
+    "sys_enter_close",
+    "sys_enter_epoll_ctl",
+    "sys_enter_epoll_wait",
+    "sys_enter_epoll_pwait",
+    "sys_enter_epoll_pwait2",
+    "sys_enter_poll",
+    "sys_enter_ppoll",
+    "sys_enter_select",
+    "sys_enter_pselect6",
+];
+
+/// Offsets of a sys_enter record's arguments (every field after `__syscall_nr`), each 8 bytes.
+fn syscall_arguments(fmt: &Format) -> Result<Vec<u32>, TracefsError> {
+    let args: Vec<_> = fmt
+        .fields
+        .iter()
+        .filter(|f| !f.name.starts_with("common_") && f.name != "__syscall_nr")
+        .collect();
+    if args.is_empty() || args.iter().any(|f| f.size != 8) {
+        return Err(unexpected(fmt, "8-byte arguments"));
+    }
+    Ok(args.iter().map(|f| f.offset).collect())
+}
+
+fn unexpected(fmt: &Format, what: &str) -> TracefsError {
+    TracefsError::NoField { tracepoint: fmt.tracepoint.clone(), field: what.into() }
 }
 
 #[cfg(test)]
@@ -101,7 +168,9 @@ mod tests {
         assert_eq!(f.send_reset_skaddr, 16);
         assert_eq!(f.retransmit_skaddr, 16);
         assert_eq!((f.send_length_sk, f.recv_length_sk), (8, 8));
-        assert_eq!(f.sys_exit_ret, 16);
+        assert_eq!((f.send_length_ret, f.recv_length_ret), (20, 20));
+        assert_eq!((f.sys_exit_ret, f.sys_enter_arg0), (16, 16));
+        assert!(layouts.problem("syscalls:sys_enter_getsockopt").is_none());
         for tp in [
             "sock:inet_sock_set_state",
             "tcp:tcp_send_reset",

@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap, MapError},
 };
 use connwatch_common::{
-    config::{Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
+    config::{Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO},
     names::{
         GLOBAL_CONFIG, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER, MAX_FILTER_PIDS,
         MAX_FILTER_PORTS,
@@ -57,6 +57,8 @@ pub struct LoadOptions {
     /// Power of two, multiple of the page size.
     pub ring_buffer_bytes: u32,
     pub filters: Filters,
+    /// Report every recv, send and readiness call instead of summarising busy sockets.
+    pub all_io: bool,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +67,7 @@ impl Default for LoadOptions {
             attach: AttachMode::Auto,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             filters: Filters::default(),
+            all_io: false,
         }
     }
 }
@@ -107,7 +110,7 @@ impl Probes {
         let layouts = layouts::read_all();
         let config = Config {
             self_tgid: std::process::id(),
-            filters: filter_bits(&options.filters),
+            flags: flag_bits(options),
             comm: options.filters.comm.as_deref().map(comm_bytes).unwrap_or_default(),
             wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
             tracepoints: layouts.fields,
@@ -157,8 +160,9 @@ fn validate(options: &LoadOptions) -> Result<(), ProbeError> {
     Ok(())
 }
 
-fn filter_bits(filters: &Filters) -> u32 {
-    let mut bits = 0;
+fn flag_bits(options: &LoadOptions) -> u32 {
+    let filters = &options.filters;
+    let mut bits = if options.all_io { FLAG_ALL_IO } else { 0 };
     if !filters.pids.is_empty() {
         bits |= FILTER_PIDS;
     }

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use serde_json::{Map, Value, json};
 
 use super::{Ready, Sink, Summary};
-use crate::decode::{Detail, Event};
+use crate::decode::{Detail, Errno, Event, Io, readiness_names};
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -51,8 +51,44 @@ pub fn event_json(e: &Event) -> Value {
             object.insert("errno".into(), errno.name().into());
             object.insert("state".into(), state.name().into());
         }
+        Detail::SoError { value, .. } => {
+            object.insert("value".into(), errno_or_zero(*value));
+        }
+        Detail::Readiness { via, mask, calls, .. } => {
+            object.insert("via".into(), via.name().into());
+            object.insert("events".into(), readiness_names(*via, *mask).into());
+            object.insert("calls".into(), (*calls).into());
+        }
+        Detail::Recv { io, .. } | Detail::Send { io, .. } => insert_io(&mut object, io),
+        Detail::Connect { result, .. } => {
+            object.insert("result".into(), errno_or_zero(result.err()));
+        }
+        Detail::Accept { .. } | Detail::Close { .. } => {}
+    }
+    if let Some(fd) = e.detail.fd() {
+        object.insert("fd".into(), fd.into());
+    }
+    if let Some(snapshot) = e.detail.snapshot() {
+        object.insert("kstate".into(), snapshot.state.name().into());
+        object.insert("sk_err".into(), errno_or_zero(snapshot.sk_err));
+        object.insert("rto_retransmits".into(), snapshot.rto_retransmits.into());
+        object.insert("unacked_bytes".into(), snapshot.unacked_bytes.into());
     }
     Value::Object(object)
+}
+
+/// An errno's name, or the number 0 for none.
+fn errno_or_zero(errno: Option<Errno>) -> Value {
+    errno.map_or(0.into(), |e| e.name().into())
+}
+
+/// `bytes` (all calls') or, when the last call failed, `errno`; and how many calls.
+fn insert_io(object: &mut Map<String, Value>, io: &Io) {
+    match io.last {
+        Ok(_) => object.insert("bytes".into(), io.bytes.into()),
+        Err(e) => object.insert("errno".into(), e.name().into()),
+    };
+    object.insert("calls".into(), io.calls.into());
 }
 
 pub fn ready_json(ready: &Ready) -> Value {

@@ -13,6 +13,10 @@ pub struct Summary {
     pub lost: BTreeMap<&'static str, u64>,
     /// Records that failed decoding.
     pub malformed: u64,
+    /// Ready entries of epoll_wait/poll/select results beyond the per-call bound (not reported).
+    pub readiness_unexamined: u64,
+    /// recv/send/readiness calls folded into summarising records (reported as `calls`).
+    pub io_summarised: u64,
 }
 
 impl Summary {
@@ -31,6 +35,8 @@ impl Summary {
             "events": self.events,
             "lost": self.lost,
             "malformed": self.malformed,
+            "readiness_unexamined": self.readiness_unexamined,
+            "io_summarised": self.io_summarised,
         })
     }
 }
@@ -44,13 +50,16 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connwatch: {} events in {:.1} s ({}); lost {} ({}); malformed {}",
+            "connwatch: {} events in {:.1} s ({}); lost {} ({}); malformed {}; \
+             readiness unexamined {}; I/O calls summarised {}",
             self.total_events(),
             self.duration.as_secs_f64(),
             counts(&self.events),
             self.total_lost(),
             counts(&self.lost),
-            self.malformed
+            self.malformed,
+            self.readiness_unexamined,
+            self.io_summarised
         )
     }
 }

@@ -1,0 +1,136 @@
+//! Calls whose results decide what an application believes: `getsockopt(SO_ERROR)`,
+//! `connect`, `accept`/`accept4` and `close`, from `syscalls:sys_enter_*`/`sys_exit_*`
+//! (arguments at tracefs offsets; checked against 6.1 and 6.18). Each is reported every time:
+//! they are rare and each one is evidence.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use connwatch_common::{
+    event::{KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_SO_ERROR},
+    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall},
+};
+
+use crate::{
+    emit::{self, Observation},
+    owner, sock,
+    syscall::{self, arg, ret},
+};
+
+const SOL_SOCKET: u64 = 1;
+const SO_ERROR: u64 = 4;
+
+#[tracepoint]
+pub fn tp_sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
+    if !syscall::from_agent() && arg(&ctx, 1) == SOL_SOCKET && arg(&ctx, 2) == SO_ERROR {
+        let call = CALL_GETSOCKOPT;
+        syscall::keep(PendingCall {
+            call,
+            fd: arg(&ctx, 0) as i32,
+            ptr: arg(&ctx, 3),
+            aux: 0,
+            aux2: 0,
+        });
+    }
+    0
+}
+
+/// The value the kernel copied to the caller: exactly what the application saw (a second read
+/// after an error sees 0, because the first one cleared it).
+#[tracepoint]
+pub fn tp_sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
+    let Some(call) = syscall::take(CALL_GETSOCKOPT) else {
+        return 0;
+    };
+    if ret(&ctx) != 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+    let Ok(value) = (unsafe { bpf_probe_read_user(call.ptr as *const i32) }) else {
+        return 0;
+    };
+    report(call.fd as i64, KIND_SO_ERROR, value);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_connect(ctx: TracePointContext) -> u32 {
+    if !syscall::from_agent() {
+        syscall::keep(PendingCall {
+            call: CALL_CONNECT,
+            fd: arg(&ctx, 0) as i32,
+            ptr: 0,
+            aux: 0,
+            aux2: 0,
+        });
+    }
+    0
+}
+
+/// 0, -EINPROGRESS (a non-blocking attempt under way) or the failure.
+#[tracepoint]
+pub fn tp_sys_exit_connect(ctx: TracePointContext) -> u32 {
+    if let Some(call) = syscall::take(CALL_CONNECT) {
+        report(call.fd as i64, KIND_CONNECT, ret(&ctx) as i32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept(&ctx)
+}
+
+/// The accepted socket now belongs to the accepting process (which may differ from the
+/// listener's, as in pre-forked servers). The child shares its listener's namespace and port,
+/// so the listener is (re)registered too: listeners older than the agent were never seen in
+/// listen(), and from now on their children have an owner before they are accepted.
+#[inline(always)]
+fn on_accept(ctx: &TracePointContext) -> u32 {
+    if syscall::from_agent() {
+        return 0;
+    }
+    let fd = ret(ctx);
+    let Some(sk) = sock::sock_of_fd(fd) else {
+        return 0;
+    };
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return 0;
+    };
+    let info = owner::touch(sk);
+    owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
+    emit::observed(sk, ends, &Observation::single(KIND_ACCEPT, sk, fd as i32, 0));
+    0
+}
+
+/// The application lets go of its descriptor (at entry: the fd still resolves).
+#[tracepoint]
+pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
+    if syscall::from_agent() {
+        return 0;
+    }
+    let fd = arg(&ctx, 0) as i32 as i64;
+    let Some(sk) = sock::sock_of_fd(fd) else {
+        return 0;
+    };
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return 0;
+    };
+    let obs = Observation::single(KIND_CLOSE, sk, fd as i32, 0);
+    emit::observed(sk, ends, &obs);
+    owner::app_closed(sk, obs.snapshot.state);
+    0
+}
+
+#[inline(always)]
+fn report(fd: i64, kind: u8, value: i32) {
+    let Some(sk) = sock::sock_of_fd(fd) else {
+        return;
+    };
+    if let Some(ends) = sock::tcp_endpoints(sk) {
+        emit::observed(sk, ends, &Observation::single(kind, sk, fd as i32, value));
+    }
+}

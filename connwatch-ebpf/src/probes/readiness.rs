@@ -1,0 +1,320 @@
+//! What the application was told was ready: epoll (registrations learnt at `epoll_ctl`, results
+//! of `epoll_wait`/`epoll_pwait`/`epoll_pwait2`), `poll`/`ppoll` and `select`/`pselect6`, from
+//! `syscalls:sys_enter_*`/`sys_exit_*` (checked against 6.1 and 6.18). Results are examined up
+//! to `READINESS_PER_CALL` entries per call; the rest are counted, not silently dropped.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use connwatch_common::{
+    event::{
+        COUNTER_READINESS_UNEXAMINED, KIND_READINESS, SELECT_EXCEPT, SELECT_READ, SELECT_WRITE,
+        VIA_EPOLL, VIA_POLL, VIA_SELECT,
+    },
+    names::READINESS_PER_CALL,
+    socket::{CALL_EPOLL_WAIT, CALL_POLL, CALL_SELECT, EpollKey, EpollTarget, PendingCall},
+};
+
+use crate::{
+    emit::{self, Observation},
+    maps::EPOLL_WATCH,
+    policy::{self, Path},
+    sock,
+    syscall::{self, arg, ret},
+};
+
+const EPOLL_CTL_ADD: u64 = 1;
+const EPOLL_CTL_MOD: u64 = 3;
+/// EPOLLERR, EPOLLHUP, EPOLLRDHUP (the same bits as POLLERR, POLLHUP, POLLRDHUP).
+const HANGUP_OR_ERROR: i32 = 0x008 | 0x010 | 0x2000;
+
+// `struct epoll_event` is packed on x86-64 (data right after the 4-byte mask) and naturally
+// aligned elsewhere.
+#[cfg(bpf_target_arch = "x86_64")]
+const EPOLL_EVENT: (u64, u64) = (12, 4);
+#[cfg(not(bpf_target_arch = "x86_64"))]
+const EPOLL_EVENT: (u64, u64) = (16, 8);
+const POLLFD_SIZE: u64 = 8;
+
+#[tracepoint]
+pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
+    let op = arg(&ctx, 1);
+    if syscall::from_agent() || (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD) {
+        return 0;
+    }
+    let (epfd, fd, event) = (arg(&ctx, 0) as i32, arg(&ctx, 2) as i32, arg(&ctx, 3));
+    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+    let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_EVENT.1) as *const u64) }) else {
+        return 0;
+    };
+    let Some(sk) = sock::sock_of_fd(fd as i64) else {
+        return 0;
+    };
+    if sock::tcp_endpoints(sk).is_some() {
+        let key = EpollKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, epfd, data };
+        let _ = EPOLL_WATCH.insert(&key, &EpollTarget { sk, fd, _pad: 0 }, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_epoll_wait(ctx: TracePointContext) -> u32 {
+    keep_wait(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_epoll_pwait(ctx: TracePointContext) -> u32 {
+    keep_wait(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_epoll_pwait2(ctx: TracePointContext) -> u32 {
+    keep_wait(&ctx)
+}
+
+#[inline(always)]
+fn keep_wait(ctx: &TracePointContext) -> u32 {
+    if !syscall::from_agent() {
+        let (epfd, events) = (arg(ctx, 0) as i32, arg(ctx, 1));
+        syscall::keep(PendingCall {
+            call: CALL_EPOLL_WAIT,
+            fd: epfd,
+            ptr: events,
+            aux: 0,
+            aux2: 0,
+        });
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
+    on_epoll_result(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_epoll_pwait(ctx: TracePointContext) -> u32 {
+    on_epoll_result(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_epoll_pwait2(ctx: TracePointContext) -> u32 {
+    on_epoll_result(&ctx)
+}
+
+#[inline(always)]
+fn on_epoll_result(ctx: &TracePointContext) -> u32 {
+    let Some(call) = syscall::take(CALL_EPOLL_WAIT) else {
+        return 0;
+    };
+    let ready = ret(ctx);
+    if ready <= 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    for i in 0..READINESS_PER_CALL as u64 {
+        if i >= ready as u64 {
+            break;
+        }
+        let entry = call.ptr + i * EPOLL_EVENT.0;
+        // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+        let (Ok(mask), Ok(data)) = (unsafe {
+            (
+                bpf_probe_read_user(entry as *const u32),
+                bpf_probe_read_user((entry + EPOLL_EVENT.1) as *const u64),
+            )
+        }) else {
+            break;
+        };
+        let key = EpollKey { tgid, epfd: call.fd, data };
+        if let Some(target) = EPOLL_WATCH.get_ptr(&key) {
+            // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
+            let target = unsafe { *target };
+            on_ready(target.sk, target.fd, mask as i32, VIA_EPOLL);
+        }
+    }
+    unexamined((ready as u64).saturating_sub(READINESS_PER_CALL as u64));
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_poll(ctx: TracePointContext) -> u32 {
+    keep_poll(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_ppoll(ctx: TracePointContext) -> u32 {
+    keep_poll(&ctx)
+}
+
+#[inline(always)]
+fn keep_poll(ctx: &TracePointContext) -> u32 {
+    if !syscall::from_agent() {
+        let (fds, nfds) = (arg(ctx, 0), arg(ctx, 1));
+        syscall::keep(PendingCall { call: CALL_POLL, fd: -1, ptr: fds, aux: nfds, aux2: 0 });
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
+    on_poll_result(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_ppoll(ctx: TracePointContext) -> u32 {
+    on_poll_result(&ctx)
+}
+
+#[inline(always)]
+fn on_poll_result(ctx: &TracePointContext) -> u32 {
+    let Some(call) = syscall::take(CALL_POLL) else {
+        return 0;
+    };
+    let ready = ret(ctx);
+    if ready <= 0 {
+        return 0;
+    }
+    // Collect first, resolve after: keeps the verifier's work linear in the bound.
+    let mut found = [(0i32, 0i32); READINESS_PER_CALL as usize];
+    let mut seen: u64 = 0;
+    for i in 0..READINESS_PER_CALL as u64 {
+        if i >= call.aux || seen >= ready as u64 {
+            break;
+        }
+        // struct pollfd { int fd; short events; short revents; }
+        // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+        let Ok(pollfd) =
+            (unsafe { bpf_probe_read_user((call.ptr + i * POLLFD_SIZE) as *const u64) })
+        else {
+            break;
+        };
+        let (fd, revents) = (pollfd as u32 as i32, (pollfd >> 48) as u16 as i16);
+        if revents != 0 && fd >= 0 {
+            if let Some(slot) = found.get_mut(seen as usize) {
+                *slot = (fd, revents as i32);
+            }
+            seen += 1;
+        }
+    }
+    resolve_all(&found, seen, VIA_POLL);
+    unexamined((ready as u64).saturating_sub(seen));
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_select(ctx: TracePointContext) -> u32 {
+    keep_select(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_pselect6(ctx: TracePointContext) -> u32 {
+    keep_select(&ctx)
+}
+
+#[inline(always)]
+fn keep_select(ctx: &TracePointContext) -> u32 {
+    if !syscall::from_agent() {
+        let (read, write, except) = (arg(ctx, 1), arg(ctx, 2), arg(ctx, 3));
+        syscall::keep(PendingCall {
+            call: CALL_SELECT,
+            fd: -1,
+            ptr: read,
+            aux: write,
+            aux2: except,
+        });
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_select(ctx: TracePointContext) -> u32 {
+    on_select_result(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_pselect6(ctx: TracePointContext) -> u32 {
+    on_select_result(&ctx)
+}
+
+/// The first word of each set the kernel rewrote: descriptors below 64 (`SELECT_FDS`).
+#[inline(always)]
+fn on_select_result(ctx: &TracePointContext) -> u32 {
+    let Some(call) = syscall::take(CALL_SELECT) else {
+        return 0;
+    };
+    let ready = ret(ctx);
+    if ready <= 0 {
+        return 0;
+    }
+    let word = |ptr: u64| -> u64 {
+        // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+        if ptr == 0 { 0 } else { unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0) }
+    };
+    let (read, write, except) = (word(call.ptr), word(call.aux), word(call.aux2));
+    // Visits set bits only, lowest first, without branching on each bit: unrolled, a branch
+    // per descriptor would multiply the verifier's work.
+    let (mut read, mut write, mut except) = (read, write, except);
+    let mut found = [(0i32, 0i32); READINESS_PER_CALL as usize];
+    let mut seen: u64 = 0;
+    for slot in found.iter_mut() {
+        let any = read | write | except;
+        if any == 0 {
+            break;
+        }
+        let lowest = any & any.wrapping_neg();
+        let fd = (lowest - 1).count_ones() as u64;
+        let bit = |set: u64, flag: i32| ((set >> fd) & 1) as i32 * flag;
+        *slot = (
+            fd as i32,
+            bit(read, SELECT_READ) | bit(write, SELECT_WRITE) | bit(except, SELECT_EXCEPT),
+        );
+        read &= !lowest;
+        write &= !lowest;
+        except &= !lowest;
+        seen += 1;
+    }
+    resolve_all(&found, seen, VIA_SELECT);
+    // select returns the number of set bits in all three sets, up to its nfds.
+    unexamined((ready as u64).saturating_sub(seen));
+    0
+}
+
+/// Resolves the first `count` collected (fd, mask) pairs to sockets and reports them.
+#[inline(always)]
+fn resolve_all(found: &[(i32, i32); READINESS_PER_CALL as usize], count: u64, via: u8) {
+    for (i, &(fd, mask)) in found.iter().enumerate() {
+        if i as u64 >= count {
+            break;
+        }
+        if let Some(sk) = sock::sock_of_fd(fd as i64) {
+            on_ready(sk, fd, mask, via);
+        }
+    }
+}
+
+/// Counts ready entries the bounded loops did not examine.
+#[inline(always)]
+fn unexamined(entries: u64) {
+    if entries > 0 {
+        emit::count(COUNTER_READINESS_UNEXAMINED, entries);
+    }
+}
+
+/// Not inlined: as a BPF subprogram its many exits converge at one return, so the verifier
+/// checks each loop iteration once instead of every path through all the iterations after it.
+#[inline(never)]
+fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return;
+    };
+    let snapshot = sock::snapshot(sk);
+    let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(&snapshot);
+    if let Some((calls, _)) = policy::tally(sk, Path::Readiness, 0, notable, snapshot.state) {
+        let obs =
+            Observation { kind: KIND_READINESS, fd, value: mask, bytes: 0, calls, via, snapshot };
+        emit::observed(sk, ends, &obs);
+    }
+}
