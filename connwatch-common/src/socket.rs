@@ -50,11 +50,13 @@ pub struct IoTally {
     pub last_report_ns: u64,
     pub bytes: u64,
     pub calls: u32,
+    /// What the last report said (readiness: mask and mechanism): a change is always reported.
+    pub last_signature: u32,
     /// State at the last report: a change of state is always reported.
     pub last_state: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
-assert_size!(IoTally, 24);
+assert_size!(IoTally, 32);
 
 /// Per-socket tallies, keyed by `struct sock` address.
 #[repr(C)]
@@ -64,7 +66,7 @@ pub struct IoState {
     pub send: IoTally,
     pub readiness: IoTally,
 }
-assert_size!(IoState, 72);
+assert_size!(IoState, 96);
 
 /// An epoll registration: which socket a (process, epfd, user data) triple stands for.
 #[repr(C)]

@@ -3,7 +3,8 @@
 //! Reported at once: EOF, errors other than EAGAIN, calls on a socket that is not ESTABLISHED,
 //! has a pending error or is retransmitting without progress, and HUP/RDHUP/ERR readiness.
 //! Everything else is tallied per socket and reported on the first call after a change of
-//! state or once per `IO_REPORT_INTERVAL_NS`, as one record standing for `calls` calls.
+//! state or of what is reported (readiness mask or mechanism), or once per
+//! `IO_REPORT_INTERVAL_NS`, as one record standing for `calls` calls.
 //! `--all-io` reports every call.
 
 use connwatch_common::{
@@ -30,9 +31,16 @@ pub fn notable_socket(snapshot: &SockSnapshot) -> bool {
 }
 
 /// Tallies one call of `bytes`; returns `Some((calls, bytes))` when a record is due, covering
-/// every call since the last one.
+/// every call since the last one. `signature` stands for what the call reports beyond bytes.
 #[inline(always)]
-pub fn tally(sk: u64, path: Path, bytes: u64, notable: bool, state: u8) -> Option<(u32, u64)> {
+pub fn tally(
+    sk: u64,
+    path: Path,
+    bytes: u64,
+    notable: bool,
+    state: u8,
+    signature: u32,
+) -> Option<(u32, u64)> {
     if conf!(flags) & FLAG_ALL_IO != 0 {
         return Some((1, bytes));
     }
@@ -55,12 +63,20 @@ pub fn tally(sk: u64, path: Path, bytes: u64, notable: bool, state: u8) -> Optio
     let now = now();
     let due = notable
         || tally.last_state != state
+        || tally.last_signature != signature
         || now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS;
     if !due {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return None;
     }
     let report = (tally.calls, tally.bytes);
-    *tally = IoTally { last_report_ns: now, bytes: 0, calls: 0, last_state: state, _pad: [0; 3] };
+    *tally = IoTally {
+        last_report_ns: now,
+        bytes: 0,
+        calls: 0,
+        last_signature: signature,
+        last_state: state,
+        _pad: [0; 7],
+    };
     Some(report)
 }

@@ -13,9 +13,15 @@ pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return 0;
     };
+    // tcp_disconnect() (run when a failed connect() is unwound) reports even when no error
+    // is stored: that is not an error the application can see.
+    let errno = sock::error(sk);
+    if errno == 0 {
+        return 0;
+    }
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
-        let (errno, state) = (sock::error(sk), sock::state(sk));
+        let state = sock::state(sk);
         emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {
             event.errno = errno;
             event.state = state;

@@ -66,7 +66,7 @@ fn on_io(sk: u64, ret: i32, path: Path) {
     let failed = ret < 0 && ret != EAGAIN;
     let notable = eof || failed || policy::notable_socket(&snapshot);
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let Some((calls, bytes)) = policy::tally(sk, path, bytes, notable, snapshot.state) else {
+    let Some((calls, bytes)) = policy::tally(sk, path, bytes, notable, snapshot.state, 0) else {
         // Not reported now, but the caller is still the owner.
         owner::touch(sk);
         return;

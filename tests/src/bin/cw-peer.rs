@@ -2,8 +2,10 @@
 //! `err ...` line per command on stdout. Plain libc syscalls, so what the kernel sees is exactly
 //! what the test asked for.
 //!
-//! Commands: `listen ADDR PORT`, `accept`, `connect ADDR PORT`, `write BYTES`, `read-eof`,
-//! `linger0`, `close`, `close-listener`, `refuse-flood ADDR PORT COUNT`, `exit`.
+//! Commands: `listen ADDR PORT`, `accept`, `connect ADDR PORT`, `connect-nb ADDR PORT`,
+//! `wait-writable`, `write BYTES`, `burst COUNT BYTES`, `recv`, `recv-bytes TOTAL`, `read-eof`,
+//! `so-error`, `epoll-add fd|ptr`, `epoll-wait`, `poll`, `select`, `linger0`, `close`,
+//! `close-listener`, `refuse-flood ADDR PORT COUNT`, `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -12,7 +14,7 @@ use std::{
 };
 
 fn main() {
-    let mut peer = Peer { listener: -1, conn: -1 };
+    let mut peer = Peer { listener: -1, conn: -1, epoll: -1, token: Box::new(0) };
     let stdin = io::stdin();
     for line in stdin.lock().lines() {
         let line = line.expect("stdin");
@@ -34,6 +36,9 @@ fn main() {
 struct Peer {
     listener: i32,
     conn: i32,
+    epoll: i32,
+    /// A heap object whose address serves as epoll user data (`epoll-add ptr`).
+    token: Box<u64>,
 }
 
 type Reply = Result<String, io::Error>;
@@ -65,6 +70,121 @@ impl Peer {
                     check(unsafe { libc::connect(self.conn, sa, len) })
                 })?;
                 Ok(format!("connected {}", local_port(self.conn)?))
+            }
+            ["connect-nb", addr, port] => {
+                let addr = sockaddr(addr, port);
+                self.conn = socket_for(&addr)?;
+                let flags = check(unsafe { libc::fcntl(self.conn, libc::F_GETFL) })?;
+                check(unsafe { libc::fcntl(self.conn, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+                with_sockaddr(&addr, |sa, len| {
+                    check(unsafe { libc::connect(self.conn, sa, len) })
+                })?;
+                Ok("connected".into())
+            }
+            ["wait-writable"] => {
+                let mut fd = libc::pollfd { fd: self.conn, events: libc::POLLOUT, revents: 0 };
+                check(unsafe { libc::poll(&mut fd, 1, 10_000) })?;
+                Ok(format!("revents {}", fd.revents))
+            }
+            ["burst", count, bytes] => {
+                let buf = vec![b'x'; bytes.parse().expect("byte count")];
+                let count: u32 = count.parse().expect("count");
+                for _ in 0..count {
+                    let n = unsafe {
+                        libc::send(self.conn, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+                    };
+                    if check_len(n)? != buf.len() {
+                        return Err(io::Error::other("short send"));
+                    }
+                }
+                Ok(format!("sent {count}"))
+            }
+            ["recv"] => {
+                let mut buf = [0u8; 4096];
+                let n = check_len(unsafe {
+                    libc::recv(self.conn, buf.as_mut_ptr().cast(), buf.len(), 0)
+                })?;
+                Ok(format!("received {n}"))
+            }
+            ["recv-bytes", total] => {
+                let total: usize = total.parse().expect("byte count");
+                let (mut got, mut calls) = (0, 0u32);
+                let mut buf = [0u8; 65536];
+                while got < total {
+                    let n = check_len(unsafe {
+                        libc::recv(self.conn, buf.as_mut_ptr().cast(), buf.len(), 0)
+                    })?;
+                    calls += 1;
+                    if n == 0 {
+                        return Err(io::Error::other("early EOF"));
+                    }
+                    got += n;
+                }
+                Ok(format!("received {got} in {calls} calls"))
+            }
+            ["so-error"] => {
+                let mut value: i32 = 0;
+                let mut len = size_of::<i32>() as libc::socklen_t;
+                check(unsafe {
+                    libc::getsockopt(
+                        self.conn,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&mut value as *mut i32).cast(),
+                        &mut len,
+                    )
+                })?;
+                Ok(if value == 0 {
+                    "0".into()
+                } else {
+                    errno_name(&io::Error::from_raw_os_error(value))
+                })
+            }
+            ["epoll-add", data] => {
+                self.epoll = check(unsafe { libc::epoll_create1(0) })?;
+                let data = match *data {
+                    "fd" => self.conn as u64,
+                    "ptr" => &*self.token as *const u64 as u64,
+                    other => panic!("epoll data {other}: fd or ptr"),
+                };
+                let mut event = libc::epoll_event {
+                    events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                    u64: data,
+                };
+                check(unsafe {
+                    libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_ADD, self.conn, &mut event)
+                })?;
+                Ok(format!("data {data}"))
+            }
+            ["epoll-wait"] => {
+                let mut event = libc::epoll_event { events: 0, u64: 0 };
+                let n = check(unsafe { libc::epoll_wait(self.epoll, &mut event, 1, 10_000) })?;
+                let mask = event.events;
+                Ok(format!("ready {n} mask {mask:#x}"))
+            }
+            ["poll"] => {
+                let mut fd = libc::pollfd {
+                    fd: self.conn,
+                    events: libc::POLLIN | libc::POLLRDHUP,
+                    revents: 0,
+                };
+                let n = check(unsafe { libc::poll(&mut fd, 1, 10_000) })?;
+                Ok(format!("ready {n} revents {:#x}", fd.revents))
+            }
+            ["select"] => {
+                let mut read: libc::fd_set = unsafe { zeroed() };
+                unsafe { libc::FD_SET(self.conn, &mut read) };
+                let mut timeout = libc::timeval { tv_sec: 10, tv_usec: 0 };
+                let n = check(unsafe {
+                    libc::select(
+                        self.conn + 1,
+                        &mut read,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        &mut timeout,
+                    )
+                })?;
+                Ok(format!("ready {n}"))
             }
             ["write", bytes] => {
                 let buf = vec![b'x'; bytes.parse().expect("byte count")];

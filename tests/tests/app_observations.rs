@@ -1,0 +1,361 @@
+//! What applications observed on their sockets, joined to the kernel's socket: SO_ERROR reads,
+//! readiness from epoll/poll/select, EOF, writes into a closing connection, async connect
+//! results, fd reuse, and the summarising of busy connections. Runs as root in throwaway
+//! namespaces; each test uses its own ports.
+
+use connwatch::{
+    decode::{Detail, Event, Io, SockId, Via, readiness_names},
+    probes::{Filters, LoadOptions},
+};
+use connwatch_tests::{Peer, Session, Topology, require_root, session::describe};
+
+fn traced(pids: &[u32]) -> LoadOptions {
+    LoadOptions {
+        filters: Filters { pids: pids.to_vec(), ..Filters::default() },
+        ..LoadOptions::default()
+    }
+}
+
+/// A connected pair: (topology, server peer, client peer, server's accepted fd).
+fn connected(tag: &str, server_addr: &str, port: u16) -> (Topology, Peer, Peer, Session, i32) {
+    require_root();
+    let topology = Topology::new(tag);
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let session = Session::start(traced(&[server.pid(), client.pid()]));
+    server.ok(&format!("listen {server_addr} {port}"));
+    client.ok(&format!("connect {server_addr} {port}"));
+    let fd = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
+    (topology, server, client, session, fd)
+}
+
+fn pid_of(e: &Event) -> Option<u32> {
+    e.owner.as_ref().map(|o| o.pid)
+}
+
+/// The socket a process accepted or connected (its `accept`/`connect` observation).
+fn socket_of(events: &[Event], pid: u32, kind: &str) -> Option<SockId> {
+    events.iter().find(|e| pid_of(e) == Some(pid) && e.detail.type_name() == kind).map(|e| e.sock)
+}
+
+fn of_type<'a>(events: &'a [Event], sock: SockId, kind: &str) -> Vec<&'a Event> {
+    events.iter().filter(|e| e.sock == sock && e.detail.type_name() == kind).collect()
+}
+
+fn kstate(e: &Event) -> &'static str {
+    e.detail.snapshot().expect("an observation").state.name()
+}
+
+#[test]
+fn so_error_after_reset_reads_econnreset_then_zero() {
+    let (_t, mut server, mut client, mut session, _) =
+        connected("soerr", Topology::SERVER_V4, 42001);
+    let cpid = client.pid();
+    server.ok("linger0");
+    server.ok("close");
+    session.wait_until("the RST at the client", |evs| {
+        evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
+    });
+    assert_eq!(client.ok("so-error"), "ECONNRESET");
+    assert_eq!(client.ok("so-error"), "0", "SO_ERROR clears the error it returns");
+    session.wait_until("both SO_ERROR reads", |evs| {
+        socket_of(evs, cpid, "connect").is_some_and(|s| of_type(evs, s, "so_error").len() == 2)
+    });
+    let sock = socket_of(&session.events, cpid, "connect").unwrap();
+    let reads = of_type(&session.events, sock, "so_error");
+    let values: Vec<String> = reads
+        .iter()
+        .map(|e| match &e.detail {
+            Detail::SoError { value, .. } => value.map_or("0".into(), |v| v.name()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(values, ["ECONNRESET", "0"]);
+    let connect_fd = of_type(&session.events, sock, "connect")[0].detail.fd();
+    for e in &reads {
+        assert_eq!(e.detail.fd(), connect_fd, "same fd: {}", describe(e));
+        assert_eq!(kstate(e), "CLOSE");
+    }
+    let reset = session
+        .events
+        .iter()
+        .find(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
+        .unwrap();
+    assert_eq!(reset.sock, sock, "the application's socket is the kernel's socket");
+}
+
+/// EPOLLIN|EPOLLRDHUP after the peer's FIN, then recv 0 in CLOSE_WAIT, on the server's socket.
+fn epoll_sees_eof(tag: &str, server_addr: &str, port: u16, data: &str) {
+    let (_t, mut server, mut client, mut session, fd) = connected(tag, server_addr, port);
+    let spid = server.pid();
+    server.ok(&format!("epoll-add {data}"));
+    client.ok("close");
+    let ready = server.ok("epoll-wait");
+    assert!(ready.starts_with("ready 1"), "{ready}");
+    assert_eq!(server.ok("recv"), "received 0");
+    session.wait_until("readiness and EOF on the server", |evs| {
+        socket_of(evs, spid, "accept").is_some_and(|s| {
+            !of_type(evs, s, "readiness").is_empty() && !of_type(evs, s, "recv").is_empty()
+        })
+    });
+    let sock = socket_of(&session.events, spid, "accept").unwrap();
+    let readiness = of_type(&session.events, sock, "readiness");
+    let last = readiness.last().unwrap();
+    match &last.detail {
+        Detail::Readiness { fd: seen_fd, via, mask, .. } => {
+            assert_eq!((*seen_fd, *via), (fd, Via::Epoll), "{}", describe(last));
+            let names = readiness_names(*via, *mask);
+            assert!(
+                names.contains(&"EPOLLIN".into()) && names.contains(&"EPOLLRDHUP".into()),
+                "{names:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kstate(last), "CLOSE_WAIT");
+    let eof = of_type(&session.events, sock, "recv").into_iter().last().unwrap();
+    assert!(
+        matches!(eof.detail, Detail::Recv { io: Io { last: Ok(0), .. }, .. }),
+        "{}",
+        describe(eof)
+    );
+    assert_eq!(kstate(eof), "CLOSE_WAIT");
+    // The kernel's own view of the same socket.
+    assert!(
+        session
+            .events
+            .iter()
+            .any(|e| e.sock == sock && e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT"),
+        "{}",
+        session.dump()
+    );
+}
+
+#[test]
+fn epoll_with_fd_data_resolves_to_the_socket() {
+    epoll_sees_eof("epfd", Topology::SERVER_V4, 42011, "fd");
+}
+
+#[test]
+fn epoll_with_pointer_data_resolves_to_the_socket() {
+    epoll_sees_eof("epptr", Topology::SERVER_V4, 42012, "ptr");
+}
+
+#[test]
+fn epoll_eof_over_ipv6() {
+    epoll_sees_eof("ep6", Topology::SERVER_V6, 42013, "ptr");
+}
+
+#[test]
+fn poll_and_select_readiness() {
+    let (_t, mut server, mut client, mut session, fd) =
+        connected("pollsel", Topology::SERVER_V4, 42021);
+    let spid = server.pid();
+    client.ok("write 100");
+    assert!(server.ok("poll").starts_with("ready 1"));
+    assert!(server.ok("select").starts_with("ready 1"));
+    session.wait_until("poll and select readiness", |evs| {
+        let vias: Vec<Via> = evs
+            .iter()
+            .filter(|e| pid_of(e) == Some(spid))
+            .filter_map(|e| match e.detail {
+                Detail::Readiness { via, .. } => Some(via),
+                _ => None,
+            })
+            .collect();
+        vias.contains(&Via::Poll) && vias.contains(&Via::Select)
+    });
+    let sock = socket_of(&session.events, spid, "accept").unwrap();
+    for e in of_type(&session.events, sock, "readiness") {
+        let Detail::Readiness { fd: seen_fd, via, mask, .. } = &e.detail else { unreachable!() };
+        assert_eq!(*seen_fd, fd);
+        let names = readiness_names(*via, *mask);
+        match via {
+            Via::Poll => assert!(names.contains(&"POLLIN".into()), "{names:?}"),
+            Via::Select => assert_eq!(names, ["READ"]),
+            Via::Epoll => panic!("no epoll here: {}", describe(e)),
+        }
+        assert_eq!(kstate(e), "ESTABLISHED");
+    }
+}
+
+#[test]
+fn a_write_into_close_wait_succeeds_then_the_next_fails_with_epipe() {
+    let (_t, mut server, mut client, mut session, _) =
+        connected("epipe", Topology::SERVER_V4, 42031);
+    let spid = server.pid();
+    client.ok("close");
+    server.ok("read-eof");
+    assert_eq!(server.ok("write 10"), "wrote 10", "the first write into CLOSE_WAIT succeeds");
+    session.wait_until("the peer's RST answering it", |evs| {
+        evs.iter().any(|e| pid_of(e) == Some(spid) && matches!(e.detail, Detail::Reset { .. }))
+    });
+    assert_eq!(server.send("write 10"), "err EPIPE");
+    session.wait_until("both sends", |evs| {
+        socket_of(evs, spid, "accept").is_some_and(|s| of_type(evs, s, "send").len() >= 2)
+    });
+    let sock = socket_of(&session.events, spid, "accept").unwrap();
+    let sends = of_type(&session.events, sock, "send");
+    let (first, second) = (sends[sends.len() - 2], sends[sends.len() - 1]);
+    assert!(
+        matches!(first.detail, Detail::Send { io: Io { last: Ok(10), .. }, .. }),
+        "{}",
+        describe(first)
+    );
+    assert!(["CLOSE_WAIT", "CLOSE"].contains(&kstate(first)), "{}", describe(first));
+    match &second.detail {
+        Detail::Send { io: Io { last: Err(e), .. }, .. } => assert_eq!(e.name(), "EPIPE"),
+        other => panic!("expected a failed send, got {other:?}"),
+    }
+}
+
+#[test]
+fn nonblocking_connect_to_a_closed_port_is_einprogress_then_so_error_refused() {
+    require_root();
+    let topology = Topology::new("nbconn");
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let mut session = Session::start(traced(&[cpid]));
+    assert_eq!(client.send(&format!("connect-nb {} 42041", Topology::SERVER_V4)), "err E115");
+    client.ok("wait-writable");
+    assert_eq!(client.ok("so-error"), "ECONNREFUSED");
+    session.wait_until("connect and SO_ERROR", |evs| {
+        socket_of(evs, cpid, "connect").is_some_and(|s| !of_type(evs, s, "so_error").is_empty())
+    });
+    let sock = socket_of(&session.events, cpid, "connect").unwrap();
+    let connect = of_type(&session.events, sock, "connect")[0];
+    match &connect.detail {
+        Detail::Connect { result: Err(e), .. } => assert_eq!(e.name(), "EINPROGRESS"),
+        other => panic!("{other:?}"),
+    }
+    let so_error = of_type(&session.events, sock, "so_error")[0];
+    assert!(
+        matches!(&so_error.detail, Detail::SoError { value: Some(e), .. } if e.name() == "ECONNREFUSED")
+    );
+    assert_eq!(so_error.detail.fd(), connect.detail.fd());
+}
+
+#[test]
+fn fd_reuse_never_mixes_two_sockets() {
+    let (t, mut server, mut client, mut session, _) =
+        connected("fdreuse", Topology::SERVER_V4, 42051);
+    let cpid = client.pid();
+    // The first connection dies by RST (its socket is in CLOSE when the client closes it, so
+    // socket memory and fd number are both free for the next one).
+    server.ok("linger0");
+    server.ok("close");
+    session.wait_until("the RST", |evs| {
+        evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
+    });
+    client.ok("close");
+    client.ok(&format!("connect {} 42051", Topology::SERVER_V4));
+    server.ok("accept");
+    client.ok("write 5");
+    session.wait_until("two connects and the second's send", |evs| {
+        evs.iter().filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "connect").count()
+            == 2
+            && evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
+    });
+    let connects: Vec<&Event> = session
+        .events
+        .iter()
+        .filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "connect")
+        .collect();
+    assert_eq!(connects[0].detail.fd(), connects[1].detail.fd(), "the fd number is reused");
+    assert_ne!(connects[0].sock, connects[1].sock, "but the sockets are two");
+    let second = connects[1].sock;
+    let send = session
+        .events
+        .iter()
+        .find(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
+        .unwrap();
+    assert_eq!(send.sock, second, "the send belongs to the new connection: {}", describe(send));
+    for e in session.events.iter().filter(|e| e.sock == connects[0].sock) {
+        assert!(
+            e.ts_ns <= connects[1].ts_ns,
+            "nothing of the first socket after the second began: {}",
+            describe(e)
+        );
+    }
+    drop(t);
+}
+
+/// A busy connection is reported in bounded records; the EOF that ends it is never folded
+/// away, and the records account for every call.
+#[test]
+fn busy_connections_are_summarised_but_eof_is_always_reported() {
+    const SENDS: u32 = 5000;
+    let (_t, mut server, mut client, mut session, _) =
+        connected("busy", Topology::SERVER_V4, 42061);
+    let (spid, cpid) = (server.pid(), client.pid());
+    client.ok(&format!("burst {SENDS} 100"));
+    let received = server.ok(&format!("recv-bytes {}", SENDS * 100));
+    let recv_calls: u32 =
+        received.rsplit(" in ").next().unwrap().trim_end_matches(" calls").parse().unwrap();
+    client.ok("close");
+    assert_eq!(server.ok("recv"), "received 0");
+    session.wait_until("the server's EOF", |evs| {
+        evs.iter().any(|e| {
+            pid_of(e) == Some(spid)
+                && matches!(e.detail, Detail::Recv { io: Io { last: Ok(0), .. }, .. })
+        })
+    });
+    let summary = session.finish();
+    let records = |pid: u32, kind: &str| -> Vec<Io> {
+        session
+            .events
+            .iter()
+            .filter(|e| pid_of(e) == Some(pid) && e.detail.type_name() == kind)
+            .map(|e| match e.detail {
+                Detail::Send { io, .. } | Detail::Recv { io, .. } => io,
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    let sends = records(cpid, "send");
+    let seconds = summary.duration.as_secs() as usize + 2;
+    assert!(
+        sends.len() <= 2 * seconds,
+        "{} send records for {SENDS} sends in {seconds} s",
+        sends.len()
+    );
+    assert!(sends.iter().map(|io| io.calls).sum::<u32>() <= SENDS);
+    assert!(summary.io_summarised > 0, "{summary}");
+    // The EOF flushed the server's tally: its records stand for every recv it made.
+    let recvs = records(spid, "recv");
+    assert_eq!(recvs.iter().map(|io| io.calls).sum::<u32>(), recv_calls + 1, "{recvs:?}");
+    assert_eq!(recvs.last().unwrap().last, Ok(0), "EOF reported");
+}
+
+#[test]
+fn all_io_reports_every_call() {
+    const SENDS: u32 = 300;
+    require_root();
+    let topology = Topology::new("allio");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let mut session = Session::start(LoadOptions { all_io: true, ..traced(&[server.pid(), cpid]) });
+    server.ok(&format!("listen {} 42071", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 42071", Topology::SERVER_V4));
+    server.ok("accept");
+    client.ok(&format!("burst {SENDS} 10"));
+    session.wait_until("every send", |evs| {
+        evs.iter().filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send").count()
+            >= SENDS as usize
+    });
+    let summary = session.finish();
+    let sends: Vec<&Event> = session
+        .events
+        .iter()
+        .filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
+        .collect();
+    assert_eq!(sends.len(), SENDS as usize);
+    assert!(
+        sends.iter().all(|e| matches!(
+            e.detail,
+            Detail::Send { io: Io { calls: 1, last: Ok(10), .. }, .. }
+        ))
+    );
+    assert_eq!(summary.total_lost(), 0);
+}
