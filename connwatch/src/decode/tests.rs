@@ -196,3 +196,73 @@ fn malformed_records_are_errors_not_panics() {
         let _ = decode(&bytes);
     }
 }
+
+fn app_record(kind: u8, fd: i32, value: i32, calls: u32, via: u8) -> Vec<u8> {
+    use connwatch_common::event::{AppEvent, SockSnapshot};
+    bytes_of(&AppEvent {
+        header: header(kind, AF_INET),
+        snapshot: SockSnapshot {
+            state: TCP_CLOSE_WAIT,
+            rto_retransmits: 2,
+            _pad: [0; 2],
+            sk_err: libc::EPIPE,
+            unacked_bytes: 1500,
+            _pad2: 0,
+        },
+        fd,
+        value,
+        bytes: 4096,
+        calls,
+        via,
+        _pad: [0; 3],
+    })
+}
+
+#[test]
+fn application_observations_decode_with_their_snapshot() {
+    use connwatch_common::event::{
+        KIND_CLOSE, KIND_CONNECT, KIND_READINESS, KIND_RECV, KIND_SEND, KIND_SO_ERROR, VIA_EPOLL,
+        VIA_POLL, VIA_SELECT,
+    };
+    let so_error = decode(&app_record(KIND_SO_ERROR, 7, libc::ECONNRESET, 1, 0)).unwrap();
+    assert_eq!(so_error.detail.type_name(), "so_error");
+    assert_eq!(so_error.detail.fd(), Some(7));
+    let snapshot = so_error.detail.snapshot().unwrap();
+    assert_eq!(snapshot.state.name(), "CLOSE_WAIT");
+    assert_eq!(snapshot.sk_err.map(|e| e.name()), Some("EPIPE".into()));
+    assert_eq!((snapshot.rto_retransmits, snapshot.unacked_bytes), (2, 1500));
+    assert!(matches!(so_error.detail, Detail::SoError { value: Some(e), .. } if e.name() == "ECONNRESET"));
+    let zero = decode(&app_record(KIND_SO_ERROR, 7, 0, 1, 0)).unwrap();
+    assert!(matches!(zero.detail, Detail::SoError { value: None, .. }));
+
+    let epoll = decode(&app_record(KIND_READINESS, 7, 0x2001, 3, VIA_EPOLL)).unwrap();
+    assert_eq!(epoll.detail.to_string(), "epoll EPOLLIN|EPOLLRDHUP x3 (fd 7) [CLOSE_WAIT, pending EPIPE]");
+    let poll = decode(&app_record(KIND_READINESS, 7, 0x11, 1, VIA_POLL)).unwrap();
+    assert!(poll.detail.to_string().starts_with("poll POLLIN|POLLHUP (fd 7)"));
+    let select = decode(&app_record(KIND_READINESS, 7, 3, 1, VIA_SELECT)).unwrap();
+    assert!(select.detail.to_string().starts_with("select READ|WRITE (fd 7)"));
+
+    let eof = decode(&app_record(KIND_RECV, -1, 0, 1, 0)).unwrap();
+    assert!(eof.detail.to_string().starts_with("recv 0 (EOF)"), "{}", eof.detail);
+    let summary = decode(&app_record(KIND_SEND, -1, 100, 41, 0)).unwrap();
+    assert_eq!(
+        summary.detail.to_string(),
+        "send 41 calls, 4096 bytes [CLOSE_WAIT, 2 timeouts, 1500 bytes unacked]"
+    );
+    let failed = decode(&app_record(KIND_SEND, -1, -libc::EPIPE, 1, 0)).unwrap();
+    assert!(failed.detail.to_string().starts_with("send EPIPE"));
+
+    let connect = decode(&app_record(KIND_CONNECT, 3, -libc::EINPROGRESS, 1, 0)).unwrap();
+    assert!(connect.detail.to_string().starts_with("connect EINPROGRESS (fd 3)"));
+    let close = decode(&app_record(KIND_CLOSE, 3, 0, 1, 0)).unwrap();
+    assert_eq!(close.detail.type_name(), "close");
+}
+
+#[test]
+fn malformed_observations_are_errors() {
+    use connwatch_common::event::{KIND_READINESS, KIND_RECV};
+    assert_eq!(decode(&app_record(KIND_READINESS, 7, 1, 1, 9)), Err(DecodeError::InvalidVia(9)));
+    assert_eq!(decode(&app_record(KIND_RECV, -1, 0, 0, 0)), Err(DecodeError::NoCalls));
+    let short = app_record(KIND_RECV, -1, 0, 1, 0);
+    assert_eq!(decode(&short[..100]), Err(DecodeError::Short { len: 100, need: 128 }));
+}
