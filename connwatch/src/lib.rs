@@ -6,6 +6,7 @@
 //! integration tests drive exactly that.
 
 pub mod cli;
+pub mod correlate;
 pub mod decode;
 pub mod ingest;
 pub mod probes;

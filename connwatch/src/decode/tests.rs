@@ -231,12 +231,17 @@ fn application_observations_decode_with_their_snapshot() {
     assert_eq!(snapshot.state.name(), "CLOSE_WAIT");
     assert_eq!(snapshot.sk_err.map(|e| e.name()), Some("EPIPE".into()));
     assert_eq!((snapshot.rto_retransmits, snapshot.unacked_bytes), (2, 1500));
-    assert!(matches!(so_error.detail, Detail::SoError { value: Some(e), .. } if e.name() == "ECONNRESET"));
+    assert!(
+        matches!(so_error.detail, Detail::SoError { value: Some(e), .. } if e.name() == "ECONNRESET")
+    );
     let zero = decode(&app_record(KIND_SO_ERROR, 7, 0, 1, 0)).unwrap();
     assert!(matches!(zero.detail, Detail::SoError { value: None, .. }));
 
     let epoll = decode(&app_record(KIND_READINESS, 7, 0x2001, 3, VIA_EPOLL)).unwrap();
-    assert_eq!(epoll.detail.to_string(), "epoll EPOLLIN|EPOLLRDHUP x3 (fd 7) [CLOSE_WAIT, pending EPIPE]");
+    assert_eq!(
+        epoll.detail.to_string(),
+        "epoll EPOLLIN|EPOLLRDHUP x3 (fd 7) [CLOSE_WAIT, pending EPIPE]"
+    );
     let poll = decode(&app_record(KIND_READINESS, 7, 0x11, 1, VIA_POLL)).unwrap();
     assert!(poll.detail.to_string().starts_with("poll POLLIN|POLLHUP (fd 7)"));
     let select = decode(&app_record(KIND_READINESS, 7, 3, 1, VIA_SELECT)).unwrap();

@@ -1,0 +1,223 @@
+//! Joins the kernel's truth with each application's view, socket by socket, and reports where
+//! they disagree. Pure code: events in, findings out; time comes from the events and from
+//! `tick`, never from a clock of its own.
+
+pub mod detect;
+pub mod finding;
+pub mod track;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+pub use detect::Thresholds;
+pub use finding::{Evidence, Finding, Kind, Measures, Severity};
+use track::Track;
+
+use crate::decode::{Detail, Event, SockId};
+
+/// Default `--max-sockets`.
+pub const DEFAULT_MAX_SOCKETS: usize = 65_536;
+/// How many tracked sockets are sampled to choose one to evict (an approximate LRU).
+const EVICTION_SAMPLE: usize = 32;
+/// A finished socket is forgotten only after this long without events: late arrivals from
+/// other CPUs still find its facts.
+const REORDER_WINDOW_NS: u64 = 2_000_000_000;
+
+pub struct Correlator {
+    tracks: HashMap<SockId, Track>,
+    thresholds: Thresholds,
+    max_sockets: usize,
+    /// Timer detectors' deadlines.
+    deadlines: BTreeSet<(u64, SockId)>,
+    /// Sockets both sides are done with, forgotten once quiet for `REORDER_WINDOW_NS`.
+    finished: BTreeSet<(u64, SockId)>,
+    /// Windows in which the kernel lost events (CLOCK_MONOTONIC ns).
+    losses: Vec<(u64, u64)>,
+    evicted: u64,
+    reported: BTreeMap<Kind, u64>,
+}
+
+impl Correlator {
+    pub fn new(thresholds: Thresholds, max_sockets: usize) -> Self {
+        Self {
+            tracks: HashMap::new(),
+            thresholds,
+            max_sockets: max_sockets.max(1),
+            deadlines: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            losses: Vec::new(),
+            evicted: 0,
+            reported: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one event (in any order); returns the findings it completes.
+    pub fn ingest(&mut self, event: &Event) -> Vec<Finding> {
+        if !self.tracks.contains_key(&event.sock) && self.tracks.len() >= self.max_sockets {
+            self.evict_one();
+        }
+        let threshold = self.thresholds.retransmits;
+        let track = self.tracks.entry(event.sock).or_insert_with(|| Track::new(event));
+        track.apply(event, threshold);
+        let found = detect::on_event(track);
+        let mut findings = Vec::new();
+        for (kind, measures) in found {
+            if let Some(finding) = self.report(event.sock, kind, event.ts_ns, measures) {
+                findings.push(finding);
+            }
+        }
+        self.schedule(event.sock);
+        self.retire_when_quiet(event.sock);
+        findings
+    }
+
+    /// Checks the timer detectors due at `now` (CLOCK_MONOTONIC ns).
+    pub fn tick(&mut self, now: u64) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        while let Some(&(deadline, sock)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(track) = self.tracks.get(&sock) else {
+                continue;
+            };
+            for kind in detect::on_tick(track, now, &self.thresholds) {
+                findings.extend(self.report(sock, kind, now, None));
+            }
+            self.schedule_after(sock, now);
+        }
+        while let Some(&(quiet_at, sock)) = self.finished.first() {
+            if quiet_at > now {
+                break;
+            }
+            self.finished.pop_first();
+            if self.tracks.get(&sock).is_some_and(|t| t.last_ts + REORDER_WINDOW_NS <= now) {
+                self.tracks.remove(&sock);
+            }
+        }
+        findings
+    }
+
+    /// The kernel lost events between `from` and `to`: findings whose sockets were tracked
+    /// then say their evidence may be incomplete.
+    pub fn note_loss(&mut self, from: u64, to: u64) {
+        match self.losses.last_mut() {
+            Some(last) if last.1 >= from => last.1 = last.1.max(to),
+            _ => self.losses.push((from, to)),
+        }
+        // Bounded: old windows matter only to sockets that old.
+        if self.losses.len() > 1024 {
+            self.losses.drain(..512);
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Findings reported so far, by kind.
+    pub fn reported(&self) -> &BTreeMap<Kind, u64> {
+        &self.reported
+    }
+
+    fn report(
+        &mut self,
+        sock: SockId,
+        kind: Kind,
+        ts: u64,
+        measures: Option<Measures>,
+    ) -> Option<Finding> {
+        let track = self.tracks.get_mut(&sock)?;
+        let bit = 1 << kind as u16;
+        if track.reported & bit != 0 {
+            return None;
+        }
+        track.reported |= bit;
+        *self.reported.entry(kind).or_default() += 1;
+        let evidence = track
+            .timeline
+            .iter()
+            .filter(|(t, _)| *t <= ts)
+            .map(|(t, detail)| Evidence {
+                ts_ns: *t,
+                source: source(detail),
+                detail: detail.clone(),
+            })
+            .collect();
+        let evidence_incomplete =
+            self.losses.iter().any(|&(from, to)| to >= track.first_ts && from <= ts);
+        Some(Finding {
+            kind,
+            ts_ns: ts,
+            sock,
+            owner: track.owner.clone(),
+            fd: track.fd,
+            family: track.family,
+            local: track.local,
+            remote: track.remote,
+            evidence,
+            measures,
+            evidence_incomplete,
+        })
+    }
+
+    fn schedule(&mut self, sock: SockId) {
+        self.schedule_after(sock, 0);
+    }
+
+    /// Schedules the socket's next timer, if one is pending and later than `now`.
+    fn schedule_after(&mut self, sock: SockId, now: u64) {
+        if let Some(track) = self.tracks.get(&sock)
+            && let Some(deadline) = detect::next_deadline(track, &self.thresholds)
+            && deadline > now
+        {
+            self.deadlines.insert((deadline, sock));
+        }
+    }
+
+    /// A socket both sides are done with can hold no further finding: it is forgotten once
+    /// no late event has arrived for a while.
+    fn retire_when_quiet(&mut self, sock: SockId) {
+        let Some(track) = self.tracks.get(&sock) else {
+            return;
+        };
+        let f = &track.facts;
+        let kernel_done = f.kernel_closed.first.is_some();
+        let app_done = f.app_closed.first.is_some() || f.app_touched.first.is_none();
+        if kernel_done && app_done && detect::next_deadline(track, &self.thresholds).is_none() {
+            self.finished.insert((track.last_ts + REORDER_WINDOW_NS, sock));
+        }
+    }
+
+    /// Evicts the least recently active of a sample of tracked sockets.
+    fn evict_one(&mut self) {
+        let oldest = self
+            .tracks
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, track)| track.last_ts)
+            .map(|(sock, _)| *sock);
+        if let Some(sock) = oldest {
+            self.tracks.remove(&sock);
+            self.evicted += 1;
+        }
+    }
+}
+
+/// Whose view an event is.
+fn source(detail: &Detail) -> &'static str {
+    match detail {
+        Detail::State { .. }
+        | Detail::Reset { .. }
+        | Detail::Retransmit { .. }
+        | Detail::Error { .. } => "kernel",
+        _ => "app",
+    }
+}
+
+#[cfg(test)]
+mod tests;

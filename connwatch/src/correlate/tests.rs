@@ -1,0 +1,414 @@
+//! Every detector on synthetic event sequences: the trap, its correct twin, shuffled
+//! delivery, lost events, address reuse, and bounds.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::decode::{Direction, Errno, Family, Io, Owner, Snapshot, TcpState, Via};
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+const SOCK: SockId = SockId { addr: 0xffff_8880_0000_1000, birth_ns: 1 };
+
+fn state(name: &str) -> TcpState {
+    let value = (1..=12).find(|v| connwatch_common::tcp::state_name(*v) == Some(name)).unwrap();
+    TcpState::new(value).unwrap()
+}
+
+fn snap(name: &str) -> Snapshot {
+    Snapshot { state: state(name), sk_err: None, rto_retransmits: 0, unacked_bytes: 0 }
+}
+
+fn at(sock: SockId, ms: u64, detail: Detail) -> Event {
+    let local: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
+    Event {
+        ts_ns: ms * MS,
+        owner: Some(Owner { pid: 4242, comm: "app".into() }),
+        sock,
+        family: Family::Inet,
+        local,
+        remote,
+        detail,
+    }
+}
+
+fn change(old: &str, new: &str) -> Detail {
+    Detail::State { old: state(old), new: state(new) }
+}
+
+fn io(last: Result<u32, i32>, in_state: &str) -> Io {
+    let _ = in_state;
+    Io { last: last.map_err(Errno), bytes: last.unwrap_or(0) as u64, calls: 1 }
+}
+
+fn recv(last: Result<u32, i32>, in_state: &str) -> Detail {
+    Detail::Recv { io: io(last, in_state), snapshot: snap(in_state) }
+}
+
+fn send(last: Result<u32, i32>, in_state: &str) -> Detail {
+    Detail::Send { io: io(last, in_state), snapshot: snap(in_state) }
+}
+
+fn send_retransmitting(timeouts: u8) -> Detail {
+    let snapshot =
+        Snapshot { rto_retransmits: timeouts, unacked_bytes: 3000, ..snap("ESTABLISHED") };
+    Detail::Send { io: io(Ok(1000), "ESTABLISHED"), snapshot }
+}
+
+fn ready(mask: u32, in_state: &str) -> Detail {
+    Detail::Readiness { fd: 5, via: Via::Epoll, mask, calls: 1, snapshot: snap(in_state) }
+}
+
+fn so_error(value: i32, in_state: &str) -> Detail {
+    Detail::SoError { fd: 5, value: (value != 0).then_some(Errno(value)), snapshot: snap(in_state) }
+}
+
+fn connect(result: Result<(), i32>) -> Detail {
+    Detail::Connect { fd: 5, result: result.map_err(Errno), snapshot: snap("SYN_SENT") }
+}
+
+fn close(in_state: &str) -> Detail {
+    Detail::Close { fd: 5, snapshot: snap(in_state) }
+}
+
+fn accept() -> Detail {
+    Detail::Accept { fd: 5, snapshot: snap("ESTABLISHED") }
+}
+
+const EPOLLIN: u32 = 0x1;
+const EPOLLOUT: u32 = 0x4;
+const EPOLLRDHUP: u32 = 0x2000;
+
+/// Runs events through a correlator, then lets 60 s pass: every finding's kind, in order.
+fn kinds(events: &[Event]) -> Vec<Kind> {
+    let mut c = Correlator::new(Thresholds::default(), DEFAULT_MAX_SOCKETS);
+    let mut found: Vec<Kind> = events.iter().flat_map(|e| c.ingest(e)).map(|f| f.kind).collect();
+    let end = events.iter().map(|e| e.ts_ns).max().unwrap_or(0) + 60 * S;
+    found.extend(c.tick(end).into_iter().map(|f| f.kind));
+    found.sort();
+    found
+}
+
+/// The same events delivered in reverse and interleaved orders find the same.
+fn order_independent(events: &[Event]) {
+    let expected = kinds(events);
+    let mut reversed = events.to_vec();
+    reversed.reverse();
+    assert_eq!(kinds(&reversed), expected, "reversed delivery");
+    let (even, odd): (Vec<_>, Vec<_>) =
+        events.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+    let interleaved: Vec<Event> = odd.into_iter().chain(even).map(|(_, e)| e).collect();
+    assert_eq!(kinds(&interleaved), expected, "interleaved delivery");
+}
+
+fn established(sock: SockId) -> Vec<Event> {
+    vec![
+        at(sock, 0, change("LISTEN", "SYN_RECV")),
+        at(sock, 1, change("SYN_RECV", "ESTABLISHED")),
+        at(sock, 2, accept()),
+    ]
+}
+
+fn with(mut base: Vec<Event>, more: Vec<Event>) -> Vec<Event> {
+    base.extend(more);
+    base
+}
+
+// close-wait-leak
+
+fn peer_closed_and_left(sock: SockId) -> Vec<Event> {
+    with(established(sock), vec![at(sock, 1000, change("ESTABLISHED", "CLOSE_WAIT"))])
+}
+
+#[test]
+fn close_wait_leak_after_the_grace() {
+    let events = peer_closed_and_left(SOCK);
+    assert_eq!(kinds(&events), [Kind::CloseWaitLeak]);
+    order_independent(&events);
+    // Not before the grace has passed.
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    events.iter().for_each(|e| assert!(c.ingest(e).is_empty()));
+    assert!(c.tick(1000 * MS + 9 * S).is_empty());
+    assert_eq!(c.tick(1000 * MS + 10 * S)[0].kind, Kind::CloseWaitLeak);
+}
+
+#[test]
+fn reading_to_eof_and_closing_is_no_close_wait_leak() {
+    let events = with(
+        peer_closed_and_left(SOCK),
+        vec![
+            at(SOCK, 1001, ready(EPOLLIN | EPOLLRDHUP, "CLOSE_WAIT")),
+            at(SOCK, 1002, recv(Ok(0), "CLOSE_WAIT")),
+            at(SOCK, 1003, close("CLOSE_WAIT")),
+            at(SOCK, 1003, change("CLOSE_WAIT", "LAST_ACK")),
+            at(SOCK, 1004, change("LAST_ACK", "CLOSE")),
+        ],
+    );
+    assert_eq!(kinds(&events), []);
+    order_independent(&events);
+}
+
+// eof-ignored
+
+#[test]
+fn eof_ignored_when_polling_goes_on_after_recv_0() {
+    let events = with(
+        peer_closed_and_left(SOCK),
+        vec![
+            at(SOCK, 1001, ready(EPOLLIN | EPOLLRDHUP, "CLOSE_WAIT")),
+            at(SOCK, 1002, recv(Ok(0), "CLOSE_WAIT")),
+            at(SOCK, 1003, ready(EPOLLIN | EPOLLRDHUP, "CLOSE_WAIT")),
+            at(SOCK, 1004, close("CLOSE_WAIT")),
+            at(SOCK, 1004, change("CLOSE_WAIT", "LAST_ACK")),
+        ],
+    );
+    assert_eq!(kinds(&events), [Kind::EofIgnored]);
+    order_independent(&events);
+}
+
+// write-after-peer-close
+
+#[test]
+fn write_after_peer_close_and_its_twin() {
+    let trap = with(
+        peer_closed_and_left(SOCK),
+        vec![
+            at(SOCK, 1100, send(Ok(10), "CLOSE_WAIT")),
+            at(SOCK, 1101, close("CLOSE_WAIT")),
+            at(SOCK, 1101, change("CLOSE_WAIT", "LAST_ACK")),
+        ],
+    );
+    assert_eq!(kinds(&trap), [Kind::WriteAfterPeerClose]);
+    order_independent(&trap);
+    // Writing before the FIN is fine.
+    let twin = with(
+        established(SOCK),
+        vec![
+            at(SOCK, 500, send(Ok(10), "ESTABLISHED")),
+            at(SOCK, 1000, change("ESTABLISHED", "CLOSE_WAIT")),
+            at(SOCK, 1001, recv(Ok(0), "CLOSE_WAIT")),
+            at(SOCK, 1002, close("CLOSE_WAIT")),
+            at(SOCK, 1002, change("CLOSE_WAIT", "LAST_ACK")),
+        ],
+    );
+    assert_eq!(kinds(&twin), []);
+}
+
+// half-open-write
+
+fn black_hole(sends_after: Vec<Event>) -> Vec<Event> {
+    let mut events = with(established(SOCK), vec![at(SOCK, 100, send(Ok(1000), "ESTABLISHED"))]);
+    for (i, ms) in [300, 700, 1500].into_iter().enumerate() {
+        events.push(at(SOCK, ms, Detail::Retransmit { state: state("ESTABLISHED") }));
+        let _ = i;
+    }
+    events.extend(sends_after);
+    events
+}
+
+#[test]
+fn half_open_write_reports_retransmissions_time_and_bytes() {
+    let events = black_hole(vec![at(SOCK, 1600, send_retransmitting(3))]);
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    let findings: Vec<Finding> = events.iter().flat_map(|e| c.ingest(e)).collect();
+    assert_eq!(findings.len(), 1);
+    let f = &findings[0];
+    assert_eq!((f.kind, f.kind.severity()), (Kind::HalfOpenWrite, Severity::Error));
+    let m = f.measures.unwrap();
+    assert_eq!((m.retransmits, m.unacked_bytes), (3, 3000));
+    assert!((m.seconds_without_progress - 1.3).abs() < 1e-9, "{m:?}");
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.source == "kernel" && matches!(e.detail, Detail::Retransmit { .. }))
+    );
+    order_independent(&events);
+}
+
+#[test]
+fn a_heartbeat_that_gives_up_is_no_half_open_write() {
+    // One timeout, then the application closes: below the threshold, nothing written after.
+    let events = black_hole(vec![
+        at(SOCK, 400, send_retransmitting(1)),
+        at(SOCK, 1600, close("ESTABLISHED")),
+    ]);
+    assert_eq!(kinds(&events), []);
+}
+
+// so-error-false-healthy
+
+#[test]
+fn so_error_zero_in_close_wait_is_false_healthy() {
+    let trap = with(
+        peer_closed_and_left(SOCK),
+        vec![at(SOCK, 1001, so_error(0, "CLOSE_WAIT")), at(SOCK, 1002, close("CLOSE_WAIT"))],
+    );
+    assert_eq!(kinds(&trap), [Kind::SoErrorFalseHealthy]);
+    let healthy = with(established(SOCK), vec![at(SOCK, 500, so_error(0, "ESTABLISHED"))]);
+    assert_eq!(kinds(&healthy), []);
+}
+
+// reset-unnoticed
+
+fn reset(sock: SockId, ms: u64) -> Vec<Event> {
+    vec![
+        at(sock, ms, Detail::Reset { direction: Direction::Rx, state: state("ESTABLISHED") }),
+        at(sock, ms, Detail::Error { errno: Errno(libc::ECONNRESET), state: state("ESTABLISHED") }),
+        at(sock, ms, change("ESTABLISHED", "CLOSE")),
+    ]
+}
+
+#[test]
+fn reset_unnoticed_after_the_grace() {
+    let events = with(established(SOCK), reset(SOCK, 1000));
+    assert_eq!(kinds(&events), [Kind::ResetUnnoticed]);
+    order_independent(&events);
+}
+
+#[test]
+fn closing_on_the_reset_is_no_finding() {
+    let events = with(
+        with(established(SOCK), reset(SOCK, 1000)),
+        vec![at(SOCK, 1001, recv(Err(libc::ECONNRESET), "CLOSE")), at(SOCK, 1002, close("CLOSE"))],
+    );
+    assert_eq!(kinds(&events), []);
+    order_independent(&events);
+}
+
+// error-ignored
+
+#[test]
+fn error_ignored_when_the_socket_is_used_after_its_error() {
+    let events = with(
+        with(established(SOCK), reset(SOCK, 1000)),
+        vec![
+            at(SOCK, 1001, recv(Err(libc::ECONNRESET), "CLOSE")),
+            at(SOCK, 1002, so_error(0, "CLOSE")),
+            at(SOCK, 1003, send(Err(libc::EPIPE), "CLOSE")),
+        ],
+    );
+    // The 0 read in CLOSE is also a false "healthy".
+    assert_eq!(kinds(&events), [Kind::SoErrorFalseHealthy, Kind::ErrorIgnored]);
+    order_independent(&events);
+}
+
+// connect-unverified
+
+fn refused_async_connect(sock: SockId) -> Vec<Event> {
+    vec![
+        at(sock, 0, change("CLOSE", "SYN_SENT")),
+        at(sock, 1, connect(Err(libc::EINPROGRESS))),
+        at(sock, 2, Detail::Reset { direction: Direction::Rx, state: state("SYN_SENT") }),
+        at(sock, 2, change("SYN_SENT", "CLOSE")),
+        at(sock, 2, Detail::Error { errno: Errno(libc::ECONNREFUSED), state: state("CLOSE") }),
+        at(sock, 3, ready(EPOLLOUT, "CLOSE")),
+    ]
+}
+
+#[test]
+fn connect_unverified_when_io_comes_before_so_error() {
+    let events = with(
+        refused_async_connect(SOCK),
+        vec![at(SOCK, 4, send(Err(libc::ECONNREFUSED), "CLOSE"))],
+    );
+    assert!(kinds(&events).contains(&Kind::ConnectUnverified), "{:?}", kinds(&events));
+    order_independent(&events);
+}
+
+#[test]
+fn reading_so_error_after_async_connect_is_no_finding() {
+    let events = with(
+        refused_async_connect(SOCK),
+        vec![at(SOCK, 4, so_error(libc::ECONNREFUSED, "CLOSE")), at(SOCK, 5, close("CLOSE"))],
+    );
+    assert_eq!(kinds(&events), []);
+    order_independent(&events);
+}
+
+// Cross-cutting properties
+
+#[test]
+fn each_kind_is_reported_once_per_socket() {
+    let events = with(
+        peer_closed_and_left(SOCK),
+        vec![
+            at(SOCK, 1100, send(Ok(1), "CLOSE_WAIT")),
+            at(SOCK, 1200, send(Ok(1), "CLOSE_WAIT")),
+            at(SOCK, 1300, send(Ok(1), "CLOSE_WAIT")),
+        ],
+    );
+    let found = kinds(&events);
+    assert_eq!(found.iter().filter(|k| **k == Kind::WriteAfterPeerClose).count(), 1, "{found:?}");
+}
+
+#[test]
+fn findings_say_when_events_were_lost_around_their_socket() {
+    let events = with(
+        peer_closed_and_left(SOCK),
+        vec![
+            at(SOCK, 1100, send(Ok(10), "CLOSE_WAIT")),
+            at(SOCK, 1101, close("CLOSE_WAIT")),
+            at(SOCK, 1101, change("CLOSE_WAIT", "LAST_ACK")),
+        ],
+    );
+    let run = |loss: Option<(u64, u64)>| {
+        let mut c = Correlator::new(Thresholds::default(), 16);
+        if let Some((from, to)) = loss {
+            c.note_loss(from, to);
+        }
+        events.iter().flat_map(|e| c.ingest(e)).next().expect("a finding")
+    };
+    assert!(!run(None).evidence_incomplete);
+    assert!(run(Some((900 * MS, 1050 * MS))).evidence_incomplete, "loss during the socket's life");
+    assert!(!run(Some((5000 * MS, 6000 * MS))).evidence_incomplete, "loss after the finding");
+}
+
+#[test]
+fn a_reused_address_is_a_new_socket() {
+    let first = SOCK;
+    let second = SockId { birth_ns: 2_000 * MS, ..SOCK };
+    // The first life ends by RST and is closed properly; the second only sends.
+    let mut events = with(established(first), reset(first, 1000));
+    events.extend([
+        at(first, 1001, recv(Err(libc::ECONNRESET), "CLOSE")),
+        at(first, 1002, close("CLOSE")),
+    ]);
+    events.extend([
+        at(second, 2000, change("CLOSE", "SYN_SENT")),
+        at(second, 2001, change("SYN_SENT", "ESTABLISHED")),
+        at(second, 2002, connect(Ok(()))),
+        at(second, 2003, send(Ok(10), "ESTABLISHED")),
+    ]);
+    assert_eq!(kinds(&events), [], "the first life's error does not taint the second");
+}
+
+#[test]
+fn tracking_is_bounded_and_evictions_are_counted() {
+    let mut c = Correlator::new(Thresholds::default(), 4);
+    for i in 0..10 {
+        let sock = SockId { addr: i, birth_ns: 1 };
+        c.ingest(&at(sock, i, change("CLOSE", "SYN_SENT")));
+    }
+    assert_eq!(c.tracked(), 4);
+    assert_eq!(c.evicted(), 6);
+}
+
+#[test]
+fn finished_sockets_are_forgotten() {
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    let events = with(
+        peer_closed_and_left(SOCK),
+        vec![
+            at(SOCK, 1002, recv(Ok(0), "CLOSE_WAIT")),
+            at(SOCK, 1003, close("CLOSE_WAIT")),
+            at(SOCK, 1004, change("LAST_ACK", "CLOSE")),
+        ],
+    );
+    events.iter().for_each(|e| {
+        c.ingest(e);
+    });
+    assert_eq!(c.tracked(), 1, "kept while late events may still arrive");
+    c.tick(1004 * MS + 2 * S);
+    assert_eq!(c.tracked(), 0);
+}

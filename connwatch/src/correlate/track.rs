@@ -1,0 +1,277 @@
+//! Everything the correlator keeps about one socket: facts with their times (first or last
+//! occurrence, so arrival order does not matter), and a short timeline of notable events.
+
+use std::net::SocketAddr;
+
+use crate::decode::{Detail, Errno, Event, Family, Io, Owner, Snapshot, Via};
+
+/// The timeline keeps at most this many events per socket (the earliest anchors stay).
+pub const TIMELINE: usize = 12;
+
+const EPOLLHUP: u32 = 0x010;
+const EPOLLRDHUP: u32 = 0x2000;
+const EPOLLERR: u32 = 0x008;
+const EINPROGRESS: i32 = libc::EINPROGRESS;
+const EAGAIN: i32 = libc::EAGAIN;
+
+/// Earliest and latest time something happened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+}
+
+impl Span {
+    fn add(&mut self, ts: u64) {
+        self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
+        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+    }
+
+    /// Whether it happened after `ts`.
+    pub fn after(&self, ts: u64) -> bool {
+        self.last.is_some_and(|l| l > ts)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// The peer's FIN: the socket entered CLOSE_WAIT.
+    pub fin: Span,
+    /// The socket left CLOSE_WAIT (close/shutdown: LAST_ACK; or CLOSE).
+    pub left_close_wait: Span,
+    /// The kernel's CLOSE state.
+    pub kernel_closed: Span,
+    /// An RST received, or ECONNRESET stored by the kernel.
+    pub reset: Span,
+    /// connect() returned EINPROGRESS.
+    pub connect_in_progress: Span,
+    /// The kernel failed the connection attempt (error in SYN_SENT, or SYN_SENT -> CLOSE).
+    pub connect_failed: Span,
+    /// Any application observation but close: the application holds the socket.
+    pub app_touched: Span,
+    pub app_closed: Span,
+    /// SO_ERROR reads (any value).
+    pub so_error_read: Span,
+    /// recv/send calls (any result).
+    pub io: Span,
+    /// The application saw an error: SO_ERROR != 0, or a failed recv/send (not EAGAIN).
+    pub app_error: Span,
+    /// recv, send or readiness after which the socket is being used (not SO_ERROR, not close).
+    pub used: Span,
+    /// The application saw end-of-file: recv() == 0, or HUP readiness.
+    pub eof_seen: Span,
+    /// Readiness reports and sends (what "kept polling or writing" means).
+    pub polled_or_written: Span,
+    /// Successful sends, and those made while the peer had already closed (by the socket's
+    /// own state at the call).
+    pub sent_ok: Span,
+    pub sent_ok_peer_closed: Span,
+    /// Successful sends while the kernel had timed out at least `Thresholds::retransmits`
+    /// times without an acknowledgement, and the worst such snapshot.
+    pub sent_into_void: Span,
+    pub void_snapshot: Option<Snapshot>,
+    /// SO_ERROR reads of 0 while the socket was closing, closed or retransmitting.
+    pub false_healthy_read: Span,
+    /// Retransmissions.
+    pub retransmit: Span,
+    pub retransmits: u32,
+}
+
+/// One tracked socket.
+#[derive(Clone, Debug)]
+pub struct Track {
+    pub owner: Option<Owner>,
+    pub fd: Option<i32>,
+    pub family: Family,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub first_ts: u64,
+    pub last_ts: u64,
+    pub facts: Facts,
+    /// Notable events, ordered by time.
+    pub timeline: Vec<(u64, Detail)>,
+    /// Kinds already reported (bit per `Kind as u8`).
+    pub reported: u16,
+}
+
+impl Track {
+    pub fn new(e: &Event) -> Self {
+        Self {
+            owner: e.owner.clone(),
+            fd: e.detail.fd(),
+            family: e.family,
+            local: e.local,
+            remote: e.remote,
+            first_ts: e.ts_ns,
+            last_ts: e.ts_ns,
+            facts: Facts::default(),
+            timeline: Vec::new(),
+            reported: 0,
+        }
+    }
+
+    pub fn apply(&mut self, e: &Event, void_threshold: u8) {
+        self.first_ts = self.first_ts.min(e.ts_ns);
+        self.last_ts = self.last_ts.max(e.ts_ns);
+        if e.owner.is_some() {
+            self.owner = e.owner.clone();
+        }
+        if let Some(fd) = e.detail.fd() {
+            self.fd = Some(fd);
+        }
+        // The most complete view of the endpoints wins (ports are 0 early and late in life).
+        if e.local.port() != 0 && e.remote.port() != 0 {
+            (self.local, self.remote) = (e.local, e.remote);
+        }
+        if note(&mut self.facts, e.ts_ns, &e.detail, void_threshold) {
+            self.record(e.ts_ns, e.detail.clone());
+        }
+    }
+
+    /// Inserts into the time-ordered timeline; when full, the newest events replace the latest
+    /// but the earliest anchors (FIN, connect, first error) stay.
+    fn record(&mut self, ts: u64, detail: Detail) {
+        let at = self.timeline.partition_point(|(t, _)| *t <= ts);
+        if self.timeline.len() >= TIMELINE {
+            if at < TIMELINE / 2 {
+                return;
+            }
+            self.timeline.remove(TIMELINE / 2);
+        }
+        let at = at.min(self.timeline.len());
+        self.timeline.insert(at, (ts, detail));
+    }
+
+    /// The most recent application snapshot at or before `ts`, if any is kept.
+    pub fn snapshot_before(&self, ts: u64) -> Option<(u64, Snapshot)> {
+        self.timeline
+            .iter()
+            .rev()
+            .filter(|(t, _)| *t <= ts)
+            .find_map(|(t, d)| d.snapshot().map(|s| (*t, *s)))
+    }
+}
+
+/// Updates the facts with one event; returns whether it belongs in the timeline (routine
+/// traffic on a healthy socket does not).
+fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
+    match detail {
+        Detail::State { old, new } => {
+            match (old.name(), new.name()) {
+                (_, "CLOSE_WAIT") => f.fin.add(ts),
+                ("CLOSE_WAIT", _) => f.left_close_wait.add(ts),
+                _ => {}
+            }
+            if new.name() == "CLOSE" {
+                f.kernel_closed.add(ts);
+                if old.name() == "SYN_SENT" {
+                    f.connect_failed.add(ts);
+                }
+            }
+            true
+        }
+        Detail::Reset { direction, .. } => {
+            if direction.name() == "rx" {
+                f.reset.add(ts);
+            }
+            true
+        }
+        Detail::Error { errno, state } => {
+            if errno.0 == libc::ECONNRESET {
+                f.reset.add(ts);
+            }
+            if matches!(state.name(), "SYN_SENT" | "CLOSE") && f.connect_in_progress.first.is_some()
+            {
+                f.connect_failed.add(ts);
+            }
+            true
+        }
+        Detail::Retransmit { .. } => {
+            f.retransmit.add(ts);
+            f.retransmits += 1;
+            true
+        }
+        Detail::SoError { value, snapshot, .. } => {
+            f.app_touched.add(ts);
+            f.so_error_read.add(ts);
+            if value.is_some() {
+                f.app_error.add(ts);
+            } else if peer_gone(snapshot) || snapshot.rto_retransmits > 0 {
+                f.false_healthy_read.add(ts);
+            }
+            true
+        }
+        Detail::Readiness { via, mask, snapshot, .. } => {
+            f.app_touched.add(ts);
+            f.used.add(ts);
+            f.polled_or_written.add(ts);
+            if *via != Via::Select && mask & EPOLLHUP != 0 {
+                f.eof_seen.add(ts);
+            }
+            mask & (EPOLLHUP | EPOLLRDHUP | EPOLLERR) != 0 || unhealthy(snapshot)
+        }
+        Detail::Recv { io, snapshot } => {
+            f.app_touched.add(ts);
+            f.io.add(ts);
+            f.used.add(ts);
+            let eof = io.calls == 1 && io.last == Ok(0);
+            if eof {
+                f.eof_seen.add(ts);
+            }
+            failed(f, io, ts) || eof || unhealthy(snapshot)
+        }
+        Detail::Send { io, snapshot } => {
+            f.app_touched.add(ts);
+            f.io.add(ts);
+            f.used.add(ts);
+            f.polled_or_written.add(ts);
+            if io.last.is_ok() {
+                f.sent_ok.add(ts);
+                if peer_gone(snapshot) {
+                    f.sent_ok_peer_closed.add(ts);
+                }
+                if snapshot.rto_retransmits >= void_threshold {
+                    f.sent_into_void.add(ts);
+                    f.void_snapshot = Some(*snapshot);
+                }
+            }
+            failed(f, io, ts) || unhealthy(snapshot) || f.fin.first.is_some()
+        }
+        Detail::Connect { result, .. } => {
+            f.app_touched.add(ts);
+            if *result == Err(Errno(EINPROGRESS)) {
+                f.connect_in_progress.add(ts);
+            }
+            true
+        }
+        Detail::Accept { .. } => {
+            f.app_touched.add(ts);
+            true
+        }
+        Detail::Close { .. } => {
+            f.app_closed.add(ts);
+            true
+        }
+    }
+}
+
+/// A failed recv/send (EAGAIN is routine, not a failure) is an error the application saw.
+fn failed(f: &mut Facts, io: &Io, ts: u64) -> bool {
+    match io.last {
+        Err(e) if e.0 != EAGAIN => {
+            f.app_error.add(ts);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The peer has closed its side, or the connection is gone.
+fn peer_gone(s: &Snapshot) -> bool {
+    matches!(s.state.name(), "CLOSE_WAIT" | "LAST_ACK" | "CLOSING" | "CLOSE")
+}
+
+/// A snapshot that already shows trouble (so the observation belongs in the timeline).
+fn unhealthy(s: &Snapshot) -> bool {
+    s.state.name() != "ESTABLISHED" || s.sk_err.is_some() || s.rto_retransmits > 0
+}
