@@ -4,30 +4,51 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::probes::{
-    AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions, hooks::Mechanism,
+use crate::{
+    correlate::{DEFAULT_MAX_SOCKETS, Thresholds},
+    probes::{AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions, hooks::Mechanism},
 };
 
 #[derive(Debug, Parser)]
 #[command(
     name = "connwatch",
     version,
-    about = "Watch the kernel's truth about every TCP connection, and where applications misjudge it"
+    about = "Watch the kernel's truth about every TCP connection, and where applications misjudge it",
+    long_about = "Watch the kernel's truth about every TCP connection, and where applications \
+                  misjudge it.\n\nWithout a subcommand, connwatch runs `watch` (with the flags \
+                  given).",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+impl Cli {
+    /// The command to run: `watch` when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Watch(self.watch))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream the kernel's TCP events: state changes, resets, retransmissions, socket errors.
+    /// Report misjudged liveness as it happens: where an application believed a connection
+    /// alive or healthy while the kernel knew otherwise (the default).
+    Watch(WatchArgs),
+    /// Stream the kernel's TCP events and what applications observed, one line each.
     Trace(TraceArgs),
+    /// A first run: small built-in programs fall into each trap (and one does everything
+    /// right) in a private network namespace, while connwatch watches.
+    Demo(DemoArgs),
 }
 
+/// Flags every tracing command takes.
 #[derive(Debug, Args)]
-pub struct TraceArgs {
-    /// JSON Lines on stdout (documented in docs/json.md) instead of aligned text.
+pub struct CommonArgs {
+    /// JSON Lines on stdout (documented in docs/json.md) instead of text.
     #[arg(long)]
     pub json: bool,
     /// Only sockets owned by this process (repeatable). Filtered in the kernel.
@@ -45,13 +66,61 @@ pub struct TraceArgs {
     /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
+    /// Attach mechanism to prefer where a hook offers several.
+    #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
+    pub attach: AttachChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Report every recv, send and readiness call. By default a busy socket's routine calls are
     /// summarised in the kernel (EOF, errors and unusual states are always reported one by one).
     #[arg(long)]
     pub all_io: bool,
-    /// Attach mechanism to prefer where a hook offers several.
-    #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
-    pub attach: AttachChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ThresholdArgs {
+    /// Seconds a socket may stay in CLOSE_WAIT (peer closed) before its owner is flagged.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
+    pub close_wait_grace: Duration,
+    /// Seconds an application may take to notice a reset before it is flagged.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "10")]
+    pub reset_grace: Duration,
+    /// Retransmission timeouts without an acknowledgement after which a successful write is
+    /// "into the void" (half-open-write).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=30))]
+    pub retrans_threshold: u8,
+    /// Sockets tracked at once; beyond it the least recently active are evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
+    pub max_sockets: usize,
+}
+
+impl ThresholdArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            close_wait_grace_ns: self.close_wait_grace.as_nanos() as u64,
+            reset_grace_ns: self.reset_grace.as_nanos() as u64,
+            retransmits: self.retrans_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// JSON Lines instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,7 +133,7 @@ pub enum AttachChoice {
     Tracepoint,
 }
 
-impl TraceArgs {
+impl CommonArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             attach: match self.attach {
@@ -78,8 +147,21 @@ impl TraceArgs {
                 ports: self.ports.clone(),
                 comm: self.comm.clone(),
             },
-            all_io: self.all_io,
+            all_io: false,
         }
+    }
+}
+
+impl TraceArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { all_io: self.all_io, ..self.common.load_options() }
+    }
+}
+
+fn parse_max_sockets(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=16_777_216).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: the socket limit must be a number from 1 to 16777216")),
     }
 }
 
@@ -130,9 +212,46 @@ mod tests {
     }
 
     fn trace(args: &[&str]) -> TraceArgs {
-        match parse(args).expect("valid arguments").command {
+        match parse(args).expect("valid arguments").into_command() {
             Command::Trace(t) => t,
+            other => panic!("expected trace, got {other:?}"),
         }
+    }
+
+    fn watch(args: &[&str]) -> WatchArgs {
+        match parse(args).expect("valid arguments").into_command() {
+            Command::Watch(w) => w,
+            other => panic!("expected watch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn watch_is_the_default_and_takes_thresholds() {
+        let w = watch(&[
+            "--json",
+            "--port",
+            "80",
+            "--close-wait-grace",
+            "2.5",
+            "--retrans-threshold",
+            "5",
+            "--max-sockets",
+            "1000",
+        ]);
+        assert!(w.common.json);
+        assert_eq!(w.common.ports, [80]);
+        let t = w.thresholds.thresholds();
+        assert_eq!(
+            (t.close_wait_grace_ns, t.reset_grace_ns, t.retransmits),
+            (2_500_000_000, 10_000_000_000, 5)
+        );
+        assert_eq!(w.thresholds.max_sockets, 1000);
+        let defaults = watch(&[]).thresholds.thresholds();
+        assert_eq!(defaults, Thresholds::default());
+        assert_eq!(
+            watch(&["watch", "--reset-grace", "1"]).thresholds.reset_grace,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -155,8 +274,8 @@ mod tests {
             "--attach",
             "tracepoint",
         ]);
-        assert!(t.json);
-        assert_eq!(t.duration, Some(Duration::from_millis(1500)));
+        assert!(t.common.json);
+        assert_eq!(t.common.duration, Some(Duration::from_millis(1500)));
         let o = t.load_options();
         assert_eq!(o.filters.pids, [7, 9]);
         assert_eq!(o.filters.ports, [443]);
@@ -191,6 +310,10 @@ mod tests {
             (&["trace", "--comm", "a-name-longer-than-15"], ErrorKind::ValueValidation),
             (&["trace", "--attach", "kprobe"], ErrorKind::InvalidValue),
             (&["bogus"], ErrorKind::InvalidSubcommand),
+            (&["watch", "--retrans-threshold", "0"], ErrorKind::ValueValidation),
+            (&["watch", "--max-sockets", "0"], ErrorKind::ValueValidation),
+            (&["watch", "--close-wait-grace", "-1"], ErrorKind::UnknownArgument),
+            (&["--json", "trace"], ErrorKind::ArgumentConflict),
         ];
         for (args, kind) in cases {
             let err = parse(args).expect_err(&format!("{args:?} must be rejected"));

@@ -1,95 +1,62 @@
-//! `connwatch trace`: stream the kernel's TCP events until a deadline or a signal.
+//! `connwatch trace`: stream every event until a deadline or a signal.
 
 use std::{
-    io::{self, BufWriter, Write},
-    time::{Duration, Instant},
+    io::{self, BufWriter},
+    time::Instant,
 };
 
 use anyhow::Context as _;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
-};
 
 use crate::{
     cli::TraceArgs,
     decode::Event,
+    pipeline::{self, Consumer},
     sinks::{HumanSink, JsonSink, Sink, WallClock},
     tracer::Tracer,
 };
 
-/// How often the ring buffer is drained when the kernel has not woken us (it wakes userspace
-/// only once a quarter of the buffer is full). Bounds the delay of a lone event.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
-
 pub async fn run(args: &TraceArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tracer = Tracer::start(&args.load_options())?;
-    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink::new(stdout))
-    } else {
-        Box::new(HumanSink::new(stdout, WallClock::now()))
-    };
+    let mut sink = output(args.common.json, true);
     let outcome = match sink.ready(&tracer.ready()) {
-        Ok(()) => stream(&mut tracer, sink.as_mut(), args.duration).await,
+        Ok(()) => {
+            pipeline::run(&mut tracer, args.common.duration, &mut Printer(sink.as_mut())).await
+        }
         Err(e) => Err(e),
     };
-    tracer.detach();
-    let mut events = Vec::new();
-    let last = forward(&mut tracer, &mut events, sink.as_mut());
-
     let summary = tracer.summary(started.elapsed());
     eprintln!("{summary}");
     // stdout may be gone (`| head`); the summary above already reached stderr.
     let _ = sink.summary(&summary);
-    match outcome.and(last) {
+    quiet_broken_pipe(outcome).context("writing events to stdout")
+}
+
+/// Human or JSON Lines output on a buffered stdout, for events or for findings.
+pub fn output(json: bool, events: bool) -> Box<dyn Sink> {
+    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    if json {
+        Box::new(JsonSink::new(stdout))
+    } else {
+        Box::new(HumanSink::new(stdout, WallClock::now(), events))
+    }
+}
+
+/// A reader that went away (`| head`) ends the run normally.
+pub fn quiet_broken_pipe(outcome: io::Result<()>) -> io::Result<()> {
+    match outcome {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing events to stdout"),
+        other => other,
     }
 }
 
-/// Forwards events until the deadline, SIGINT or SIGTERM.
-async fn stream(
-    tracer: &mut Tracer,
-    sink: &mut dyn Sink,
-    duration: Option<Duration>,
-) -> io::Result<()> {
-    // A duplicate of the ring buffer's fd: readiness without borrowing the tracer.
-    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
-    // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.
-    let ring = unsafe { AsyncFd::register(ring_fd)? };
-    let mut tick = interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let deadline = sleep(duration.unwrap_or(Duration::MAX / 4));
-    tokio::pin!(deadline);
-    let mut events = Vec::new();
-    loop {
-        tokio::select! {
-            ready = ring.readable() => ready?.clear_ready(),
-            _ = tick.tick() => {}
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            _ = &mut deadline, if duration.is_some() => return Ok(()),
+struct Printer<'a>(&'a mut dyn Sink);
+
+impl Consumer for Printer<'_> {
+    fn events(&mut self, events: &[Event]) -> io::Result<()> {
+        for event in events {
+            self.0.event(event)?;
         }
-        forward(tracer, &mut events, sink)?;
-    }
-}
-
-fn forward(tracer: &mut Tracer, events: &mut Vec<Event>, sink: &mut dyn Sink) -> io::Result<()> {
-    events.clear();
-    tracer.poll(events);
-    for event in events.iter() {
-        sink.event(event)?;
-    }
-    sink.flush()
-}
-
-impl<W: Write> Drop for HumanSink<W> {
-    fn drop(&mut self) {
-        let _ = self.flush();
+        self.0.flush()
     }
 }

@@ -97,6 +97,11 @@ impl Tracer {
         self.probes.detach();
     }
 
+    /// Events lost so far (all kinds); 0 if the counters cannot be read.
+    pub fn lost_total(&self) -> u64 {
+        self.loss.read().map(|lost| lost.total()).unwrap_or(0)
+    }
+
     pub fn malformed(&self) -> u64 {
         self.malformed
     }
@@ -120,6 +125,7 @@ impl Tracer {
             malformed: self.malformed,
             readiness_unexamined: folded.readiness_unexamined,
             io_summarised: folded.io_summarised,
+            watch: None,
         }
     }
 }

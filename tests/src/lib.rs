@@ -4,10 +4,12 @@
 pub mod netns;
 pub mod peer;
 pub mod session;
+pub mod watching;
 
 pub use netns::{Netns, Topology};
 pub use peer::Peer;
 pub use session::Session;
+pub use watching::Watching;
 
 /// Integration tests load eBPF programs and create namespaces: they need root.
 pub fn require_root() {

@@ -205,7 +205,9 @@ fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
             f.app_touched.add(ts);
             f.used.add(ts);
             f.polled_or_written.add(ts);
-            if *via != Via::Select && mask & EPOLLHUP != 0 {
+            // HUP alone is the end of the stream; with ERR it is a failure (a refused
+            // connect polls HUP|ERR), which is no EOF to ignore.
+            if *via != Via::Select && mask & EPOLLHUP != 0 && mask & EPOLLERR == 0 {
                 f.eof_seen.add(ts);
             }
             mask & (EPOLLHUP | EPOLLRDHUP | EPOLLERR) != 0 || unhealthy(snapshot)

@@ -3,16 +3,19 @@
 use std::io::{self, Write};
 
 use super::{Ready, Sink, Summary, WallClock};
-use crate::decode::Event;
+use crate::{correlate::Finding, decode::Event};
 
 pub struct HumanSink<W: Write> {
     out: W,
     clock: WallClock,
+    /// Events (a table with a header) or findings (blocks).
+    events: bool,
 }
 
 impl<W: Write> HumanSink<W> {
-    pub fn new(out: W, clock: WallClock) -> Self {
-        Self { out, clock }
+    /// A sink for `trace` (`events`) or `watch`.
+    pub fn new(out: W, clock: WallClock, events: bool) -> Self {
+        Self { out, clock, events }
     }
 }
 
@@ -23,7 +26,11 @@ impl<W: Write> Sink for HumanSink<W> {
                 "connwatch: warning: optional hook {hook} unavailable, owners may stay unknown longer: {reason}"
             );
         }
-        eprintln!("connwatch: tracing with {} hooks; Ctrl-C to stop", ready.hooks.len());
+        let doing = if self.events { "tracing" } else { "watching for misjudged liveness" };
+        eprintln!("connwatch: {doing} with {} hooks; Ctrl-C to stop", ready.hooks.len());
+        if !self.events {
+            return Ok(());
+        }
         writeln!(
             self.out,
             "{:<12} {:>7} {:<15} {:<22} {:<22} {:<10} DETAIL",
@@ -47,6 +54,10 @@ impl<W: Write> Sink for HumanSink<W> {
             e.detail.type_name(),
             e.detail
         )
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        writeln!(self.out, "{}", super::findings::human_block(finding))
     }
 
     fn summary(&mut self, _summary: &Summary) -> io::Result<()> {

@@ -5,7 +5,10 @@ use std::io::{self, Write};
 use serde_json::{Map, Value, json};
 
 use super::{Ready, Sink, Summary};
-use crate::decode::{Detail, Errno, Event, Io, readiness_names};
+use crate::{
+    correlate::Finding,
+    decode::{Detail, Errno, Event, Io, readiness_names},
+};
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -114,6 +117,12 @@ impl<W: Write> Sink for JsonSink<W> {
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.line(&event_json(event))
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        self.line(&super::findings::finding_json(finding))?;
+        // A finding is news: it must not wait in a buffer.
+        self.out.flush()
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

@@ -1,9 +1,10 @@
 //! Where events go: aligned human lines or JSON Lines (a public interface: docs/json.md).
 
-mod clock;
+pub mod clock;
+pub mod findings;
 mod human;
 mod json;
-mod summary;
+pub mod summary;
 
 use std::io;
 
@@ -12,7 +13,7 @@ pub use human::HumanSink;
 pub use json::JsonSink;
 pub use summary::Summary;
 
-use crate::decode::Event;
+use crate::{correlate::Finding, decode::Event};
 
 /// What was attached, announced once everything is live.
 #[derive(Clone, Debug)]
@@ -27,6 +28,7 @@ pub struct Ready {
 pub trait Sink {
     fn ready(&mut self, ready: &Ready) -> io::Result<()>;
     fn event(&mut self, event: &Event) -> io::Result<()>;
+    fn finding(&mut self, finding: &Finding) -> io::Result<()>;
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

@@ -17,6 +17,14 @@ pub struct Summary {
     pub readiness_unexamined: u64,
     /// recv/send/readiness calls folded into summarising records (reported as `calls`).
     pub io_summarised: u64,
+    /// `watch` only: findings by kind (every kind listed) and sockets evicted from tracking.
+    pub watch: Option<WatchSummary>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchSummary {
+    pub findings: BTreeMap<&'static str, u64>,
+    pub sockets_evicted: u64,
 }
 
 impl Summary {
@@ -29,7 +37,7 @@ impl Summary {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut value = json!({
             "type": "summary",
             "duration_s": self.duration.as_secs_f64(),
             "events": self.events,
@@ -37,7 +45,12 @@ impl Summary {
             "malformed": self.malformed,
             "readiness_unexamined": self.readiness_unexamined,
             "io_summarised": self.io_summarised,
-        })
+        });
+        if let Some(watch) = &self.watch {
+            value["findings"] = json!(watch.findings);
+            value["sockets_evicted"] = json!(watch.sockets_evicted);
+        }
+        value
     }
 }
 
@@ -60,6 +73,16 @@ impl fmt::Display for Summary {
             self.malformed,
             self.readiness_unexamined,
             self.io_summarised
-        )
+        )?;
+        if let Some(watch) = &self.watch {
+            let total: u64 = watch.findings.values().sum();
+            write!(
+                f,
+                "; {total} findings ({}); sockets evicted {}",
+                counts(&watch.findings),
+                watch.sockets_evicted
+            )?;
+        }
+        Ok(())
     }
 }

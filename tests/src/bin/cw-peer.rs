@@ -5,7 +5,8 @@
 //! Commands: `listen ADDR PORT`, `accept`, `connect ADDR PORT`, `connect-nb ADDR PORT`,
 //! `wait-writable`, `write BYTES`, `burst COUNT BYTES`, `recv`, `recv-bytes TOTAL`, `read-eof`,
 //! `so-error`, `epoll-add fd|ptr`, `epoll-wait`, `poll`, `select`, `linger0`, `close`,
-//! `close-listener`, `refuse-flood ADDR PORT COUNT`, `exit`.
+//! `close-listener`, `refuse-flood ADDR PORT COUNT`, `write-every MS COUNT BYTES` (a periodic
+//! writer), `heartbeat BYTES TIMEOUT_MS` (send, await a reply, close if none), `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -185,6 +186,33 @@ impl Peer {
                     )
                 })?;
                 Ok(format!("ready {n}"))
+            }
+            ["write-every", ms, count, bytes] => {
+                let buf = vec![b'h'; bytes.parse().expect("byte count")];
+                let (ms, count): (u64, u32) =
+                    (ms.parse().expect("ms"), count.parse().expect("count"));
+                for _ in 0..count {
+                    let n = unsafe {
+                        libc::send(self.conn, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+                    };
+                    check_len(n)?;
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+                Ok(format!("wrote {count} times"))
+            }
+            ["heartbeat", bytes, timeout_ms] => {
+                let buf = vec![b'?'; bytes.parse().expect("byte count")];
+                check_len(unsafe {
+                    libc::send(self.conn, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+                })?;
+                let mut fd = libc::pollfd { fd: self.conn, events: libc::POLLIN, revents: 0 };
+                let ready =
+                    check(unsafe { libc::poll(&mut fd, 1, timeout_ms.parse().expect("timeout")) })?;
+                if ready == 0 {
+                    check(unsafe { libc::close(self.conn) })?;
+                    return Ok("dead-peer-closed".into());
+                }
+                Ok("alive".into())
             }
             ["write", bytes] => {
                 let buf = vec![b'x'; bytes.parse().expect("byte count")];

@@ -1,0 +1,78 @@
+//! The loop every command runs: drain the ring buffer when the kernel wakes us or the drain
+//! timer fires, hand the events to the command, and stop on the deadline, SIGINT or SIGTERM.
+
+use std::{io, time::Duration};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+
+use crate::{decode::Event, sinks::clock::monotonic_ns, tracer::Tracer};
+
+/// How often the ring buffer is drained when the kernel has not woken us (it wakes userspace
+/// only once a quarter of the buffer is full). Bounds the delay of a lone event.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What a command does with the stream.
+pub trait Consumer {
+    fn events(&mut self, events: &[Event]) -> io::Result<()>;
+
+    /// After every drain: the current CLOCK_MONOTONIC time and the kernel's loss count so far.
+    fn tick(&mut self, _now_ns: u64, _lost_total: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Streams until the deadline or a signal, then detaches every program and drains what is
+/// left. An output error (stdout closed) ends the stream early and is returned.
+pub async fn run(
+    tracer: &mut Tracer,
+    duration: Option<Duration>,
+    consumer: &mut dyn Consumer,
+) -> io::Result<()> {
+    let outcome = stream(tracer, duration, consumer).await;
+    tracer.detach();
+    let last = drain(tracer, &mut Vec::new(), consumer);
+    outcome.and(last)
+}
+
+async fn stream(
+    tracer: &mut Tracer,
+    duration: Option<Duration>,
+    consumer: &mut dyn Consumer,
+) -> io::Result<()> {
+    // A duplicate of the ring buffer's fd: readiness without borrowing the tracer.
+    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
+    // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.
+    let ring = unsafe { AsyncFd::register(ring_fd)? };
+    let mut tick = interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let deadline = sleep(duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    let mut events = Vec::new();
+    loop {
+        tokio::select! {
+            ready = ring.readable() => ready?.clear_ready(),
+            _ = tick.tick() => {}
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = &mut deadline, if duration.is_some() => return Ok(()),
+        }
+        drain(tracer, &mut events, consumer)?;
+    }
+}
+
+fn drain(
+    tracer: &mut Tracer,
+    events: &mut Vec<Event>,
+    consumer: &mut dyn Consumer,
+) -> io::Result<()> {
+    events.clear();
+    tracer.poll(events);
+    consumer.events(events)?;
+    consumer.tick(monotonic_ns(), tracer.lost_total())
+}

@@ -1,0 +1,94 @@
+//! `connwatch watch`: findings as they happen.
+
+use std::{io, time::Instant};
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::WatchArgs,
+    correlate::{Correlator, Kind, Thresholds},
+    decode::Event,
+    pipeline::{self, Consumer},
+    probes::LoadOptions,
+    sinks::{Sink, summary::WatchSummary},
+    trace::{output, quiet_broken_pipe},
+    tracer::Tracer,
+};
+
+pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
+    let options = args.common.load_options();
+    let thresholds = args.thresholds.thresholds();
+    let mut sink = output(args.common.json, false);
+    watch(&options, thresholds, args.thresholds.max_sockets, args.common.duration, sink.as_mut())
+        .await
+}
+
+/// Runs the watcher on `sink` until the deadline or a signal; used by `watch` and `demo`.
+pub async fn watch(
+    options: &LoadOptions,
+    thresholds: Thresholds,
+    max_sockets: usize,
+    duration: Option<std::time::Duration>,
+    sink: &mut dyn Sink,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut tracer = Tracer::start(options)?;
+    let mut watcher = Watcher::new(Correlator::new(thresholds, max_sockets), sink);
+    let outcome = match watcher.sink.ready(&tracer.ready()) {
+        Ok(()) => pipeline::run(&mut tracer, duration, &mut watcher).await,
+        Err(e) => Err(e),
+    };
+    let mut summary = tracer.summary(started.elapsed());
+    summary.watch = Some(watcher.summary());
+    eprintln!("{summary}");
+    let _ = watcher.sink.summary(&summary);
+    quiet_broken_pipe(outcome).context("writing findings to stdout")
+}
+
+/// Feeds the correlator and reports what it finds.
+pub struct Watcher<'a> {
+    pub correlator: Correlator,
+    sink: &'a mut dyn Sink,
+    /// When losses were last checked, and how many there were then.
+    loss_checked: (u64, u64),
+}
+
+impl<'a> Watcher<'a> {
+    pub fn new(correlator: Correlator, sink: &'a mut dyn Sink) -> Self {
+        Self { correlator, sink, loss_checked: (0, 0) }
+    }
+
+    pub fn summary(&self) -> WatchSummary {
+        let reported = self.correlator.reported();
+        WatchSummary {
+            findings: Kind::ALL
+                .iter()
+                .map(|k| (k.name(), reported.get(k).copied().unwrap_or(0)))
+                .collect(),
+            sockets_evicted: self.correlator.evicted(),
+        }
+    }
+}
+
+impl Consumer for Watcher<'_> {
+    fn events(&mut self, events: &[Event]) -> io::Result<()> {
+        for event in events {
+            for finding in self.correlator.ingest(event) {
+                self.sink.finding(&finding)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ns: u64, lost_total: u64) -> io::Result<()> {
+        let (checked_at, lost_then) = self.loss_checked;
+        if lost_total > lost_then {
+            self.correlator.note_loss(checked_at, now_ns);
+        }
+        self.loss_checked = (now_ns, lost_total);
+        for finding in self.correlator.tick(now_ns) {
+            self.sink.finding(&finding)?;
+        }
+        self.sink.flush()
+    }
+}

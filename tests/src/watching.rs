@@ -1,0 +1,78 @@
+//! connwatch's correlator fed by a live session, as `connwatch watch` runs it.
+
+use std::time::{Duration, Instant};
+
+use connwatch::{
+    correlate::{Correlator, DEFAULT_MAX_SOCKETS, Finding, Kind, Thresholds},
+    probes::{Filters, LoadOptions},
+    sinks::clock::monotonic_ns,
+};
+
+use crate::{Session, session::EVENT_TIMEOUT};
+
+/// Short graces, so timer findings come within the tests' patience.
+pub const TEST_THRESHOLDS: Thresholds = Thresholds {
+    close_wait_grace_ns: 1_000_000_000,
+    reset_grace_ns: 1_000_000_000,
+    retransmits: 3,
+};
+
+pub struct Watching {
+    pub session: Session,
+    pub correlator: Correlator,
+    pub findings: Vec<Finding>,
+    fed: usize,
+}
+
+impl Watching {
+    /// Watches the sockets of these processes.
+    pub fn start(pids: &[u32]) -> Self {
+        let filters = Filters { pids: pids.to_vec(), ..Filters::default() };
+        Self {
+            session: Session::start(LoadOptions { filters, ..LoadOptions::default() }),
+            correlator: Correlator::new(TEST_THRESHOLDS, DEFAULT_MAX_SOCKETS),
+            findings: Vec::new(),
+            fed: 0,
+        }
+    }
+
+    /// Feeds new events and lets the correlator's timers run at `now`.
+    fn pump(&mut self, now: u64) {
+        self.session.tracer.poll(&mut self.session.events);
+        for event in &self.session.events[self.fed..] {
+            self.findings.extend(self.correlator.ingest(event));
+        }
+        self.fed = self.session.events.len();
+        self.findings.extend(self.correlator.tick(now));
+    }
+
+    /// Waits for a finding of `kind`, in real time.
+    pub fn wait_for(&mut self, kind: Kind) -> Finding {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            self.pump(monotonic_ns());
+            if let Some(found) = self.findings.iter().find(|f| f.kind == kind) {
+                return found.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} finding; events:\n{}",
+                self.session.dump()
+            );
+            self.session.tracer.wait(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until an event matching `what` has arrived.
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[connwatch::decode::Event]) -> bool) {
+        self.session.wait_until(what, done);
+        self.pump(monotonic_ns());
+    }
+
+    /// Everything found once every timer has had a minute more to fire: the application's
+    /// story is over, so waiting longer could change nothing.
+    pub fn settle(&mut self) -> &[Finding] {
+        self.pump(monotonic_ns() + 60_000_000_000);
+        &self.findings
+    }
+}

@@ -1,0 +1,238 @@
+//! Misjudged liveness, end to end: a small program falls into each trap and connwatch reports
+//! exactly that finding for that process and socket; correct programs get no finding at all.
+//! Runs as root in throwaway namespaces; each test uses its own ports.
+
+use std::process::Command;
+
+use connwatch::{
+    correlate::{Finding, Kind},
+    decode::{Event, SockId},
+};
+use connwatch_tests::{Netns, Peer, Topology, Watching, require_root};
+
+/// A client and a server, connected, watched.
+struct Scene {
+    topology: Topology,
+    server: Peer,
+    client: Peer,
+    watching: Watching,
+    port: u16,
+}
+
+impl Scene {
+    fn connected(tag: &str, port: u16) -> Self {
+        require_root();
+        let topology = Topology::new(tag);
+        let mut server = Peer::spawn(&topology.server);
+        let mut client = Peer::spawn(&topology.client);
+        let watching = Watching::start(&[server.pid(), client.pid()]);
+        server.ok(&format!("listen {} {port}", Topology::SERVER_V4));
+        client.ok(&format!("connect {} {port}", Topology::SERVER_V4));
+        server.ok("accept");
+        Self { topology, server, client, watching, port }
+    }
+
+    /// The socket `peer` accepted or connected.
+    fn socket_of(&self, pid: u32) -> SockId {
+        self.watching
+            .session
+            .events
+            .iter()
+            .find(|e| owned_by(e, pid) && matches!(e.detail.type_name(), "accept" | "connect"))
+            .map(|e| e.sock)
+            .unwrap_or_else(|| panic!("no socket of {pid}:\n{}", self.watching.session.dump()))
+    }
+
+    /// Waits for `kind`, then checks it is the only finding and names `pid` and its socket.
+    fn expect_only(&mut self, kind: Kind, pid: u32) -> Finding {
+        let finding = self.watching.wait_for(kind);
+        let sock = self.socket_of(pid);
+        let all: Vec<Kind> = self.watching.settle().iter().map(|f| f.kind).collect();
+        assert_eq!(all, [kind], "exactly one finding");
+        assert_eq!(finding.owner.as_ref().map(|o| o.pid), Some(pid), "the process that misjudged");
+        assert_eq!(finding.sock, sock, "on its socket");
+        assert!(finding.remote.port() == self.port || finding.local.port() == self.port);
+        assert!(!finding.evidence.is_empty() && !finding.evidence_incomplete);
+        finding
+    }
+
+    /// Waits for `pid` to close its connection, then checks nothing at all was found.
+    fn expect_none_after_close(&mut self, pid: u32) {
+        self.watching.wait_until("the close", |evs| {
+            evs.iter().any(|e| owned_by(e, pid) && e.detail.type_name() == "close")
+        });
+        let findings = self.watching.settle();
+        assert!(findings.is_empty(), "a correct program has no finding: {findings:#?}");
+    }
+
+    fn drop_server_input(&self) {
+        let rule = format!("add rule inet cwtest input tcp dport {} drop", self.port);
+        for command in [
+            "add table inet cwtest",
+            "add chain inet cwtest input { type filter hook input priority 0 ; }",
+            &rule,
+        ] {
+            nft(&self.topology.server, command);
+        }
+    }
+}
+
+fn owned_by(e: &Event, pid: u32) -> bool {
+    e.owner.as_ref().is_some_and(|o| o.pid == pid)
+}
+
+fn nft(ns: &Netns, rule: &str) {
+    let mut args = vec!["netns", "exec", &ns.name, "nft"];
+    args.extend(rule.split(' '));
+    let output = Command::new("ip").args(&args).output().expect("run nft");
+    assert!(output.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn close_wait_leak_names_the_server_that_never_closed() {
+    let mut s = Scene::connected("cwleak", 43001);
+    s.client.ok("close");
+    // The server never looks: its socket sits in CLOSE_WAIT.
+    let spid = s.server.pid();
+    s.expect_only(Kind::CloseWaitLeak, spid);
+}
+
+#[test]
+fn reading_to_eof_and_closing_finds_nothing() {
+    let mut s = Scene::connected("eofok", 43002);
+    s.client.ok("close");
+    s.server.ok("read-eof");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_none_after_close(spid);
+}
+
+#[test]
+fn eof_ignored_names_the_server_that_kept_polling() {
+    let mut s = Scene::connected("eofign", 43003);
+    s.server.ok("epoll-add fd");
+    s.client.ok("close");
+    s.server.ok("epoll-wait");
+    assert_eq!(s.server.ok("recv"), "received 0");
+    // Back to the event loop, as if the EOF had been data.
+    s.server.ok("epoll-wait");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_only(Kind::EofIgnored, spid);
+}
+
+#[test]
+fn write_after_peer_close_names_the_writer() {
+    let mut s = Scene::connected("wapc", 43004);
+    s.client.ok("close");
+    s.watching.wait_until("the FIN at the server", |evs| {
+        evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
+    });
+    assert_eq!(s.server.ok("write 10"), "wrote 10");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_only(Kind::WriteAfterPeerClose, spid);
+}
+
+#[test]
+fn half_open_write_names_the_client_writing_into_the_void() {
+    let mut s = Scene::connected("halfopn", 43005);
+    s.drop_server_input();
+    // A periodic writer that never reads: its writes keep succeeding.
+    s.client.ok("write-every 250 12 100");
+    let cpid = s.client.pid();
+    let finding = s.expect_only(Kind::HalfOpenWrite, cpid);
+    let measures = finding.measures.expect("retransmissions, time, bytes");
+    assert!(measures.retransmits >= 3 && measures.unacked_bytes > 0, "{measures:?}");
+}
+
+#[test]
+fn a_heartbeat_that_detects_the_dead_peer_finds_nothing() {
+    let mut s = Scene::connected("hbeat", 43006);
+    s.drop_server_input();
+    assert_eq!(s.client.ok("heartbeat 8 1000"), "dead-peer-closed");
+    let cpid = s.client.pid();
+    s.expect_none_after_close(cpid);
+}
+
+#[test]
+fn so_error_false_healthy_names_the_checker() {
+    let mut s = Scene::connected("soerrfh", 43007);
+    s.client.ok("close");
+    s.watching.wait_until("the FIN at the server", |evs| {
+        evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
+    });
+    assert_eq!(s.server.ok("so-error"), "0", "SO_ERROR says healthy");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_only(Kind::SoErrorFalseHealthy, spid);
+}
+
+#[test]
+fn reset_unnoticed_names_the_server_that_never_looked() {
+    let mut s = Scene::connected("rstun", 43008);
+    s.client.ok("linger0");
+    s.client.ok("close");
+    let spid = s.server.pid();
+    s.expect_only(Kind::ResetUnnoticed, spid);
+}
+
+#[test]
+fn closing_on_the_reset_finds_nothing() {
+    let mut s = Scene::connected("rstok", 43009);
+    s.client.ok("linger0");
+    s.client.ok("close");
+    assert_eq!(s.server.send("recv"), "err ECONNRESET");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_none_after_close(spid);
+}
+
+#[test]
+fn error_ignored_names_the_server_that_kept_reading() {
+    let mut s = Scene::connected("errign", 43010);
+    s.client.ok("linger0");
+    s.client.ok("close");
+    assert_eq!(s.server.send("recv"), "err ECONNRESET");
+    // As if it were a one-off: read again.
+    s.server.send("recv");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_only(Kind::ErrorIgnored, spid);
+}
+
+fn refused_async_connect(tag: &str, port: u16) -> (Topology, Peer, Watching) {
+    require_root();
+    let topology = Topology::new(tag);
+    let mut client = Peer::spawn(&topology.client);
+    let watching = Watching::start(&[client.pid()]);
+    assert_eq!(client.send(&format!("connect-nb {} {port}", Topology::SERVER_V4)), "err E115");
+    client.ok("wait-writable");
+    (topology, client, watching)
+}
+
+#[test]
+fn connect_unverified_names_the_client_that_wrote_without_checking() {
+    let (_t, mut client, mut watching) = refused_async_connect("connun", 43011);
+    // Writable, so connected, it thinks.
+    client.send("write 10");
+    client.ok("close");
+    let cpid = client.pid();
+    let finding = watching.wait_for(Kind::ConnectUnverified);
+    assert_eq!(finding.owner.as_ref().map(|o| o.pid), Some(cpid));
+    let all: Vec<Kind> = watching.settle().iter().map(|f| f.kind).collect();
+    assert_eq!(all, [Kind::ConnectUnverified]);
+}
+
+#[test]
+fn reading_so_error_after_async_connect_finds_nothing() {
+    let (_t, mut client, mut watching) = refused_async_connect("connok", 43012);
+    assert_eq!(client.ok("so-error"), "ECONNREFUSED");
+    client.ok("close");
+    let cpid = client.pid();
+    watching.wait_until("the close", |evs| {
+        evs.iter().any(|e| owned_by(e, cpid) && e.detail.type_name() == "close")
+    });
+    let findings = watching.settle();
+    assert!(findings.is_empty(), "{findings:#?}");
+}
