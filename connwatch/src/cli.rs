@@ -43,6 +43,9 @@ pub enum Command {
     /// A first run: small built-in programs fall into each trap (and one does everything
     /// right) in a private network namespace, while connwatch watches.
     Demo(DemoArgs),
+    /// One of the demo's programs (run by `demo` itself).
+    #[command(hide = true)]
+    DemoProgram { name: String, server_netns: String, server: std::net::Ipv4Addr, port: u16 },
 }
 
 /// Flags every tracing command takes.

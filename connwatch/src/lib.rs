@@ -25,5 +25,8 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Watch(args) => watch::run(&args).await,
         cli::Command::Trace(args) => trace::run(&args).await,
         cli::Command::Demo(args) => demo::run(&args).await,
+        cli::Command::DemoProgram { name, server_netns, server, port } => {
+            demo::program_main(&name, &server_netns, server, port)
+        }
     }
 }

@@ -23,6 +23,11 @@ pub trait Consumer {
     fn tick(&mut self, _now_ns: u64, _lost_total: u64) -> io::Result<()> {
         Ok(())
     }
+
+    /// Whether the command has what it came for (the stream then ends as on a signal).
+    fn done(&self) -> bool {
+        false
+    }
 }
 
 /// Streams until the deadline or a signal, then detaches every program and drains what is
@@ -63,6 +68,9 @@ async fn stream(
             _ = &mut deadline, if duration.is_some() => return Ok(()),
         }
         drain(tracer, &mut events, consumer)?;
+        if consumer.done() {
+            return Ok(());
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub async fn watch(
 /// Feeds the correlator and reports what it finds.
 pub struct Watcher<'a> {
     pub correlator: Correlator,
+    /// Every finding reported: its kind and process.
+    pub found: Vec<(Kind, Option<u32>)>,
     sink: &'a mut dyn Sink,
     /// When losses were last checked, and how many there were then.
     loss_checked: (u64, u64),
@@ -55,7 +57,7 @@ pub struct Watcher<'a> {
 
 impl<'a> Watcher<'a> {
     pub fn new(correlator: Correlator, sink: &'a mut dyn Sink) -> Self {
-        Self { correlator, sink, loss_checked: (0, 0) }
+        Self { correlator, found: Vec::new(), sink, loss_checked: (0, 0) }
     }
 
     pub fn summary(&self) -> WatchSummary {
@@ -70,11 +72,18 @@ impl<'a> Watcher<'a> {
     }
 }
 
+impl Watcher<'_> {
+    fn report(&mut self, finding: &crate::correlate::Finding) -> io::Result<()> {
+        self.found.push((finding.kind, finding.owner.as_ref().map(|o| o.pid)));
+        self.sink.finding(finding)
+    }
+}
+
 impl Consumer for Watcher<'_> {
     fn events(&mut self, events: &[Event]) -> io::Result<()> {
         for event in events {
             for finding in self.correlator.ingest(event) {
-                self.sink.finding(&finding)?;
+                self.report(&finding)?;
             }
         }
         Ok(())
@@ -87,7 +96,7 @@ impl Consumer for Watcher<'_> {
         }
         self.loss_checked = (now_ns, lost_total);
         for finding in self.correlator.tick(now_ns) {
-            self.sink.finding(&finding)?;
+            self.report(&finding)?;
         }
         self.sink.flush()
     }

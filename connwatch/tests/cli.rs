@@ -124,3 +124,55 @@ fn json_run_starts_with_ready_and_ends_with_summary_on_sigterm() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("connwatch: 6 events"), "{stderr}");
 }
+
+/// The newcomer's first run: every trap found, nothing for the well-behaved program, and no
+/// namespace left behind.
+#[test]
+fn demo_finds_every_trap_and_cleans_up() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the demo loads eBPF programs: run it as root (cargo xtask test)"
+    );
+    let out = connwatch(&["demo", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("found 8 of 8 traps; the well-behaved program: 0 findings"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "ready");
+    let mut kinds: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "finding")
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "close-wait-leak",
+            "connect-unverified",
+            "eof-ignored",
+            "error-ignored",
+            "half-open-write",
+            "reset-unnoticed",
+            "so-error-false-healthy",
+            "write-after-peer-close"
+        ]
+    );
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["sockets_evicted"], 0);
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).lines().any(|ns| ns.starts_with("cw-dm")),
+        "the demo removes its namespaces"
+    );
+}

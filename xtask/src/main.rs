@@ -22,7 +22,8 @@ enum Command {
     Prereqs,
     /// Build connwatch (release) with its embedded eBPF programs.
     Build,
-    /// Build, then run connwatch with the given arguments: `cargo xtask run -- trace --json`.
+    /// Build, then run connwatch with the given arguments (`cargo xtask run -- trace --json`);
+    /// with none, `connwatch demo`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

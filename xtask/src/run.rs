@@ -29,8 +29,11 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/connwatch"))
 }
 
+/// Runs connwatch with `args`; with none, the demo (a newcomer's first run).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let binary = build_release()?;
+    let demo = ["demo".to_string()];
+    let args = if args.is_empty() { &demo[..] } else { args };
     // exec: signals (Ctrl-C) and the exit code belong to connwatch itself.
     let error = Command::new(&binary).args(args).exec();
     Err(error).with_context(|| format!("running {}", binary.display()))

@@ -100,12 +100,13 @@ fn close_wait_since(track: &Track) -> Option<u64> {
     (f.left_close_wait.first.is_none() && f.app_closed.first.is_none()).then_some(fin)
 }
 
-/// The reset's time, while the application that held the socket has neither seen an error
-/// since nor closed it.
+/// The reset's time, while the application that holds the socket (even one it accepted
+/// after the reset) has neither seen an error since nor closed it. Children reset before any
+/// process accepted them belong to no application.
 fn reset_unnoticed_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
     let reset = f.reset.first?;
-    let held = f.app_touched.first.is_some_and(|t| t < reset);
+    let held = f.app_touched.first.is_some();
     let noticed = f.app_error.last.is_some_and(|e| e >= reset) || f.app_closed.first.is_some();
     (held && !noticed).then_some(reset)
 }

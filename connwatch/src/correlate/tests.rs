@@ -267,6 +267,19 @@ fn reset_unnoticed_after_the_grace() {
 }
 
 #[test]
+fn a_connection_reset_before_it_was_accepted_is_still_unnoticed() {
+    let mut events = vec![
+        at(SOCK, 0, change("LISTEN", "SYN_RECV")),
+        at(SOCK, 1, change("SYN_RECV", "ESTABLISHED")),
+    ];
+    events.extend(reset(SOCK, 5));
+    events.push(at(SOCK, 10, accept()));
+    assert_eq!(kinds(&events), [Kind::ResetUnnoticed]);
+    // Never accepted: no application to blame.
+    assert_eq!(kinds(&events[..events.len() - 1]), []);
+}
+
+#[test]
 fn closing_on_the_reset_is_no_finding() {
     let events = with(
         with(established(SOCK), reset(SOCK, 1000)),
