@@ -143,6 +143,9 @@ struct Program {
     child: Child,
     stdin: Arc<Mutex<ChildStdin>>,
     expected: Option<Kind>,
+    /// Reads the program's requests; holds the topology too, so it is joined before the
+    /// namespaces can go.
+    reader: Option<thread::JoinHandle<()>>,
     _topology: Arc<Topology>,
 }
 
@@ -173,7 +176,7 @@ impl Program {
         let topology = Arc::new(topology);
         // The half-open program asks for its server's link to be cut once connected.
         let (link, reply) = (Arc::clone(&topology), Arc::clone(&stdin));
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line == "cut-link" {
                     link.cut_server_link();
@@ -181,7 +184,7 @@ impl Program {
                 }
             }
         });
-        Ok(Self { child, stdin, expected, _topology: topology })
+        Ok(Self { child, stdin, expected, reader: Some(reader), _topology: topology })
     }
 
     fn send(&self, line: &str) -> io::Result<()> {
@@ -195,6 +198,10 @@ impl Drop for Program {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The program's stdout is closed now, so its reader ends and lets go of the topology.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
