@@ -31,17 +31,13 @@ impl Owner {
 pub struct SocketInfo {
     pub birth_ns: u64,
     pub owner: Owner,
-    /// `SOCKET_APP_CLOSED` once the application closed its fd: when such a socket reaches
-    /// CLOSE its entry is dropped, so a reused address starts a new identity.
-    pub flags: u32,
     /// The connection's ports once known: the kernel releases the local port on the way to
     /// CLOSE, and events after that still belong to (and are filtered as) this connection.
     pub sport: u16,
     pub dport: u16,
+    pub _pad: u32,
 }
 assert_size!(SocketInfo, 40);
-
-pub const SOCKET_APP_CLOSED: u32 = 1;
 
 /// recv/send/readiness activity on a socket not yet reported (the summarising policy).
 #[repr(C)]

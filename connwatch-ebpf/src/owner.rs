@@ -5,7 +5,7 @@
 //! socket is touched in process context and looked up everywhere else.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use connwatch_common::socket::{ListenerKey, Owner, SOCKET_APP_CLOSED, SocketInfo};
+use connwatch_common::socket::{ListenerKey, Owner, SocketInfo};
 
 use crate::maps::{IO_STATE, LISTENERS, SOCKETS};
 
@@ -28,7 +28,7 @@ pub fn now() -> u64 {
 /// A new life of `sk`: connect, listen, or a child spawned by a listener.
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
-    let info = SocketInfo { birth_ns: now(), owner, flags: 0, sport: 0, dport: 0 };
+    let info = SocketInfo { birth_ns: now(), owner, sport: 0, dport: 0, _pad: 0 };
     let _ = SOCKETS.insert(&sk, &info, 0);
     info
 }
@@ -87,21 +87,12 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
 }
 
 /// The application closed its descriptor. A socket already in CLOSE dies with it, so its
-/// identity goes now; otherwise it goes when the orphan reaches CLOSE (see [`closed`]).
+/// identity goes now. Any other socket lives on (FIN or RST still to send) and keeps its
+/// identity; should its memory be reused, the new life begins with connect, listen or a
+/// listener's child, which gives it a new birth.
 #[inline(always)]
 pub fn app_closed(sk: u64, state: u8) {
     if state == connwatch_common::tcp::TCP_CLOSE {
-        forget(sk);
-    } else if let Some(info) = SOCKETS.get_ptr_mut(&sk) {
-        // SAFETY: a valid map value pointer.
-        unsafe { (*info).flags |= SOCKET_APP_CLOSED };
-    }
-}
-
-/// The socket reached CLOSE: if its application has already let go, this life is over.
-#[inline(always)]
-pub fn closed(sk: u64, info: &SocketInfo) {
-    if info.flags & SOCKET_APP_CLOSED != 0 {
         forget(sk);
     }
 }

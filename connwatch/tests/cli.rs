@@ -23,9 +23,27 @@ fn bad_port_exits_2_naming_the_problem() {
     assert!(stderr.contains("65536") && stderr.contains("--port"), "{stderr}");
 }
 
+/// Without a subcommand connwatch watches (here briefly, on a port nothing uses).
 #[test]
-fn missing_subcommand_exits_2() {
-    assert_eq!(connwatch(&[]).status.code(), Some(2));
+fn watch_is_the_default_command() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads eBPF programs: run it as root (cargo xtask test)"
+    );
+    let out = connwatch(&["--json", "--port", "21071", "--duration", "0.5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.first().map(|l| l["type"].clone()), Some("ready".into()));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(
+        summary["findings"]["close-wait-leak"], 0,
+        "watch's summary counts findings: {summary}"
+    );
 }
 
 #[test]
@@ -84,7 +102,7 @@ fn json_run_starts_with_ready_and_ends_with_summary_on_sigterm() {
         "this test loads eBPF programs: run it as root (cargo xtask test)"
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_connwatch"))
-        .args(["trace", "--json", "--port", "41070"])
+        .args(["trace", "--json", "--port", "21070"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -96,13 +114,13 @@ fn json_run_starts_with_ready_and_ends_with_summary_on_sigterm() {
 
     // A refused connection on the filtered port: the kernel's state, reset, state and error,
     // and what this process did and saw: connect (ECONNREFUSED) and close.
-    let refused = std::net::TcpStream::connect("127.0.0.1:41070");
-    assert!(refused.is_err(), "nothing listens on 41070");
+    let refused = std::net::TcpStream::connect("127.0.0.1:21070");
+    assert!(refused.is_err(), "nothing listens on 21070");
     let mut seen = Vec::new();
     while seen.len() < 6 {
         let event: serde_json::Value =
             serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        assert_eq!(event["dport"], 41070, "{event}");
+        assert_eq!(event["dport"], 21070, "{event}");
         seen.push(event["type"].as_str().unwrap().to_string());
     }
     seen.sort();

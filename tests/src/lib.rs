@@ -1,5 +1,8 @@
 //! Harness for connwatch's privileged integration tests: throwaway network namespaces joined by
 //! veth, scripted peers in their own processes, and a tracer that waits for events.
+//!
+//! Test ports are below 32768, outside Linux's default ephemeral range: tests filter on their
+//! ports in the kernel, and no other connection's client port may ever match them.
 
 pub mod netns;
 pub mod peer;

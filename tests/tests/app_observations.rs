@@ -49,7 +49,7 @@ fn kstate(e: &Event) -> &'static str {
 #[test]
 fn so_error_after_reset_reads_econnreset_then_zero() {
     let (_t, mut server, mut client, mut session, _) =
-        connected("soerr", Topology::SERVER_V4, 42001);
+        connected("soerr", Topology::SERVER_V4, 22001);
     let cpid = client.pid();
     server.ok("linger0");
     server.ok("close");
@@ -133,23 +133,23 @@ fn epoll_sees_eof(tag: &str, server_addr: &str, port: u16, data: &str) {
 
 #[test]
 fn epoll_with_fd_data_resolves_to_the_socket() {
-    epoll_sees_eof("epfd", Topology::SERVER_V4, 42011, "fd");
+    epoll_sees_eof("epfd", Topology::SERVER_V4, 22011, "fd");
 }
 
 #[test]
 fn epoll_with_pointer_data_resolves_to_the_socket() {
-    epoll_sees_eof("epptr", Topology::SERVER_V4, 42012, "ptr");
+    epoll_sees_eof("epptr", Topology::SERVER_V4, 22012, "ptr");
 }
 
 #[test]
 fn epoll_eof_over_ipv6() {
-    epoll_sees_eof("ep6", Topology::SERVER_V6, 42013, "ptr");
+    epoll_sees_eof("ep6", Topology::SERVER_V6, 22013, "ptr");
 }
 
 #[test]
 fn poll_and_select_readiness() {
     let (_t, mut server, mut client, mut session, fd) =
-        connected("pollsel", Topology::SERVER_V4, 42021);
+        connected("pollsel", Topology::SERVER_V4, 22021);
     let spid = server.pid();
     client.ok("write 100");
     assert!(server.ok("poll").starts_with("ready 1"));
@@ -182,7 +182,7 @@ fn poll_and_select_readiness() {
 #[test]
 fn a_write_into_close_wait_succeeds_then_the_next_fails_with_epipe() {
     let (_t, mut server, mut client, mut session, _) =
-        connected("epipe", Topology::SERVER_V4, 42031);
+        connected("epipe", Topology::SERVER_V4, 22031);
     let spid = server.pid();
     client.ok("close");
     server.ok("read-eof");
@@ -216,7 +216,7 @@ fn nonblocking_connect_to_a_closed_port_is_einprogress_then_so_error_refused() {
     let mut client = Peer::spawn(&topology.client);
     let cpid = client.pid();
     let mut session = Session::start(traced(&[cpid]));
-    assert_eq!(client.send(&format!("connect-nb {} 42041", Topology::SERVER_V4)), "err E115");
+    assert_eq!(client.send(&format!("connect-nb {} 22041", Topology::SERVER_V4)), "err E115");
     client.ok("wait-writable");
     assert_eq!(client.ok("so-error"), "ECONNREFUSED");
     session.wait_until("connect and SO_ERROR", |evs| {
@@ -238,7 +238,7 @@ fn nonblocking_connect_to_a_closed_port_is_einprogress_then_so_error_refused() {
 #[test]
 fn fd_reuse_never_mixes_two_sockets() {
     let (t, mut server, mut client, mut session, _) =
-        connected("fdreuse", Topology::SERVER_V4, 42051);
+        connected("fdreuse", Topology::SERVER_V4, 22051);
     let cpid = client.pid();
     // The first connection dies by RST (its socket is in CLOSE when the client closes it, so
     // socket memory and fd number are both free for the next one).
@@ -248,7 +248,7 @@ fn fd_reuse_never_mixes_two_sockets() {
         evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
     });
     client.ok("close");
-    client.ok(&format!("connect {} 42051", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 22051", Topology::SERVER_V4));
     server.ok("accept");
     client.ok("write 5");
     session.wait_until("two connects and the second's send", |evs| {
@@ -286,7 +286,7 @@ fn fd_reuse_never_mixes_two_sockets() {
 fn busy_connections_are_summarised_but_eof_is_always_reported() {
     const SENDS: u32 = 5000;
     let (_t, mut server, mut client, mut session, _) =
-        connected("busy", Topology::SERVER_V4, 42061);
+        connected("busy", Topology::SERVER_V4, 22061);
     let (spid, cpid) = (server.pid(), client.pid());
     client.ok(&format!("burst {SENDS} 100"));
     let received = server.ok(&format!("recv-bytes {}", SENDS * 100));
@@ -336,8 +336,8 @@ fn all_io_reports_every_call() {
     let mut client = Peer::spawn(&topology.client);
     let cpid = client.pid();
     let mut session = Session::start(LoadOptions { all_io: true, ..traced(&[server.pid(), cpid]) });
-    server.ok(&format!("listen {} 42071", Topology::SERVER_V4));
-    client.ok(&format!("connect {} 42071", Topology::SERVER_V4));
+    server.ok(&format!("listen {} 22071", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 22071", Topology::SERVER_V4));
     server.ok("accept");
     client.ok(&format!("burst {SENDS} 10"));
     session.wait_until("every send", |evs| {

@@ -90,7 +90,7 @@ fn nft(ns: &Netns, rule: &str) {
 
 #[test]
 fn close_wait_leak_names_the_server_that_never_closed() {
-    let mut s = Scene::connected("cwleak", 43001);
+    let mut s = Scene::connected("cwleak", 23001);
     s.client.ok("close");
     // The server never looks: its socket sits in CLOSE_WAIT.
     let spid = s.server.pid();
@@ -99,7 +99,7 @@ fn close_wait_leak_names_the_server_that_never_closed() {
 
 #[test]
 fn reading_to_eof_and_closing_finds_nothing() {
-    let mut s = Scene::connected("eofok", 43002);
+    let mut s = Scene::connected("eofok", 23002);
     s.client.ok("close");
     s.server.ok("read-eof");
     s.server.ok("close");
@@ -109,7 +109,7 @@ fn reading_to_eof_and_closing_finds_nothing() {
 
 #[test]
 fn eof_ignored_names_the_server_that_kept_polling() {
-    let mut s = Scene::connected("eofign", 43003);
+    let mut s = Scene::connected("eofign", 23003);
     s.server.ok("epoll-add fd");
     s.client.ok("close");
     s.server.ok("epoll-wait");
@@ -123,7 +123,7 @@ fn eof_ignored_names_the_server_that_kept_polling() {
 
 #[test]
 fn write_after_peer_close_names_the_writer() {
-    let mut s = Scene::connected("wapc", 43004);
+    let mut s = Scene::connected("wapc", 23004);
     s.client.ok("close");
     s.watching.wait_until("the FIN at the server", |evs| {
         evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
@@ -136,7 +136,7 @@ fn write_after_peer_close_names_the_writer() {
 
 #[test]
 fn half_open_write_names_the_client_writing_into_the_void() {
-    let mut s = Scene::connected("halfopn", 43005);
+    let mut s = Scene::connected("halfopn", 23005);
     s.drop_server_input();
     // A periodic writer that never reads: its writes keep succeeding.
     s.client.ok("write-every 250 12 100");
@@ -148,7 +148,7 @@ fn half_open_write_names_the_client_writing_into_the_void() {
 
 #[test]
 fn a_heartbeat_that_detects_the_dead_peer_finds_nothing() {
-    let mut s = Scene::connected("hbeat", 43006);
+    let mut s = Scene::connected("hbeat", 23006);
     s.drop_server_input();
     assert_eq!(s.client.ok("heartbeat 8 1000"), "dead-peer-closed");
     let cpid = s.client.pid();
@@ -157,7 +157,7 @@ fn a_heartbeat_that_detects_the_dead_peer_finds_nothing() {
 
 #[test]
 fn so_error_false_healthy_names_the_checker() {
-    let mut s = Scene::connected("soerrfh", 43007);
+    let mut s = Scene::connected("soerrfh", 23007);
     s.client.ok("close");
     s.watching.wait_until("the FIN at the server", |evs| {
         evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
@@ -170,7 +170,7 @@ fn so_error_false_healthy_names_the_checker() {
 
 #[test]
 fn reset_unnoticed_names_the_server_that_never_looked() {
-    let mut s = Scene::connected("rstun", 43008);
+    let mut s = Scene::connected("rstun", 23008);
     s.client.ok("linger0");
     s.client.ok("close");
     let spid = s.server.pid();
@@ -179,7 +179,7 @@ fn reset_unnoticed_names_the_server_that_never_looked() {
 
 #[test]
 fn closing_on_the_reset_finds_nothing() {
-    let mut s = Scene::connected("rstok", 43009);
+    let mut s = Scene::connected("rstok", 23009);
     s.client.ok("linger0");
     s.client.ok("close");
     assert_eq!(s.server.send("recv"), "err ECONNRESET");
@@ -190,7 +190,7 @@ fn closing_on_the_reset_finds_nothing() {
 
 #[test]
 fn error_ignored_names_the_server_that_kept_reading() {
-    let mut s = Scene::connected("errign", 43010);
+    let mut s = Scene::connected("errign", 23010);
     s.client.ok("linger0");
     s.client.ok("close");
     assert_eq!(s.server.send("recv"), "err ECONNRESET");
@@ -213,7 +213,7 @@ fn refused_async_connect(tag: &str, port: u16) -> (Topology, Peer, Watching) {
 
 #[test]
 fn connect_unverified_names_the_client_that_wrote_without_checking() {
-    let (_t, mut client, mut watching) = refused_async_connect("connun", 43011);
+    let (_t, mut client, mut watching) = refused_async_connect("connun", 23011);
     // Writable, so connected, it thinks.
     client.send("write 10");
     client.ok("close");
@@ -226,7 +226,7 @@ fn connect_unverified_names_the_client_that_wrote_without_checking() {
 
 #[test]
 fn reading_so_error_after_async_connect_finds_nothing() {
-    let (_t, mut client, mut watching) = refused_async_connect("connok", 43012);
+    let (_t, mut client, mut watching) = refused_async_connect("connok", 23012);
     assert_eq!(client.ok("so-error"), "ECONNREFUSED");
     client.ok("close");
     let cpid = client.pid();

@@ -146,17 +146,17 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
 
 #[test]
 fn lifecycle_names_each_side_with_its_own_process() {
-    full_lifecycle("life4", Topology::SERVER_V4, 41001, AttachMode::Auto);
+    full_lifecycle("life4", Topology::SERVER_V4, 21001, AttachMode::Auto);
 }
 
 #[test]
 fn lifecycle_with_classic_tracepoints_reads_tracefs_layouts() {
-    full_lifecycle("lifetp", Topology::SERVER_V4, 41002, AttachMode::Prefer(Mechanism::Tracepoint));
+    full_lifecycle("lifetp", Topology::SERVER_V4, 21002, AttachMode::Prefer(Mechanism::Tracepoint));
 }
 
 #[test]
 fn lifecycle_over_ipv6() {
-    full_lifecycle("life6", Topology::SERVER_V6, 41003, AttachMode::Auto);
+    full_lifecycle("life6", Topology::SERVER_V6, 21003, AttachMode::Auto);
 }
 
 #[test]
@@ -180,8 +180,8 @@ fn linger_zero_close_resets_the_client() {
     let mut client = Peer::spawn(&topology.client);
     let (spid, cpid) = (server.pid(), client.pid());
     let mut session = Session::start(options(pids(&[spid, cpid])));
-    server.ok(&format!("listen {} 41010", Topology::SERVER_V4));
-    client.ok(&format!("connect {} 41010", Topology::SERVER_V4));
+    server.ok(&format!("listen {} 21010", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 21010", Topology::SERVER_V4));
     server.ok("accept");
     server.ok("linger0");
     server.ok("close");
@@ -205,7 +205,7 @@ fn linger_zero_close_resets_the_client() {
             describe(e)
         );
         assert_eq!(e.local.ip().to_string(), Topology::CLIENT_V4);
-        assert_eq!(e.remote.port(), 41010);
+        assert_eq!(e.remote.port(), 21010);
     }
     assert!(
         transitions(&socket.iter().collect::<Vec<_>>()).contains(&("ESTABLISHED", "CLOSE")),
@@ -228,13 +228,13 @@ fn writes_into_a_black_hole_are_retransmitted() {
     let mut client = Peer::spawn(&topology.client);
     let cpid = client.pid();
     let mut session = Session::start(options(pids(&[server.pid(), cpid])));
-    server.ok(&format!("listen {} 41020", Topology::SERVER_V4));
-    client.ok(&format!("connect {} 41020", Topology::SERVER_V4));
+    server.ok(&format!("listen {} 21020", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 21020", Topology::SERVER_V4));
     server.ok("accept");
     // The server's host now drops everything the client sends: a half-open connection.
     nft(&topology.server, "add table inet cwtest");
     nft(&topology.server, "add chain inet cwtest input { type filter hook input priority 0 ; }");
-    nft(&topology.server, "add rule inet cwtest input tcp dport 41020 drop");
+    nft(&topology.server, "add rule inet cwtest input tcp dport 21020 drop");
     assert_eq!(
         client.ok("write 1000"),
         "wrote 1000",
@@ -257,7 +257,7 @@ fn writes_into_a_black_hole_are_retransmitted() {
         assert_eq!(e.sock, client_sock, "retransmission on the client's socket: {}", describe(e));
         assert_eq!(e.owner.as_ref().map(|o| o.pid), Some(cpid));
         assert_eq!(e.detail.to_string(), "retransmit (ESTABLISHED)");
-        assert_eq!(e.remote.port(), 41020);
+        assert_eq!(e.remote.port(), 21020);
     }
 }
 
@@ -279,10 +279,10 @@ fn refused_flood(ring_buffer_bytes: u32, attempts: u32) -> connwatch::sinks::Sum
     let mut flooder = Peer::spawn(&ns);
     let mut session = Session::start(LoadOptions {
         ring_buffer_bytes,
-        ..options(Filters { ports: vec![41030], ..Filters::default() })
+        ..options(Filters { ports: vec![21030], ..Filters::default() })
     });
     // Nothing is read while the flood runs: a small ring buffer must overflow.
-    flooder.ok(&format!("refuse-flood 127.0.0.1 41030 {attempts}"));
+    flooder.ok(&format!("refuse-flood 127.0.0.1 21030 {attempts}"));
     session.finish()
 }
 
@@ -322,11 +322,11 @@ fn pid_filter_keeps_only_that_process() {
     let mut other = Peer::spawn(&topology.client);
     let wpid = wanted.pid();
     let mut session = Session::start(options(pids(&[wpid])));
-    server.ok(&format!("listen {} 41040", Topology::SERVER_V4));
+    server.ok(&format!("listen {} 21040", Topology::SERVER_V4));
     // The other client goes first: had its events passed the filter, they would arrive first.
-    other.ok(&format!("connect {} 41040", Topology::SERVER_V4));
+    other.ok(&format!("connect {} 21040", Topology::SERVER_V4));
     other.ok("close");
-    wanted.ok(&format!("connect {} 41040", Topology::SERVER_V4));
+    wanted.ok(&format!("connect {} 21040", Topology::SERVER_V4));
     wanted.ok("close");
     session.wait_until("the wanted client's close", |evs| {
         has_transitions(evs, CLIENT_STATES[0], wpid, &CLIENT_STATES[..3])
@@ -349,23 +349,23 @@ fn port_filter_keeps_only_that_port() {
     let mut server_b = Peer::spawn(&topology.server);
     let mut client = Peer::spawn(&topology.client);
     let cpid = client.pid();
-    let mut session = Session::start(options(Filters { ports: vec![41051], ..Filters::default() }));
-    server_a.ok(&format!("listen {} 41051", Topology::SERVER_V4));
-    server_b.ok(&format!("listen {} 41052", Topology::SERVER_V4));
-    client.ok(&format!("connect {} 41052", Topology::SERVER_V4));
+    let mut session = Session::start(options(Filters { ports: vec![21051], ..Filters::default() }));
+    server_a.ok(&format!("listen {} 21051", Topology::SERVER_V4));
+    server_b.ok(&format!("listen {} 21052", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 21052", Topology::SERVER_V4));
     client.ok("close");
-    client.ok(&format!("connect {} 41051", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 21051", Topology::SERVER_V4));
     client.ok("close");
-    session.wait_until("the connection to port 41051", |evs| {
+    session.wait_until("the connection to port 21051", |evs| {
         evs.iter().any(|e| {
-            e.remote.port() == 41051
+            e.remote.port() == 21051
                 && transition(e) == Some(("ESTABLISHED", "FIN_WAIT1"))
                 && e.owner.as_ref().map(|o| o.pid) == Some(cpid)
         })
     });
     for e in &session.events {
         assert!(
-            e.local.port() == 41051 || e.remote.port() == 41051,
+            e.local.port() == 21051 || e.remote.port() == 21051,
             "filtered in the kernel: {}",
             describe(e)
         );
@@ -377,11 +377,11 @@ fn the_agents_own_sockets_are_never_reported() {
     require_root();
     // This test process is the agent: its listener and accepted socket must not appear; the
     // peer's client socket on the same connection must.
-    let mut session = Session::start(options(Filters { ports: vec![41060], ..Filters::default() }));
-    let listener = std::net::TcpListener::bind("127.0.0.1:41060").expect("bind 127.0.0.1:41060");
+    let mut session = Session::start(options(Filters { ports: vec![21060], ..Filters::default() }));
+    let listener = std::net::TcpListener::bind("127.0.0.1:21060").expect("bind 127.0.0.1:21060");
     let mut peer = Peer::spawn_host();
     let ppid = peer.pid();
-    peer.ok("connect 127.0.0.1 41060");
+    peer.ok("connect 127.0.0.1 21060");
     let (accepted, _) = listener.accept().expect("accept");
     peer.ok("close");
     drop(accepted);

@@ -56,9 +56,6 @@ fn on_state_change(sk: u64, old: i32, new: i32) {
             event._pad = [0; 6];
         });
     }
-    if new == TCP_CLOSE {
-        owner::closed(sk, &info);
-    }
 }
 
 /// Which life of `sk` this change belongs to and who owns it, from what the transition implies

@@ -22,7 +22,55 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A process name as the kernel keeps it: at most 15 bytes, stored inline (no allocation per
+/// event).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's NUL-padded `comm`.
+    pub fn from_kernel(raw: &[u8; 16]) -> Self {
+        let len = raw.iter().take(15).position(|&b| b == 0).unwrap_or(15);
+        Self { bytes: *raw, len: len as u8 }
+    }
+
+    /// The name (bytes that are not UTF-8 are shown as U+FFFD by `Display`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(name: &str) -> Self {
+        let mut bytes = [0; 16];
+        let len = name.len().min(15);
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self { bytes, len: len as u8 }
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// A socket's identity: its kernel address plus the start of this life at that address.

@@ -20,7 +20,8 @@ use thiserror::Error;
 
 pub use errno::Errno;
 pub use event::{
-    Detail, Direction, Event, Family, Io, Owner, Snapshot, SockId, TcpState, Via, readiness_names,
+    Comm, Detail, Direction, Event, Family, Io, Owner, Snapshot, SockId, TcpState, Via,
+    readiness_names,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -88,7 +89,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     };
     let (family, local, remote) = endpoints(&header)?;
     let owner = (header.tgid != OWNER_UNKNOWN)
-        .then(|| Owner { pid: header.tgid, comm: comm(&header.comm) });
+        .then(|| Owner { pid: header.tgid, comm: Comm::from_kernel(&header.comm) });
     Ok(Event {
         ts_ns: header.ts_ns,
         owner,
@@ -178,11 +179,6 @@ fn ipv6(bytes: &[u8; 16]) -> IpAddr {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
     }
-}
-
-fn comm(bytes: &[u8; 16]) -> String {
-    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub fn finding_json(f: &Finding) -> Value {
     object.insert("severity".into(), f.kind.severity().name().into());
     object.insert("ts_ns".into(), f.ts_ns.into());
     object.insert("pid".into(), f.owner.as_ref().map(|o| o.pid).into());
-    object.insert("comm".into(), f.owner.as_ref().map(|o| o.comm.clone()).into());
+    object.insert("comm".into(), f.owner.as_ref().map(|o| o.comm.to_string()).into());
     object.insert("sock".into(), f.sock.to_string().into());
     object.insert("fd".into(), f.fd.into());
     object.insert("family".into(), f.family.name().into());

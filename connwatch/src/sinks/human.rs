@@ -40,8 +40,8 @@ impl<W: Write> Sink for HumanSink<W> {
 
     fn event(&mut self, e: &Event) -> io::Result<()> {
         let (pid, comm) = match &e.owner {
-            Some(owner) => (owner.pid.to_string(), owner.comm.as_str()),
-            None => ("-".to_string(), "?"),
+            Some(owner) => (owner.pid.to_string(), owner.comm.to_string()),
+            None => ("-".to_string(), "?".to_string()),
         };
         writeln!(
             self.out,
