@@ -72,9 +72,10 @@ pub struct SockOffsets {
     pub sk_type: u32,
     /// `inet_connection_sock.icsk_retransmits` (u8).
     pub rto_retransmits: u32,
-    /// `tcp_sock.snd_una` / `snd_nxt` (u32).
+    /// `tcp_sock.snd_una` / `write_seq` (u32): acknowledged up to / written by the application
+    /// up to.
     pub snd_una: u32,
-    pub snd_nxt: u32,
+    pub write_seq: u32,
     pub _pad: u32,
 }
 

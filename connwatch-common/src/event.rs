@@ -125,7 +125,8 @@ pub struct SockSnapshot {
     pub _pad: [u8; 2],
     /// Pending socket error (`sk_err`), positive errno or 0.
     pub sk_err: i32,
-    /// Bytes sent and not yet acknowledged (`snd_nxt - snd_una`).
+    /// Bytes the application wrote that the peer has not acknowledged (`write_seq - snd_una`),
+    /// sent or still queued.
     pub unacked_bytes: u32,
     pub _pad2: u32,
 }

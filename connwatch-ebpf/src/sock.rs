@@ -75,13 +75,13 @@ pub fn error(sk: u64) -> i32 {
 #[inline(always)]
 pub fn snapshot(sk: u64) -> SockSnapshot {
     let una: u32 = read(sk, conf!(sock.snd_una)).unwrap_or(0);
-    let nxt: u32 = read(sk, conf!(sock.snd_nxt)).unwrap_or(0);
+    let written: u32 = read(sk, conf!(sock.write_seq)).unwrap_or(0);
     SockSnapshot {
         state: state(sk),
         rto_retransmits: read(sk, conf!(sock.rto_retransmits)).unwrap_or(0),
         _pad: [0; 2],
         sk_err: error(sk),
-        unacked_bytes: nxt.wrapping_sub(una),
+        unacked_bytes: written.wrapping_sub(una),
         _pad2: 0,
     }
 }

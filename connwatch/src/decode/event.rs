@@ -151,7 +151,7 @@ pub struct Snapshot {
     pub sk_err: Option<Errno>,
     /// Consecutive retransmission timeouts without an acknowledgement.
     pub rto_retransmits: u8,
-    /// Bytes sent and not yet acknowledged.
+    /// Bytes the application wrote that the peer has not acknowledged (sent or queued).
     pub unacked_bytes: u32,
 }
 

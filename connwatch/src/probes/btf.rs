@@ -85,7 +85,7 @@ impl KernelBtf {
             // apply to the same pointer.
             rto_retransmits: self.offset_of("inet_connection_sock", "icsk_retransmits")?,
             snd_una: self.offset_of("tcp_sock", "snd_una")?,
-            snd_nxt: self.offset_of("tcp_sock", "snd_nxt")?,
+            write_seq: self.offset_of("tcp_sock", "write_seq")?,
             _pad: 0,
         })
     }
