@@ -30,7 +30,7 @@ pub struct Config {
     pub sock: SockOffsets,
     pub task: TaskOffsets,
 }
-assert_size!(Config, 32 + 48 + 64 + 32);
+assert_size!(Config, 32 + 48 + 72 + 32);
 
 /// Byte offsets of the fields the classic tracepoint programs read from their records, taken
 /// from `/sys/kernel/tracing/events/<category>/<name>/format`.
@@ -76,8 +76,18 @@ pub struct SockOffsets {
     /// up to.
     pub snd_una: u32,
     pub write_seq: u32,
+    /// Start of the window [`SOCK_HEAD_BYTES`] long that holds addresses, ports, family and
+    /// state (the head of `struct sock_common`), read with one helper call.
+    pub head: u32,
+    /// Start of the 8-byte window holding `sk_type` and `sk_protocol`.
+    pub proto_type: u32,
     pub _pad: u32,
 }
+
+/// Bytes read at [`SockOffsets::head`].
+pub const SOCK_HEAD_BYTES: u32 = 24;
+/// Bytes read at [`SockOffsets::proto_type`].
+pub const PROTO_TYPE_BYTES: u32 = 8;
 
 /// Byte offsets along task -> files -> fd table -> file -> socket -> sock, from BTF.
 #[repr(C)]

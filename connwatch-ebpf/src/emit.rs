@@ -73,7 +73,7 @@ pub fn emit<T: 'static>(
     header.sk = sk;
     header.birth_ns = info.birth_ns;
     header.comm = info.owner.comm;
-    sock::fill_addresses(sk, ends.family, header);
+    sock::fill_addresses(sk, ends, header);
     // SAFETY: as above; `body` writes the remaining fields, including padding.
     body(unsafe { &mut *record });
     entry.submit(wakeup_flags());
@@ -110,8 +110,9 @@ pub struct Observation {
 
 impl Observation {
     #[inline(always)]
-    pub fn single(kind: u8, sk: u64, fd: i32, value: i32) -> Self {
-        Self { kind, fd, value, bytes: 0, calls: 1, via: 0, snapshot: sock::snapshot(sk) }
+    pub fn single(kind: u8, sk: u64, ends: &Endpoints, fd: i32, value: i32) -> Self {
+        let snapshot = sock::snapshot(sk, ends.state, sock::health(sk));
+        Self { kind, fd, value, bytes: 0, calls: 1, via: 0, snapshot }
     }
 }
 

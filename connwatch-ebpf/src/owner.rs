@@ -45,20 +45,21 @@ pub fn known(sk: u64) -> SocketInfo {
 }
 
 /// `sk` was touched by the current process (process context only): it becomes the owner.
-/// Looks before it writes, so the hot paths (send, recv) rarely update the map.
+/// Compares the tgid before anything else, so the hot paths (send, recv) usually do one map
+/// lookup and no write; the name is fetched only when the owner changes.
 #[inline(always)]
 pub fn touch(sk: u64) -> SocketInfo {
-    let owner = current();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     match SOCKETS.get_ptr_mut(&sk) {
         Some(info) => {
             // SAFETY: a valid map value pointer; concurrent writers store whole owners.
             let info = unsafe { &mut *info };
-            if info.owner.tgid != owner.tgid || info.owner.comm != owner.comm {
-                info.owner = owner;
+            if info.owner.tgid != tgid {
+                info.owner = current();
             }
             *info
         }
-        None => begin(sk, owner),
+        None => begin(sk, current()),
     }
 }
 

@@ -9,13 +9,13 @@
 
 use connwatch_common::{
     config::FLAG_ALL_IO,
-    event::{COUNTER_IO_SUMMARISED, SockSnapshot},
+    event::COUNTER_IO_SUMMARISED,
     names::IO_REPORT_INTERVAL_NS,
     socket::{IoState, IoTally},
     tcp::TCP_ESTABLISHED,
 };
 
-use crate::{config::conf, emit, maps::IO_STATE, owner::now};
+use crate::{config::conf, emit, maps::IO_STATE, owner::now, sock::Health};
 
 #[derive(Clone, Copy)]
 pub enum Path {
@@ -24,10 +24,10 @@ pub enum Path {
     Readiness,
 }
 
-/// Whether a call deserves its own report regardless of the tally.
+/// Whether a call on this socket deserves its own report regardless of the tally.
 #[inline(always)]
-pub fn notable_socket(snapshot: &SockSnapshot) -> bool {
-    snapshot.state != TCP_ESTABLISHED || snapshot.sk_err != 0 || snapshot.rto_retransmits != 0
+pub fn notable_socket(state: u8, health: &Health) -> bool {
+    state != TCP_ESTABLISHED || health.sk_err != 0 || health.rto_retransmits != 0
 }
 
 /// Tallies one call of `bytes`; returns `Some((calls, bytes))` when a record is due, covering

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use connwatch_common::{
-    config::OFFSET_ABSENT,
+    config::{OFFSET_ABSENT, PROTO_TYPE_BYTES, SOCK_HEAD_BYTES},
     event::{EventHeader, SockSnapshot},
     tcp::{AF_INET, AF_INET6, IPPROTO_TCP, S_IFMT, S_IFSOCK, SOCK_STREAM},
 };
@@ -25,44 +25,61 @@ pub struct Endpoints {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
+    pub state: u8,
+    /// IPv4 addresses (IPv6 ones are read only when an event is written).
+    pub saddr4: [u8; 4],
+    pub daddr4: [u8; 4],
 }
 
-/// `Some` for a TCP socket of family AF_INET or AF_INET6 (MPTCP and UDP are skipped).
+/// `N` bytes at `offset` of a window read from `base`.
+#[inline(always)]
+fn field<const N: usize>(window: &[u8], base: u32, offset: u32) -> Option<[u8; N]> {
+    let at = offset.checked_sub(base)? as usize;
+    let bytes = window.get(at..at + N)?;
+    let mut out = [0; N];
+    out.copy_from_slice(bytes);
+    Some(out)
+}
+
+/// `Some` for a TCP socket of family AF_INET or AF_INET6 (MPTCP and UDP are skipped). Two
+/// helper calls: the head of `sock_common` and the type/protocol pair, each read whole.
 #[inline(always)]
 pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
-    let family: u16 = read(sk, conf!(sock.family)).ok()?;
+    let base = conf!(sock.head);
+    let head: [u8; SOCK_HEAD_BYTES as usize] = read(sk, base).ok()?;
+    let family = u16::from_ne_bytes(field(&head, base, conf!(sock.family))?);
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let protocol: u16 = read(sk, conf!(sock.protocol)).ok()?;
-    let sk_type: u16 = read(sk, conf!(sock.sk_type)).ok()?;
+    let pt_base = conf!(sock.proto_type);
+    let pt: [u8; PROTO_TYPE_BYTES as usize] = read(sk, pt_base).ok()?;
+    let protocol = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.protocol))?);
+    let sk_type = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.sk_type))?);
     if protocol != IPPROTO_TCP || sk_type != SOCK_STREAM {
         return None;
     }
-    let sport: u16 = read(sk, conf!(sock.num)).ok()?;
-    let dport: u16 = read(sk, conf!(sock.dport)).ok()?;
-    Some(Endpoints { family, sport, dport: u16::from_be(dport) })
+    Some(Endpoints {
+        family,
+        sport: u16::from_ne_bytes(field(&head, base, conf!(sock.num))?),
+        dport: u16::from_be_bytes(field(&head, base, conf!(sock.dport))?),
+        state: field::<1>(&head, base, conf!(sock.state))?[0],
+        saddr4: field(&head, base, conf!(sock.rcv_saddr))?,
+        daddr4: field(&head, base, conf!(sock.daddr))?,
+    })
 }
 
 /// Copies the socket's addresses into a reserved header.
 #[inline(always)]
-pub fn fill_addresses(sk: u64, family: u16, header: &mut EventHeader) {
-    if family == AF_INET {
-        let saddr: [u8; 4] = read(sk, conf!(sock.rcv_saddr)).unwrap_or([0; 4]);
-        let daddr: [u8; 4] = read(sk, conf!(sock.daddr)).unwrap_or([0; 4]);
-        header.saddr = [0; 16];
-        header.daddr = [0; 16];
-        header.saddr[..4].copy_from_slice(&saddr);
-        header.daddr[..4].copy_from_slice(&daddr);
+pub fn fill_addresses(sk: u64, ends: &Endpoints, header: &mut EventHeader) {
+    header.saddr = [0; 16];
+    header.daddr = [0; 16];
+    if ends.family == AF_INET {
+        header.saddr[..4].copy_from_slice(&ends.saddr4);
+        header.daddr[..4].copy_from_slice(&ends.daddr4);
     } else {
         header.saddr = read(sk, conf!(sock.v6_rcv_saddr)).unwrap_or([0; 16]);
         header.daddr = read(sk, conf!(sock.v6_daddr)).unwrap_or([0; 16]);
     }
-}
-
-#[inline(always)]
-pub fn state(sk: u64) -> u8 {
-    read(sk, conf!(sock.state)).unwrap_or(0)
 }
 
 /// Positive errno stored in the socket (`sk->sk_err`).
@@ -71,16 +88,33 @@ pub fn error(sk: u64) -> i32 {
     read(sk, conf!(sock.err)).unwrap_or(0)
 }
 
-/// The socket as the application's call found it.
+/// What decides whether an application's call is notable: the pending error and the
+/// retransmission timeouts without progress.
+#[derive(Clone, Copy)]
+pub struct Health {
+    pub sk_err: i32,
+    pub rto_retransmits: u8,
+}
+
 #[inline(always)]
-pub fn snapshot(sk: u64) -> SockSnapshot {
+pub fn health(sk: u64) -> Health {
+    Health {
+        sk_err: error(sk),
+        rto_retransmits: read(sk, conf!(sock.rto_retransmits)).unwrap_or(0),
+    }
+}
+
+/// The socket as the application's call found it: `state` and `health` as already read,
+/// plus the bytes written and not acknowledged.
+#[inline(always)]
+pub fn snapshot(sk: u64, state: u8, health: Health) -> SockSnapshot {
     let una: u32 = read(sk, conf!(sock.snd_una)).unwrap_or(0);
     let written: u32 = read(sk, conf!(sock.write_seq)).unwrap_or(0);
     SockSnapshot {
-        state: state(sk),
-        rto_retransmits: read(sk, conf!(sock.rto_retransmits)).unwrap_or(0),
+        state,
+        rto_retransmits: health.rto_retransmits,
         _pad: [0; 2],
-        sk_err: error(sk),
+        sk_err: health.sk_err,
         unacked_bytes: written.wrapping_sub(una),
         _pad2: 0,
     }

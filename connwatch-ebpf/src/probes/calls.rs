@@ -102,7 +102,8 @@ fn on_accept(ctx: &TracePointContext) -> u32 {
     };
     let info = owner::touch(sk);
     owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
-    emit::observed(sk, ends, &Observation::single(KIND_ACCEPT, sk, fd as i32, 0));
+    let obs = Observation::single(KIND_ACCEPT, sk, &ends, fd as i32, 0);
+    emit::observed(sk, ends, &obs);
     0
 }
 
@@ -119,7 +120,7 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return 0;
     };
-    let obs = Observation::single(KIND_CLOSE, sk, fd as i32, 0);
+    let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, 0);
     emit::observed(sk, ends, &obs);
     owner::app_closed(sk, obs.snapshot.state);
     0
@@ -131,6 +132,7 @@ fn report(fd: i64, kind: u8, value: i32) {
         return;
     };
     if let Some(ends) = sock::tcp_endpoints(sk) {
-        emit::observed(sk, ends, &Observation::single(kind, sk, fd as i32, value));
+        let obs = Observation::single(kind, sk, &ends, fd as i32, value);
+        emit::observed(sk, ends, &obs);
     }
 }

@@ -21,7 +21,7 @@ pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     }
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
-        let state = sock::state(sk);
+        let state = ends.state;
         emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {
             event.errno = errno;
             event.state = state;

@@ -61,17 +61,18 @@ fn on_io(sk: u64, ret: i32, path: Path) {
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return;
     };
-    let snapshot = sock::snapshot(sk);
+    let health = sock::health(sk);
     let eof = matches!(path, Path::Recv) && ret == 0;
     let failed = ret < 0 && ret != EAGAIN;
-    let notable = eof || failed || policy::notable_socket(&snapshot);
+    let notable = eof || failed || policy::notable_socket(ends.state, &health);
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let Some((calls, bytes)) = policy::tally(sk, path, bytes, notable, snapshot.state, 0) else {
+    let Some((calls, bytes)) = policy::tally(sk, path, bytes, notable, ends.state, 0) else {
         // Not reported now, but the caller is still the owner.
         owner::touch(sk);
         return;
     };
     let kind = if matches!(path, Path::Recv) { KIND_RECV } else { KIND_SEND };
+    let snapshot = sock::snapshot(sk, ends.state, health);
     let obs = Observation { kind, fd: -1, value: ret, bytes, calls, via: 0, snapshot };
     emit::observed(sk, ends, &obs);
 }

@@ -310,12 +310,12 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return;
     };
-    let snapshot = sock::snapshot(sk);
-    let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(&snapshot);
+    let health = sock::health(sk);
+    let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(ends.state, &health);
     let signature = mask as u32 & 0xff_ffff | (via as u32) << 24;
-    if let Some((calls, _)) =
-        policy::tally(sk, Path::Readiness, 0, notable, snapshot.state, signature)
+    if let Some((calls, _)) = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature)
     {
+        let snapshot = sock::snapshot(sk, ends.state, health);
         let obs =
             Observation { kind: KIND_READINESS, fd, value: mask, bytes: 0, calls, via, snapshot };
         emit::observed(sk, ends, &obs);

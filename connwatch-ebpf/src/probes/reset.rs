@@ -51,7 +51,7 @@ fn on_reset(sk: u64, direction: u8) {
     };
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
-        let state = sock::state(sk);
+        let state = ends.state;
         emit::emit(KIND_RESET, sk, &info, &ends, |event: &mut ResetEvent| {
             event.direction = direction;
             event.state = state;

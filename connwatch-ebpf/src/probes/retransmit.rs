@@ -32,7 +32,7 @@ fn on_retransmit(sk: u64) {
     };
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
-        let state = sock::state(sk);
+        let state = ends.state;
         emit::emit(KIND_RETRANSMIT, sk, &info, &ends, |event: &mut RetransmitEvent| {
             event.state = state;
             event._pad = [0; 7];

@@ -3,7 +3,9 @@
 //! hard-coded from one kernel's headers.
 
 use btf_rs::{Btf, BtfType, Type};
-use connwatch_common::config::{OFFSET_ABSENT, SockOffsets, TaskOffsets};
+use connwatch_common::config::{
+    OFFSET_ABSENT, PROTO_TYPE_BYTES, SOCK_HEAD_BYTES, SockOffsets, TaskOffsets,
+};
 use thiserror::Error;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -26,6 +28,20 @@ pub enum BtfError {
     Bitfield { strukt: String, path: String },
     #[error("kernel BTF: {0}")]
     Parse(String),
+    #[error(
+        "kernel BTF: {what} do not fit in {bytes} bytes; this kernel's struct sock is laid out unlike any connwatch knows"
+    )]
+    Layout { what: &'static str, bytes: u32 },
+}
+
+/// The start of a `bytes`-long window holding every `(offset, size)` field.
+fn window(fields: &[(u32, u32)], bytes: u32, what: &'static str) -> Result<u32, BtfError> {
+    let start = fields.iter().map(|&(offset, _)| offset).min().unwrap_or(0);
+    let end = fields.iter().map(|&(offset, size)| offset + size).max().unwrap_or(0);
+    if end - start > bytes {
+        return Err(BtfError::Layout { what, bytes });
+    }
+    Ok(start)
 }
 
 pub struct KernelBtf {
@@ -68,7 +84,7 @@ impl KernelBtf {
 
     pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
         let sk = |path: &str| self.offset_of("sock", path);
-        Ok(SockOffsets {
+        let mut offsets = SockOffsets {
             daddr: sk("__sk_common.skc_daddr")?,
             rcv_saddr: sk("__sk_common.skc_rcv_saddr")?,
             dport: sk("__sk_common.skc_dport")?,
@@ -86,8 +102,20 @@ impl KernelBtf {
             rto_retransmits: self.offset_of("inet_connection_sock", "icsk_retransmits")?,
             snd_una: self.offset_of("tcp_sock", "snd_una")?,
             write_seq: self.offset_of("tcp_sock", "write_seq")?,
+            head: 0,
+            proto_type: 0,
             _pad: 0,
-        })
+        };
+        let o = &offsets;
+        // (offset, size) of what each window must hold, so one read covers them all.
+        let head =
+            [(o.daddr, 4), (o.rcv_saddr, 4), (o.dport, 2), (o.num, 2), (o.family, 2), (o.state, 1)];
+        offsets.head =
+            window(&head, SOCK_HEAD_BYTES, "sock_common's addresses, ports, family and state")?;
+        let proto_type = [(offsets.protocol, 2), (offsets.sk_type, 2)];
+        offsets.proto_type =
+            window(&proto_type, PROTO_TYPE_BYTES, "sock's sk_type and sk_protocol")?;
+        Ok(offsets)
     }
 
     pub fn task_offsets(&self) -> Result<TaskOffsets, BtfError> {
@@ -183,9 +211,18 @@ mod tests {
         let Some(btf) = kernel() else { return };
         let sock = btf.sock_offsets().unwrap();
         assert!(sock.state > sock.family && sock.err > sock.state, "{sock:?}");
+        assert_eq!(sock.head, 0, "skc_daddr opens sock_common");
+        assert!(sock.proto_type <= sock.protocol.min(sock.sk_type));
         assert_ne!(sock.v6_daddr, OFFSET_ABSENT, "this kernel has IPv6");
         let task = btf.task_offsets().unwrap();
         assert!(task.task_files > 0 && task.socket_sk > 0, "{task:?}");
+    }
+
+    #[test]
+    fn windows_hold_their_fields_or_say_why_not() {
+        assert_eq!(window(&[(12, 2), (0, 4), (18, 1)], 24, "x").unwrap(), 0);
+        assert_eq!(window(&[(500, 2), (502, 2)], 8, "x").unwrap(), 500);
+        assert!(matches!(window(&[(0, 4), (30, 2)], 24, "x"), Err(BtfError::Layout { .. })));
     }
 
     #[test]
