@@ -399,3 +399,27 @@ fn the_agents_own_sockets_are_never_reported() {
         assert!(e.owner.is_some(), "every event here has a known owner: {}", describe(e));
     }
 }
+
+#[test]
+fn comm_filter_keeps_only_that_name() {
+    require_root();
+    let topology = Topology::new("fcomm");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let filter = |comm: &str| {
+        options(Filters { comm: Some(comm.into()), ports: vec![21080], ..Filters::default() })
+    };
+    let mut named = Session::start(filter("cw-peer"));
+    let mut other = Session::start(filter("not-cw-peer"));
+    server.ok(&format!("listen {} 21080", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 21080", Topology::SERVER_V4));
+    client.ok("close");
+    named.wait_until("the client's close", |evs| {
+        has_transitions(evs, CLIENT_STATES[0], cpid, &CLIENT_STATES[..3])
+    });
+    assert!(named.events.iter().all(|e| e.owner.as_ref().is_some_and(|o| o.comm == "cw-peer")));
+    // Both tracers' programs ran on the same hooks at the same moments.
+    other.tracer.poll(&mut other.events);
+    assert!(other.events.is_empty(), "filtered in the kernel:\n{}", other.dump());
+}
