@@ -33,8 +33,16 @@ impl Tracer {
         let mut probes = Probes::load(options)?;
         let ring = Ring::take(&mut probes.ebpf);
         let loss = LossCounters::take(&mut probes.ebpf);
-        // The programs log only on rare diagnostic paths; without the log map there is nothing to read.
-        let logger = EbpfLogger::init_with_logger(&mut probes.ebpf, KernelLog).ok();
+        // The programs log only on rare diagnostic paths (never on hot ones).
+        let logger = match EbpfLogger::init_with_logger(&mut probes.ebpf, KernelLog) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                eprintln!(
+                    "connwatch: warning: the kernel programs' diagnostics are unavailable: {e}"
+                );
+                None
+            }
+        };
         Ok(Self {
             probes,
             ring,

@@ -4,6 +4,7 @@
 //! they are rare and each one is evidence.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::warn;
 use connwatch_common::{
     event::{KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_SO_ERROR},
     socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall},
@@ -94,7 +95,12 @@ fn on_accept(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let fd = ret(ctx);
+    if fd < 0 {
+        return 0;
+    }
     let Some(sk) = sock::sock_of_fd(fd) else {
+        // accept() only returns sockets: the walk's offsets must be wrong for this kernel.
+        warn!(ctx, "accepted fd {} did not resolve to a socket: owners will be missing", fd);
         return 0;
     };
     let Some(ends) = sock::tcp_endpoints(sk) else {
