@@ -104,6 +104,10 @@ pub const CALL_EPOLL_WAIT: u32 = 2;
 pub const CALL_POLL: u32 = 3;
 pub const CALL_SELECT: u32 = 4;
 pub const CALL_CONNECT: u32 = 5;
+/// read/recvfrom/recvmsg and write/sendto/sendmsg, for kernels without the sock_*_length
+/// tracepoints.
+pub const CALL_RECV: u32 = 6;
+pub const CALL_SEND: u32 = 7;
 
 /// A listening socket, found again when it spawns a child in softirq context. Keyed by network
 /// namespace (the `struct net` address) and port because the child has no pointer to its parent.

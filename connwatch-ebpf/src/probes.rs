@@ -4,6 +4,7 @@
 mod calls;
 mod error;
 mod io;
+mod io_syscalls;
 mod readiness;
 mod reset;
 mod retransmit;

@@ -151,6 +151,7 @@ impl CommonArgs {
                 comm: self.comm.clone(),
             },
             all_io: false,
+            left_out: Vec::new(),
         }
     }
 }

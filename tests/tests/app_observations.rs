@@ -359,3 +359,42 @@ fn all_io_reports_every_call() {
     );
     assert_eq!(summary.total_lost(), 0);
 }
+
+/// Kernels before 6.4 lack sock:sock_recv_length/sock_send_length: reads and writes then come
+/// from the syscalls (here the socket-layer hooks are left out to stand for such a kernel).
+#[test]
+fn without_socket_layer_tracepoints_reads_and_writes_come_from_syscalls() {
+    require_root();
+    let topology = Topology::new("iosys");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let left_out = vec!["sock:sock_recv_length".to_string(), "sock:sock_send_length".to_string()];
+    let mut session = Session::start(LoadOptions { left_out, ..traced(&[spid, cpid]) });
+    let ready = session.tracer.ready();
+    let hooks: Vec<&str> = ready.hooks.iter().map(|(hook, _)| hook.as_str()).collect();
+    assert!(
+        hooks.contains(&"syscalls:sys_exit_recvfrom")
+            && hooks.contains(&"syscalls:sys_exit_sendto")
+    );
+    assert!(!hooks.contains(&"sock:sock_recv_length"), "{hooks:?}");
+    server.ok(&format!("listen {} 22081", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 22081", Topology::SERVER_V4));
+    server.ok("accept");
+    client.ok("write 10");
+    assert_eq!(server.ok("recv"), "received 10");
+    client.ok("close");
+    assert_eq!(server.ok("recv"), "received 0");
+    session.wait_until("the client's send and the server's EOF", |evs| {
+        let send = evs.iter().any(|e| {
+            pid_of(e) == Some(cpid)
+                && matches!(e.detail, Detail::Send { io: Io { last: Ok(10), .. }, .. })
+        });
+        let eof = evs.iter().any(|e| {
+            pid_of(e) == Some(spid)
+                && matches!(e.detail, Detail::Recv { io: Io { last: Ok(0), calls: 1, .. }, .. })
+                && kstate(e) == "CLOSE_WAIT"
+        });
+        send && eof
+    });
+}

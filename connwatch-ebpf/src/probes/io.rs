@@ -57,7 +57,7 @@ pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_io(sk: u64, ret: i32, path: Path) {
+pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return;
     };

@@ -41,13 +41,25 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     mode: AttachMode,
     layouts: &Layouts,
+    left_out: &[String],
 ) -> Result<(Vec<Attached>, Vec<Skipped>), ProbeError> {
-    let mut attached = Vec::new();
+    let mut attached: Vec<Attached> = Vec::new();
     let mut skipped = Vec::new();
     for hook in HOOKS {
+        if let Some(primary) = hook.instead_of
+            && attached.iter().any(|a| a.hook.id() == primary)
+        {
+            continue;
+        }
         let mut reasons = Vec::new();
         let mut live = None;
-        for variant in preference(hook, mode) {
+        let variants = if left_out.contains(&hook.id()) {
+            reasons.push("left out by request".to_string());
+            Vec::new()
+        } else {
+            preference(hook, mode)
+        };
+        for variant in variants {
             match attach_one(ebpf, hook, variant, layouts) {
                 Ok(link) => {
                     live = Some(Attached { hook, variant, link });

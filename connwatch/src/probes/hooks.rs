@@ -76,6 +76,8 @@ pub struct Hook {
     /// same as classic tracepoints on Linux 6.18 (`cargo xtask bench`, raw/classic ~1.0), so
     /// classic tracepoints are an equal fallback, not a slower one.
     pub variants: &'static [Variant],
+    /// A stand-in, attached only where the hook with this id could not be.
+    pub instead_of: Option<&'static str>,
 }
 
 impl Hook {
@@ -88,6 +90,9 @@ impl Hook {
 /// just for all syscalls at once, which would run on every syscall in the system).
 macro_rules! syscall {
     ($name:literal) => {
+        syscall!($name, None)
+    };
+    ($name:literal, $instead_of:expr) => {
         Hook {
             category: "syscalls",
             name: $name,
@@ -96,9 +101,14 @@ macro_rules! syscall {
                 mechanism: Mechanism::Tracepoint,
                 program: concat!("tp_", $name),
             }],
+            instead_of: $instead_of,
         }
     };
 }
+
+/// Reads and writes from syscalls, where the socket layer's tracepoints are missing (< 6.4).
+const RECV: Option<&str> = Some("sock:sock_recv_length");
+const SEND: Option<&str> = Some("sock:sock_send_length");
 
 pub static HOOKS: &[Hook] = &[
     Hook {
@@ -106,24 +116,28 @@ pub static HOOKS: &[Hook] = &[
         name: "inet_sock_set_state",
         role: Role::Events,
         variants: &[raw("raw_inet_sock_set_state"), tp("tp_inet_sock_set_state")],
+        instead_of: None,
     },
     Hook {
         category: "tcp",
         name: "tcp_receive_reset",
         role: Role::Events,
         variants: &[raw("raw_tcp_receive_reset"), tp("tp_tcp_receive_reset")],
+        instead_of: None,
     },
     Hook {
         category: "tcp",
         name: "tcp_send_reset",
         role: Role::Events,
         variants: &[raw("raw_tcp_send_reset"), tp("tp_tcp_send_reset")],
+        instead_of: None,
     },
     Hook {
         category: "tcp",
         name: "tcp_retransmit_skb",
         role: Role::Events,
         variants: &[raw("raw_tcp_retransmit_skb"), tp("tp_tcp_retransmit_skb")],
+        instead_of: None,
     },
     Hook {
         category: "sock",
@@ -131,18 +145,21 @@ pub static HOOKS: &[Hook] = &[
         role: Role::Events,
         // The classic record has no socket address, so it cannot be joined to a socket.
         variants: &[raw("raw_inet_sk_error_report")],
+        instead_of: None,
     },
     Hook {
         category: "sock",
         name: "sock_send_length",
         role: Role::Observation,
         variants: &[raw("raw_sock_send_length"), tp("tp_sock_send_length")],
+        instead_of: None,
     },
     Hook {
         category: "sock",
         name: "sock_recv_length",
         role: Role::Observation,
         variants: &[raw("raw_sock_recv_length"), tp("tp_sock_recv_length")],
+        instead_of: None,
     },
     syscall!("sys_exit_accept4"),
     syscall!("sys_exit_accept"),
@@ -166,4 +183,16 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_exit_select"),
     syscall!("sys_enter_pselect6"),
     syscall!("sys_exit_pselect6"),
+    syscall!("sys_enter_read", RECV),
+    syscall!("sys_exit_read", RECV),
+    syscall!("sys_enter_recvfrom", RECV),
+    syscall!("sys_exit_recvfrom", RECV),
+    syscall!("sys_enter_recvmsg", RECV),
+    syscall!("sys_exit_recvmsg", RECV),
+    syscall!("sys_enter_write", SEND),
+    syscall!("sys_exit_write", SEND),
+    syscall!("sys_enter_sendto", SEND),
+    syscall!("sys_exit_sendto", SEND),
+    syscall!("sys_enter_sendmsg", SEND),
+    syscall!("sys_exit_sendmsg", SEND),
 ];

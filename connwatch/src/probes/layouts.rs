@@ -112,6 +112,12 @@ const SYSCALL_EXITS: &[&str] = &[
     "sys_exit_ppoll",
     "sys_exit_select",
     "sys_exit_pselect6",
+    "sys_exit_read",
+    "sys_exit_recvfrom",
+    "sys_exit_recvmsg",
+    "sys_exit_write",
+    "sys_exit_sendto",
+    "sys_exit_sendmsg",
 ];
 const SYSCALL_ENTRIES: &[&str] = &[
     "sys_enter_getsockopt",
@@ -124,6 +130,12 @@ const SYSCALL_ENTRIES: &[&str] = &[
     "sys_enter_ppoll",
     "sys_enter_select",
     "sys_enter_pselect6",
+    "sys_enter_read",
+    "sys_enter_recvfrom",
+    "sys_enter_recvmsg",
+    "sys_enter_write",
+    "sys_enter_sendto",
+    "sys_enter_sendmsg",
 ];
 
 /// Offsets of a sys_enter record's arguments (every field after `__syscall_nr`), each 8 bytes.

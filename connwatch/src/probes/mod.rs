@@ -59,6 +59,9 @@ pub struct LoadOptions {
     pub filters: Filters,
     /// Report every recv, send and readiness call instead of summarising busy sockets.
     pub all_io: bool,
+    /// Hooks (`category:name`) not to attach, as if this kernel lacked them: their stand-ins
+    /// (if any) attach instead.
+    pub left_out: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -68,6 +71,7 @@ impl Default for LoadOptions {
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             filters: Filters::default(),
             all_io: false,
+            left_out: Vec::new(),
         }
     }
 }
@@ -122,7 +126,8 @@ impl Probes {
             .map_max_entries(MAP_EVENTS, options.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         fill_filters(&mut ebpf, &options.filters)?;
-        let (attached, skipped) = attach::attach_all(&mut ebpf, options.attach, &layouts)?;
+        let (attached, skipped) =
+            attach::attach_all(&mut ebpf, options.attach, &layouts, &options.left_out)?;
         Ok(Self { ebpf, attached, skipped })
     }
 
