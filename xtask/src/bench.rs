@@ -1,12 +1,21 @@
-//! `cargo xtask bench`: connection churn on loopback with no tracer, libbpf-tools' `tcpstates`,
-//! and connwatch on raw and on classic tracepoints, interleaved round-robin in one run.
+//! `cargo xtask bench`: connwatch's cost, measured side by side with no tracer (and with
+//! libbpf-tools' `tcpstates` for churn), in one run:
+//!
+//! - churn: loopback connections opened and closed as fast as possible;
+//! - io: small request/response round trips on established loopback connections;
+//! - rss: connwatch watch's memory while it tracks 65,536 held sockets.
+//!
 //! See docs/benchmarks.md for what is measured and how.
 
 mod bpf_stats;
 mod churn;
 mod config;
+mod generators;
+mod io;
 mod procfs;
 mod report;
+mod rounds;
+mod rss;
 mod tracer;
 
 use std::{path::Path, process::Command};
@@ -16,28 +25,63 @@ use anyhow::{Context as _, bail};
 use self::{
     churn::Churn,
     config::{Config, Tools},
-    report::{Host, Report, RoundResult, Settings},
-    tracer::{Poker, Tracer},
+    generators::Generators,
+    io::Io,
+    report::{ChurnSection, ChurnSettings, Host, IoSection, IoSettings, Report, RssSection},
+    rounds::{Setup, round_robin},
+    rss::Hold,
+    tracer::Poker,
 };
 use crate::{prereqs, run::workspace_root};
 
 const TCPSTATES: &str = "/usr/sbin/tcpstates";
+/// Tracer start-up and shutdown per traced run, for the time estimate.
+const TRACER_OVERHEAD_S: f64 = 2.5;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::ALL)]
+    only: Vec<Workload>,
+    /// Rounds of churn and of I/O; each runs every configuration once, in a rotating order.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Seconds of churn per configuration and round.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     seconds: f64,
-    /// Rounds; each runs every configuration once, in a rotating order.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    rounds: u32,
     /// Churn connector threads (cw-churn --connectors).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     connectors: u32,
     /// Churn client source addresses (cw-churn --source-addresses).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=249))]
     source_addresses: u32,
+    /// Seconds of I/O per configuration and round.
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    io_seconds: f64,
+    /// I/O connections (cw-io --connections).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    io_connections: u32,
+    /// I/O request and reply size in bytes (cw-io --message-bytes).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    message_bytes: u32,
+    /// Connections held for the memory measurement, two sockets each (cw-hold --connections).
+    #[arg(long, default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..=131_072))]
+    rss_connections: u32,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    Churn,
+    Io,
+    Rss,
+}
+
+impl Workload {
+    const ALL: [Self; 3] = [Self::Churn, Self::Io, Self::Rss];
+}
+
+/// The configurations of the I/O workload (tcpstates traces no I/O).
+const IO_CONFIGS: [Config; 3] = [Config::Untraced, Config::ConnwatchRaw, Config::ConnwatchWatch];
 
 fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -53,59 +97,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "cargo xtask bench needs root: it loads eBPF programs (connwatch, tcpstates) and reads their stats"
         );
     }
-    prereqs::ensure_packages(&["libbpf-tools"])?;
-    if !Path::new(TCPSTATES).is_file() {
-        bail!("{TCPSTATES} is missing although libbpf-tools is installed; reinstall libbpf-tools");
+    let selected = |w: Workload| args.only.contains(&w);
+    if selected(Workload::Churn) {
+        prereqs::ensure_packages(&["libbpf-tools"])?;
+        if !Path::new(TCPSTATES).is_file() {
+            bail!(
+                "{TCPSTATES} is missing although libbpf-tools is installed; reinstall libbpf-tools"
+            );
+        }
     }
     let tools = Tools { connwatch: crate::run::build_release()?, tcpstates: TCPSTATES.into() };
-    let churn = Churn::build(args.connectors, args.source_addresses)?;
-
-    let settings = Settings {
-        seconds: args.seconds,
-        rounds: args.rounds,
-        connectors: args.connectors,
-        source_addresses: args.source_addresses,
-        server_port: churn.port,
-    };
-    let estimate = f64::from(args.rounds) * (args.seconds * Config::ALL.len() as f64 + 8.0);
-    eprintln!(
-        "bench: {} rounds x {} configurations x {} s of churn (about {:.0} s)",
-        args.rounds,
-        Config::ALL.len(),
-        args.seconds,
-        estimate
-    );
+    let generators = Generators::build()?;
+    eprintln!("bench: about {:.0} s of measurements", estimate_s(args));
 
     // Program run time is counted only while stats are enabled (see bpf_stats).
     let _stats = bpf_stats::enable()?;
     let poker = Poker::start()?;
-    let host = Host::current()?;
+    let setup = Setup { tools: &tools, poker: &poker };
+    let header = (command_line(), utc_now()?, Host::current()?);
 
-    // Warm-up, not recorded: first-run effects (page cache, TIME_WAIT table, CPU frequency).
-    churn.run(args.seconds.min(3.0))?;
+    let churn = selected(Workload::Churn).then(|| churn(args, &generators, &setup)).transpose()?;
+    let io = selected(Workload::Io).then(|| io(args, &generators, &setup)).transpose()?;
+    let rss = selected(Workload::Rss).then(|| rss(args, &generators, &setup)).transpose()?;
 
-    let mut rounds = Vec::new();
-    for round in 0..args.rounds as usize {
-        // Rotate the order so that no configuration always follows the same one.
-        for index in 0..Config::ALL.len() {
-            let config = Config::ALL[(round + index) % Config::ALL.len()];
-            let result = measure(config, round, &tools, &churn, args.seconds, &poker)
-                .with_context(|| format!("round {}, {}", round + 1, config.label()))?;
-            let ready = result.tracer.as_ref().map_or(String::new(), |t| {
-                format!(" (tracer ready after {:.1} s)", t.ready_after_s)
-            });
-            eprintln!(
-                "bench: round {}/{} {:<30} {:>9.0} conn/s{ready}",
-                round + 1,
-                args.rounds,
-                config.label(),
-                result.churn.per_second
-            );
-            rounds.push(result);
-        }
-    }
-
-    let report = Report::new(settings, host, command_line(), utc_now()?, &tools, rounds);
+    let report = Report::new(header, &tools, churn, io, rss)?;
     println!("{}", report.markdown());
     let path = workspace_root().join("target/bench/report.json");
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
@@ -115,27 +130,100 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One configuration for one round: start the tracer (if any) and wait until it traces, churn,
-/// sample the tracer, stop it.
-fn measure(
-    config: Config,
-    round: usize,
-    tools: &Tools,
-    churn: &Churn,
-    seconds: f64,
-    poker: &Poker,
-) -> anyhow::Result<RoundResult> {
-    let Some(command) = config.tracer_command(tools) else {
-        return Ok(RoundResult { round, config, churn: churn.run(seconds)?, tracer: None });
-    };
-    let tracer = Tracer::start(config.label(), command, poker)?;
-    let window = tracer.begin_window()?;
-    let churn_result = churn.run(seconds)?;
-    let sample = tracer.finish(window)?;
-    if config.is_connwatch() {
-        tracer::check_connwatch_lines(&sample)?;
+fn estimate_s(args: &BenchArgs) -> f64 {
+    let rounds = f64::from(args.rounds);
+    let traced = |configs: &[Config]| configs.iter().filter(|c| **c != Config::Untraced).count();
+    let mut total = 0.0;
+    if args.only.contains(&Workload::Churn) {
+        let runs = Config::ALL.len() as f64;
+        total +=
+            3.0 + rounds * (runs * args.seconds + traced(&Config::ALL) as f64 * TRACER_OVERHEAD_S);
     }
-    Ok(RoundResult { round, config, churn: churn_result, tracer: Some(sample) })
+    if args.only.contains(&Workload::Io) {
+        let runs = IO_CONFIGS.len() as f64;
+        total += 1.0
+            + rounds * (runs * args.io_seconds + traced(&IO_CONFIGS) as f64 * TRACER_OVERHEAD_S);
+    }
+    if args.only.contains(&Workload::Rss) {
+        total += 10.0;
+    }
+    total
+}
+
+fn churn(
+    args: &BenchArgs,
+    generators: &Generators,
+    setup: &Setup<'_>,
+) -> anyhow::Result<ChurnSection> {
+    let churn = Churn::new(generators.churn.clone(), args.connectors, args.source_addresses)?;
+    eprintln!(
+        "bench: churn: {} rounds x {} configurations x {} s",
+        args.rounds,
+        Config::ALL.len(),
+        args.seconds
+    );
+    // Warm-up, not recorded: first-run effects (page cache, TIME_WAIT table, CPU frequency).
+    churn.run(args.seconds.min(3.0))?;
+    let rounds = round_robin(
+        "churn",
+        &Config::ALL,
+        args.rounds,
+        setup,
+        || churn.run(args.seconds),
+        |r| format!("{:.0} conn/s", r.per_second),
+    )?;
+    let settings = ChurnSettings {
+        seconds: args.seconds,
+        rounds: args.rounds,
+        connectors: args.connectors,
+        source_addresses: args.source_addresses,
+        server_port: churn.port,
+    };
+    Ok(ChurnSection::new(settings, rounds))
+}
+
+fn io(args: &BenchArgs, generators: &Generators, setup: &Setup<'_>) -> anyhow::Result<IoSection> {
+    let io = Io {
+        binary: generators.io.clone(),
+        connections: args.io_connections,
+        message_bytes: args.message_bytes,
+    };
+    eprintln!(
+        "bench: io: {} rounds x {} configurations x {} s",
+        args.rounds,
+        IO_CONFIGS.len(),
+        args.io_seconds
+    );
+    io.run(1.0)?; // warm-up, not recorded
+    let rounds = round_robin(
+        "io",
+        &IO_CONFIGS,
+        args.rounds,
+        setup,
+        || io.run(args.io_seconds),
+        |r| format!("{:.0} ops/s", r.per_second),
+    )?;
+    let settings = IoSettings {
+        seconds: args.io_seconds,
+        rounds: args.rounds,
+        connections: args.io_connections,
+        message_bytes: args.message_bytes,
+    };
+    Ok(IoSection::new(settings, rounds))
+}
+
+fn rss(args: &BenchArgs, generators: &Generators, setup: &Setup<'_>) -> anyhow::Result<RssSection> {
+    let hold = Hold { binary: generators.hold.clone(), connections: args.rss_connections };
+    eprintln!(
+        "bench: rss: connwatch watch while cw-hold holds {} connections",
+        args.rss_connections
+    );
+    let result = rss::measure(&hold, setup).context("rss")?;
+    eprintln!(
+        "bench: rss: established in {:.2} s, connwatch caught up after {:.2} s, VmRSS {} KiB",
+        result.established.elapsed_s, result.caught_up_s, result.settled.rss_kib
+    );
+    Ok(RssSection::new(result))
 }
 
 /// How this bench was invoked, as typed.

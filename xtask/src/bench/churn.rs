@@ -1,4 +1,4 @@
-//! The workload: `cw-churn` (xtask/src/bin/cw-churn.rs), built in release mode.
+//! The churn workload: `cw-churn` (xtask/src/bin/cw-churn.rs).
 
 use std::{
     net::{Ipv4Addr, TcpListener},
@@ -6,15 +6,15 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{prereqs, run::workspace_root};
+use super::generators::run_json;
 
 pub struct Churn {
-    binary: PathBuf,
-    connectors: u32,
-    source_addresses: u32,
+    pub binary: PathBuf,
+    pub connectors: u32,
+    pub source_addresses: u32,
     /// One server port for every run, so that runs recycle each other's TIME_WAITs (see cw-churn).
     pub port: u16,
 }
@@ -30,38 +30,18 @@ pub struct ChurnResult {
 }
 
 impl Churn {
-    pub fn build(connectors: u32, source_addresses: u32) -> anyhow::Result<Self> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        prereqs::run(Command::new(cargo).current_dir(workspace_root()).args([
-            "build",
-            "--release",
-            "--package",
-            "xtask",
-            "--bin",
-            "cw-churn",
-        ]))?;
-        let binary = workspace_root().join("target/release/cw-churn");
+    pub fn new(binary: PathBuf, connectors: u32, source_addresses: u32) -> anyhow::Result<Self> {
         Ok(Self { binary, connectors, source_addresses, port: free_port()? })
     }
 
     pub fn run(&self, seconds: f64) -> anyhow::Result<ChurnResult> {
-        let output = Command::new(&self.binary)
-            .args(["--seconds", &seconds.to_string()])
-            .args(["--connectors", &self.connectors.to_string()])
-            .args(["--source-addresses", &self.source_addresses.to_string()])
-            .args(["--port", &self.port.to_string()])
-            .output()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        if !output.status.success() {
-            bail!(
-                "cw-churn failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        let result: ChurnResult = serde_json::from_slice(&output.stdout).with_context(|| {
-            format!("cw-churn printed {:?}", String::from_utf8_lossy(&output.stdout))
-        })?;
+        let result: ChurnResult = run_json(
+            Command::new(&self.binary)
+                .args(["--seconds", &seconds.to_string()])
+                .args(["--connectors", &self.connectors.to_string()])
+                .args(["--source-addresses", &self.source_addresses.to_string()])
+                .args(["--port", &self.port.to_string()]),
+        )?;
         if result.failed > 0 {
             eprintln!(
                 "bench: warning: {} connection attempts failed (first: {})",

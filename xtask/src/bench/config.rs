@@ -4,6 +4,8 @@ use std::{path::PathBuf, process::Command};
 
 use serde::Serialize;
 
+use super::rounds::RoundResult;
+
 pub struct Tools {
     pub connwatch: PathBuf,
     pub tcpstates: PathBuf,
@@ -18,36 +20,56 @@ pub enum Config {
     ConnwatchRaw,
     /// `connwatch trace --json --attach tracepoint`: classic tracepoints where they exist.
     ConnwatchTracepoint,
+    /// `connwatch watch --json`: the same programs, events correlated into findings.
+    ConnwatchWatch,
 }
 
 impl Config {
-    pub const ALL: [Self; 4] =
-        [Self::Untraced, Self::Tcpstates, Self::ConnwatchRaw, Self::ConnwatchTracepoint];
+    pub const ALL: [Self; 5] = [
+        Self::Untraced,
+        Self::Tcpstates,
+        Self::ConnwatchRaw,
+        Self::ConnwatchTracepoint,
+        Self::ConnwatchWatch,
+    ];
+
+    /// The configurations some round measured, in the order of ALL.
+    pub fn measured<T>(rounds: &[RoundResult<T>]) -> impl Iterator<Item = Self> {
+        Self::ALL.into_iter().filter(|&c| rounds.iter().any(|r| r.config == c))
+    }
 
     pub const fn label(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
             Self::Tcpstates => "tcpstates",
-            Self::ConnwatchRaw => "connwatch",
-            Self::ConnwatchTracepoint => "connwatch --attach tracepoint",
+            Self::ConnwatchRaw => "connwatch trace",
+            Self::ConnwatchTracepoint => "connwatch trace --attach tracepoint",
+            Self::ConnwatchWatch => "connwatch watch",
         }
     }
 
+    /// Whether the tracer prints its first line only once it has traced something (tcpstates
+    /// buffers its output), so that the bench must make connections while waiting for it.
+    pub const fn needs_pokes(self) -> bool {
+        matches!(self, Self::Tcpstates)
+    }
+
     pub const fn is_connwatch(self) -> bool {
-        matches!(self, Self::ConnwatchRaw | Self::ConnwatchTracepoint)
+        matches!(self, Self::ConnwatchRaw | Self::ConnwatchTracepoint | Self::ConnwatchWatch)
     }
 
     /// The tracer's argv (program first), or None for the untraced baseline.
     pub fn tracer_argv(self, tools: &Tools) -> Option<Vec<String>> {
-        let connwatch =
-            || vec![tools.connwatch.display().to_string(), "trace".into(), "--json".into()];
+        let connwatch = |args: &[&str]| {
+            let program = tools.connwatch.display().to_string();
+            Some([program].into_iter().chain(args.iter().map(|&a| a.to_owned())).collect())
+        };
         match self {
             Self::Untraced => None,
             Self::Tcpstates => Some(vec![tools.tcpstates.display().to_string()]),
-            Self::ConnwatchRaw => Some(connwatch()),
-            Self::ConnwatchTracepoint => {
-                Some([connwatch(), vec!["--attach".into(), "tracepoint".into()]].concat())
-            }
+            Self::ConnwatchRaw => connwatch(&["trace", "--json"]),
+            Self::ConnwatchTracepoint => connwatch(&["trace", "--json", "--attach", "tracepoint"]),
+            Self::ConnwatchWatch => connwatch(&["watch", "--json"]),
         }
     }
 

@@ -1,4 +1,4 @@
-//! What /proc says about a tracer process: CPU time, peak RSS, and its BPF programs' stats.
+//! What /proc says about a tracer process: CPU time, RSS, and its BPF programs' stats.
 
 use std::{collections::HashMap, fs, time::Duration};
 
@@ -13,6 +13,10 @@ pub struct CpuTime {
 }
 
 impl CpuTime {
+    pub fn total_s(self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
     pub fn since(self, earlier: Self) -> Self {
         Self { user_s: self.user_s - earlier.user_s, sys_s: self.sys_s - earlier.sys_s }
     }
@@ -51,14 +55,27 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
     Ok(CpuTime { user_s: ticks(14)? / per_second, sys_s: ticks(15)? / per_second })
 }
 
-/// VmHWM: the process's peak resident set size so far, in KiB.
-pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("no VmHWM in /proc/PID/status")?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+/// A process's resident set size now and at its peak, in KiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Memory {
+    /// VmRSS.
+    pub rss_kib: u64,
+    /// VmHWM: the peak so far.
+    pub peak_kib: u64,
+}
+
+/// VmRSS and VmHWM from /proc/PID/status.
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib = |field: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .with_context(|| format!("no {field} in /proc/PID/status"))?;
+        Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+    };
+    Ok(Memory { rss_kib: kib("VmRSS")?, peak_kib: kib("VmHWM")? })
 }
 
 /// One BPF program a process holds, with its cumulative run-time stats.

@@ -95,8 +95,13 @@ pub struct Tracer {
 impl Tracer {
     /// Starts the tracer and returns once it has printed its first stdout line, which for both
     /// tracers means its programs are attached: connwatch prints `ready` after attaching, and
-    /// tcpstates' output only appears once it has traced enough pokes to flush its buffer.
-    pub fn start(name: &'static str, mut command: Command, poker: &Poker) -> anyhow::Result<Self> {
+    /// tcpstates' output only appears once it has traced enough `poker` connections to flush
+    /// its buffer. connwatch gets no pokes: they would only add sockets to its tracking.
+    pub fn start(
+        name: &'static str,
+        mut command: Command,
+        poker: Option<&Poker>,
+    ) -> anyhow::Result<Self> {
         let spawned = Instant::now();
         let mut child = command
             .stdin(Stdio::null())
@@ -127,7 +132,11 @@ impl Tracer {
                     tracer.ready_after_s = spawned.elapsed().as_secs_f64();
                     return Ok(tracer);
                 }
-                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => poker.poke(),
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Some(poker) = poker {
+                        poker.poke();
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(tracer
                         .abort(&format!("printed nothing within {} s", READY_TIMEOUT.as_secs())));
@@ -137,6 +146,10 @@ impl Tracer {
                 }
             }
         }
+    }
+
+    pub const fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn begin_window(&self) -> anyhow::Result<Window> {
@@ -152,7 +165,7 @@ impl Tracer {
             .iter()
             .map(|p| p.since(window.programs.iter().find(|b| b.prog_id == p.prog_id)))
             .collect();
-        let peak_rss_kib = procfs::peak_rss_kib(self.pid)?;
+        let peak_rss_kib = procfs::memory(self.pid)?.peak_kib;
 
         // SAFETY: the child is not reaped yet, so the pid is still ours.
         unsafe { libc::kill(self.pid as i32, libc::SIGINT) };
