@@ -9,7 +9,11 @@ use tokio::{
     time::{MissedTickBehavior, interval, sleep},
 };
 
-use crate::{decode::Event, sinks::clock::monotonic_ns, tracer::Tracer};
+use crate::{
+    decode::Event,
+    sinks::clock::monotonic_ns,
+    tracer::{POLL_BATCH, Tracer},
+};
 
 /// How often the ring buffer is drained when the kernel has not woken us (it wakes userspace
 /// only once a quarter of the buffer is full). Bounds the delay of a lone event.
@@ -74,13 +78,19 @@ async fn stream(
     }
 }
 
+/// Hands everything queued to the consumer, one bounded batch at a time.
 fn drain(
     tracer: &mut Tracer,
     events: &mut Vec<Event>,
     consumer: &mut dyn Consumer,
 ) -> io::Result<()> {
-    events.clear();
-    tracer.poll(events);
-    consumer.events(events)?;
+    loop {
+        events.clear();
+        let taken = tracer.poll(events);
+        consumer.events(events)?;
+        if taken < POLL_BATCH {
+            break;
+        }
+    }
     consumer.tick(monotonic_ns(), tracer.lost_total())
 }

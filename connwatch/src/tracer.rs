@@ -16,6 +16,9 @@ use crate::{
     sinks::{Ready, Summary},
 };
 
+/// Records taken from the ring buffer per [`Tracer::poll`].
+pub const POLL_BATCH: usize = 4096;
+
 pub struct Tracer {
     probes: Probes,
     ring: Ring,
@@ -31,6 +34,13 @@ impl Tracer {
     /// Loads and attaches everything; events start queueing in the kernel at once.
     pub fn start(options: &LoadOptions) -> Result<Self, ProbeError> {
         let mut probes = Probes::load(options)?;
+        // Loading parsed the kernel's BTF (tens of MiB, all freed): give that memory back, or
+        // the agent keeps it for its whole life.
+        // SAFETY: malloc_trim has no preconditions.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let ring = Ring::take(&mut probes.ebpf);
         let loss = LossCounters::take(&mut probes.ebpf);
         // The programs log only on rare diagnostic paths (never on hot ones).
@@ -68,13 +78,14 @@ impl Tracer {
         }
     }
 
-    /// Decodes everything queued now into `out`; returns how many events were added.
+    /// Decodes up to [`POLL_BATCH`] queued records into `out`; returns how many records were
+    /// taken (fewer than `POLL_BATCH`: the ring buffer is empty now). Bounded, so a burst is
+    /// handled in steps rather than all held in memory at once.
     pub fn poll(&mut self, out: &mut Vec<Event>) -> usize {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        self.ring.drain(&mut self.batch);
-        let before = out.len();
+        let taken = self.ring.drain(&mut self.batch, POLL_BATCH);
         for record in self.batch.take() {
             match decode::decode(&record) {
                 Ok(event) => {
@@ -84,7 +95,7 @@ impl Tracer {
                 Err(_) => self.malformed += 1,
             }
         }
-        out.len() - before
+        taken
     }
 
     /// Blocks until the kernel wakes the ring buffer or `timeout` passes. Submissions wake

@@ -44,7 +44,7 @@ impl Session {
     /// Ends tracing: detaches, drains what is left, and returns the account.
     pub fn finish(&mut self) -> Summary {
         self.tracer.detach();
-        self.tracer.poll(&mut self.events);
+        while self.tracer.poll(&mut self.events) > 0 {}
         self.tracer.summary(self.started.elapsed())
     }
 

@@ -28,17 +28,17 @@ impl Default for Thresholds {
 pub fn on_event(track: &Track) -> Vec<(Kind, Option<Measures>)> {
     let f = &track.facts;
     let mut found = Vec::new();
-    if let Some(eof) = f.eof_seen.first
+    if let Some(eof) = f.eof_seen.first()
         && f.polled_or_written.after(eof)
     {
         found.push((Kind::EofIgnored, None));
     }
-    let after_fin = f.fin.first.is_some_and(|fin| f.sent_ok.after(fin));
-    if after_fin || f.sent_ok_peer_closed.first.is_some() {
+    let after_fin = f.fin.first().is_some_and(|fin| f.sent_ok.after(fin));
+    if after_fin || f.sent_ok_peer_closed.first().is_some() {
         found.push((Kind::WriteAfterPeerClose, None));
     }
-    if let (Some(sent), Some(snapshot)) = (f.sent_into_void.last, f.void_snapshot) {
-        let since = f.retransmit.first.unwrap_or(sent);
+    if let (Some(sent), Some(snapshot)) = (f.sent_into_void.last(), f.void_snapshot) {
+        let since = f.retransmit.first().unwrap_or(sent);
         found.push((
             Kind::HalfOpenWrite,
             Some(Measures {
@@ -48,17 +48,17 @@ pub fn on_event(track: &Track) -> Vec<(Kind, Option<Measures>)> {
             }),
         ));
     }
-    if f.false_healthy_read.first.is_some() {
+    if f.false_healthy_read.first().is_some() {
         found.push((Kind::SoErrorFalseHealthy, None));
     }
-    if let Some(error) = f.app_error.first
+    if let Some(error) = f.app_error.first()
         && f.used.after(error)
     {
         found.push((Kind::ErrorIgnored, None));
     }
     if let (Some(_), Some(_), Some(first_io)) =
-        (f.connect_in_progress.first, f.connect_failed.first, f.io.first)
-        && f.so_error_read.first.is_none_or(|read| read > first_io)
+        (f.connect_in_progress.first(), f.connect_failed.first(), f.io.first())
+        && f.so_error_read.first().is_none_or(|read| read > first_io)
     {
         found.push((Kind::ConnectUnverified, None));
     }
@@ -96,8 +96,8 @@ pub fn next_deadline(track: &Track, t: &Thresholds) -> Option<u64> {
 /// closed it.
 fn close_wait_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
-    let fin = f.fin.first?;
-    (f.left_close_wait.first.is_none() && f.app_closed.first.is_none()).then_some(fin)
+    let fin = f.fin.first()?;
+    (f.left_close_wait.first().is_none() && f.app_closed.first().is_none()).then_some(fin)
 }
 
 /// The reset's time, while the application that holds the socket (even one it accepted
@@ -105,8 +105,8 @@ fn close_wait_since(track: &Track) -> Option<u64> {
 /// process accepted them belong to no application.
 fn reset_unnoticed_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
-    let reset = f.reset.first?;
-    let held = f.app_touched.first.is_some();
-    let noticed = f.app_error.last.is_some_and(|e| e >= reset) || f.app_closed.first.is_some();
+    let reset = f.reset.first()?;
+    let held = f.app_touched.first().is_some();
+    let noticed = f.app_error.last().is_some_and(|e| e >= reset) || f.app_closed.first().is_some();
     (held && !noticed).then_some(reset)
 }

@@ -18,12 +18,16 @@ use crate::decode::{Detail, Event, SockId};
 pub const DEFAULT_MAX_SOCKETS: usize = 65_536;
 /// How many tracked sockets are sampled to choose one to evict (an approximate LRU).
 const EVICTION_SAMPLE: usize = 32;
-/// A finished socket is forgotten only after this long without events: late arrivals from
-/// other CPUs still find its facts.
-const REORDER_WINDOW_NS: u64 = 2_000_000_000;
+/// A finished socket is forgotten only after this long without events: late arrivals (events
+/// of other CPUs, drained up to `pipeline::DRAIN_INTERVAL` apart) still find its facts.
+const REORDER_WINDOW_NS: u64 = 500_000_000;
+/// A listener's child that no process has accepted yet may still be accepted (and its fate,
+/// say a reset, matter to that process): it is kept this long.
+const ACCEPT_WINDOW_NS: u64 = 10_000_000_000;
 
 pub struct Correlator {
-    tracks: HashMap<SockId, Track>,
+    /// Boxed: the table's buckets (twice the sockets, at worst) then hold pointers, not tracks.
+    tracks: HashMap<SockId, Box<Track>>,
     thresholds: Thresholds,
     max_sockets: usize,
     /// Timer detectors' deadlines.
@@ -53,10 +57,10 @@ impl Correlator {
     /// Takes one event (in any order); returns the findings it completes.
     pub fn ingest(&mut self, event: &Event) -> Vec<Finding> {
         if !self.tracks.contains_key(&event.sock) && self.tracks.len() >= self.max_sockets {
-            self.evict_one();
+            self.make_room();
         }
         let threshold = self.thresholds.retransmits;
-        let track = self.tracks.entry(event.sock).or_insert_with(|| Track::new(event));
+        let track = self.tracks.entry(event.sock).or_insert_with(|| Box::new(Track::new(event)));
         track.apply(event, threshold);
         let found = detect::on_event(track);
         let mut findings = Vec::new();
@@ -91,7 +95,7 @@ impl Correlator {
                 break;
             }
             self.finished.pop_first();
-            if self.tracks.get(&sock).is_some_and(|t| t.last_ts + REORDER_WINDOW_NS <= now) {
+            if self.tracks.get(&sock).is_some_and(|t| t.last_ts + quiet_window(t) <= now) {
                 self.tracks.remove(&sock);
             }
         }
@@ -186,11 +190,22 @@ impl Correlator {
             return;
         };
         let f = &track.facts;
-        let kernel_done = f.kernel_closed.first.is_some();
-        let app_done = f.app_closed.first.is_some() || f.app_touched.first.is_none();
+        let kernel_done = f.kernel_closed.first().is_some();
+        let app_done = f.app_closed.first().is_some() || f.app_touched.first().is_none();
         if kernel_done && app_done && detect::next_deadline(track, &self.thresholds).is_none() {
-            self.finished.insert((track.last_ts + REORDER_WINDOW_NS, sock));
+            self.finished.insert((track.last_ts + quiet_window(track), sock));
         }
+    }
+
+    /// Frees one place: a finished socket waiting out the reorder window if there is one (no
+    /// loss), otherwise the least recently active socket (counted as evicted).
+    fn make_room(&mut self) {
+        while let Some((_, sock)) = self.finished.pop_first() {
+            if self.tracks.remove(&sock).is_some() {
+                return;
+            }
+        }
+        self.evict_one();
     }
 
     /// Evicts the least recently active of a sample of tracked sockets.
@@ -206,6 +221,13 @@ impl Correlator {
             self.evicted += 1;
         }
     }
+}
+
+/// How long a finished socket must stay quiet before it is forgotten.
+fn quiet_window(track: &Track) -> u64 {
+    let f = &track.facts;
+    let unaccepted = f.from_listener.first().is_some() && f.app_touched.first().is_none();
+    if unaccepted { ACCEPT_WINDOW_NS } else { REORDER_WINDOW_NS }
 }
 
 /// Whose view an event is.

@@ -277,6 +277,17 @@ fn a_connection_reset_before_it_was_accepted_is_still_unnoticed() {
     assert_eq!(kinds(&events), [Kind::ResetUnnoticed]);
     // Never accepted: no application to blame.
     assert_eq!(kinds(&events[..events.len() - 1]), []);
+    // Accepted seconds after the reset (a busy server): the socket was still remembered.
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    for e in &events[..events.len() - 1] {
+        c.ingest(e);
+    }
+    c.tick(5 * S);
+    c.ingest(&at(SOCK, 5000, accept()));
+    assert_eq!(
+        c.tick(20 * S).into_iter().map(|f| f.kind).collect::<Vec<_>>(),
+        [Kind::ResetUnnoticed]
+    );
 }
 
 #[test]
@@ -424,4 +435,27 @@ fn finished_sockets_are_forgotten() {
     assert_eq!(c.tracked(), 1, "kept while late events may still arrive");
     c.tick(1004 * MS + 2 * S);
     assert_eq!(c.tracked(), 0);
+}
+
+#[test]
+fn at_capacity_finished_sockets_go_first_and_are_not_evictions() {
+    let mut c = Correlator::new(Thresholds::default(), 2);
+    let done = SOCK;
+    for e in with(
+        peer_closed_and_left(done),
+        vec![
+            at(done, 1002, recv(Ok(0), "CLOSE_WAIT")),
+            at(done, 1003, close("CLOSE_WAIT")),
+            at(done, 1004, change("LAST_ACK", "CLOSE")),
+        ],
+    ) {
+        c.ingest(&e);
+    }
+    let live = SockId { addr: 2, birth_ns: 1 };
+    c.ingest(&at(live, 1005, change("CLOSE", "SYN_SENT")));
+    let another = SockId { addr: 3, birth_ns: 1 };
+    c.ingest(&at(another, 1006, change("CLOSE", "SYN_SENT")));
+    assert_eq!((c.tracked(), c.evicted()), (2, 0), "the finished socket made room");
+    c.ingest(&at(SockId { addr: 4, birth_ns: 1 }, 1007, change("CLOSE", "SYN_SENT")));
+    assert_eq!((c.tracked(), c.evicted()), (2, 1), "then a live one is evicted, and counted");
 }

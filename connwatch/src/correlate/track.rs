@@ -14,27 +14,40 @@ const EPOLLERR: u32 = 0x008;
 const EINPROGRESS: i32 = libc::EINPROGRESS;
 const EAGAIN: i32 = libc::EAGAIN;
 
-/// Earliest and latest time something happened.
+/// Earliest and latest time something happened, compactly: each is stored plus one, so 0
+/// means never (16 bytes rather than two `Option<u64>`'s 32, for ~20 facts per socket).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
-    pub first: Option<u64>,
-    pub last: Option<u64>,
+    first: u64,
+    last: u64,
 }
 
 impl Span {
     fn add(&mut self, ts: u64) {
-        self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
-        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+        let t = ts.saturating_add(1);
+        self.first = if self.first == 0 { t } else { self.first.min(t) };
+        self.last = self.last.max(t);
+    }
+
+    pub fn first(&self) -> Option<u64> {
+        self.first.checked_sub(1)
+    }
+
+    pub fn last(&self) -> Option<u64> {
+        self.last.checked_sub(1)
     }
 
     /// Whether it happened after `ts`.
     pub fn after(&self, ts: u64) -> bool {
-        self.last.is_some_and(|l| l > ts)
+        self.last > ts.saturating_add(1)
     }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
+    /// A child created by a listener (LISTEN -> SYN_RECV): until accepted, its application
+    /// may still come for it.
+    pub from_listener: Span,
     /// The peer's FIN: the socket entered CLOSE_WAIT.
     pub fin: Span,
     /// The socket left CLOSE_WAIT (close/shutdown: LAST_ACK; or CLOSE).
@@ -158,6 +171,7 @@ fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
     match detail {
         Detail::State { old, new } => {
             match (old.name(), new.name()) {
+                ("LISTEN", "SYN_RECV") => f.from_listener.add(ts),
                 (_, "CLOSE_WAIT") => f.fin.add(ts),
                 ("CLOSE_WAIT", _) => f.left_close_wait.add(ts),
                 _ => {}
@@ -180,7 +194,8 @@ fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
             if errno.0 == libc::ECONNRESET {
                 f.reset.add(ts);
             }
-            if matches!(state.name(), "SYN_SENT" | "CLOSE") && f.connect_in_progress.first.is_some()
+            if matches!(state.name(), "SYN_SENT" | "CLOSE")
+                && f.connect_in_progress.first().is_some()
             {
                 f.connect_failed.add(ts);
             }
@@ -237,7 +252,7 @@ fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
                     f.void_snapshot = Some(*snapshot);
                 }
             }
-            failed(f, io, ts) || unhealthy(snapshot) || f.fin.first.is_some()
+            failed(f, io, ts) || unhealthy(snapshot) || f.fin.first().is_some()
         }
         Detail::Connect { result, .. } => {
             f.app_touched.add(ts);

@@ -25,10 +25,12 @@ impl Ring {
         Self { ring }
     }
 
-    /// Copies every record available now into `batch`; returns how many.
-    pub fn drain(&mut self, batch: &mut RecordBatch) -> usize {
+    /// Copies up to `max` available records into `batch`; returns how many.
+    pub fn drain(&mut self, batch: &mut RecordBatch, max: usize) -> usize {
         let mut copied = 0;
-        while let Some(item) = self.ring.next() {
+        while copied < max
+            && let Some(item) = self.ring.next()
+        {
             batch.push(&item);
             copied += 1;
         }
