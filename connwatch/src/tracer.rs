@@ -121,10 +121,6 @@ impl Tracer {
         self.loss.read().map(|lost| lost.total()).unwrap_or(0)
     }
 
-    pub fn malformed(&self) -> u64 {
-        self.malformed
-    }
-
     pub fn summary(&self, duration: Duration) -> Summary {
         let lost = match self.loss.read() {
             Ok(lost) => lost.named().collect(),

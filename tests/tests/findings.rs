@@ -2,13 +2,11 @@
 //! exactly that finding for that process and socket; correct programs get no finding at all.
 //! Runs as root in throwaway namespaces; each test uses its own ports.
 
-use std::process::Command;
-
 use connwatch::{
     correlate::{Finding, Kind},
     decode::{Event, SockId},
 };
-use connwatch_tests::{Netns, Peer, Topology, Watching, require_root};
+use connwatch_tests::{Peer, Topology, Watching, firewall::drop_tcp_input, require_root};
 
 /// A client and a server, connected, watched.
 struct Scene {
@@ -66,26 +64,12 @@ impl Scene {
     }
 
     fn drop_server_input(&self) {
-        let rule = format!("add rule inet cwtest input tcp dport {} drop", self.port);
-        for command in [
-            "add table inet cwtest",
-            "add chain inet cwtest input { type filter hook input priority 0 ; }",
-            &rule,
-        ] {
-            nft(&self.topology.server, command);
-        }
+        drop_tcp_input(&self.topology.server, self.port);
     }
 }
 
 fn owned_by(e: &Event, pid: u32) -> bool {
     e.owner.as_ref().is_some_and(|o| o.pid == pid)
-}
-
-fn nft(ns: &Netns, rule: &str) {
-    let mut args = vec!["netns", "exec", &ns.name, "nft"];
-    args.extend(rule.split(' '));
-    let output = Command::new("ip").args(&args).output().expect("run nft");
-    assert!(output.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

@@ -2,14 +2,16 @@
 //! identity and its owner; resets, retransmissions, IPv6, loss accounting and filters.
 //! Runs as root (see `require_root`); each test uses its own namespaces and ports.
 
-use std::{collections::BTreeMap, process::Command};
+use std::collections::BTreeMap;
 
 use connwatch::{
     decode::{Detail, Event, Family, SockId},
     probes::{AttachMode, Filters, LoadOptions, hooks::Mechanism},
 };
 use connwatch_tests::{
-    Netns, Peer, Session, Topology, require_root,
+    Netns, Peer, Session, Topology,
+    firewall::drop_tcp_input,
+    require_root,
     session::{describe, transition},
 };
 
@@ -232,9 +234,7 @@ fn writes_into_a_black_hole_are_retransmitted() {
     client.ok(&format!("connect {} 21020", Topology::SERVER_V4));
     server.ok("accept");
     // The server's host now drops everything the client sends: a half-open connection.
-    nft(&topology.server, "add table inet cwtest");
-    nft(&topology.server, "add chain inet cwtest input { type filter hook input priority 0 ; }");
-    nft(&topology.server, "add rule inet cwtest input tcp dport 21020 drop");
+    drop_tcp_input(&topology.server, 21020);
     assert_eq!(
         client.ok("write 1000"),
         "wrote 1000",
@@ -259,17 +259,6 @@ fn writes_into_a_black_hole_are_retransmitted() {
         assert_eq!(e.detail.to_string(), "retransmit (ESTABLISHED)");
         assert_eq!(e.remote.port(), 21020);
     }
-}
-
-fn nft(ns: &Netns, rule: &str) {
-    let mut args = vec!["netns", "exec", &ns.name, "nft"];
-    args.extend(rule.split(' '));
-    let output = Command::new("ip").args(&args).output().expect("run ip netns exec nft");
-    assert!(
-        output.status.success(),
-        "nft {rule} failed (nftables is installed by `cargo xtask test`): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Connection attempts to a closed port: exactly four events each on the client socket
