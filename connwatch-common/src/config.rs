@@ -30,7 +30,7 @@ pub struct Config {
     pub sock: SockOffsets,
     pub task: TaskOffsets,
 }
-assert_size!(Config, 32 + 48 + 72 + 32);
+assert_size!(Config, 32 + 48 + 72 + 40);
 
 /// Byte offsets of the fields the classic tracepoint programs read from their records, taken
 /// from `/sys/kernel/tracing/events/<category>/<name>/format`.
@@ -101,6 +101,11 @@ pub struct TaskOffsets {
     pub file_private_data: u32,
     pub inode_mode: u32,
     pub socket_sk: u32,
+    /// The open file's reference count: `file.f_ref` (a `file_ref_t`, one less than the
+    /// references, since 6.13) or `file.f_count` (an `atomic_long_t`, the references, before).
+    pub file_count: u32,
+    /// Added to the value read at `file_count` to give the references (1 for `file_ref_t`).
+    pub file_count_bias: u32,
 }
 
 #[cfg(feature = "user")]

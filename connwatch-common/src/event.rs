@@ -133,6 +133,10 @@ pub struct SockSnapshot {
 assert_size!(SockSnapshot, 16);
 
 /// An application's observation on a socket: `KIND_SO_ERROR` .. `KIND_ACCEPT`.
+///
+/// `header.ts_ns` is when the (last) call ended; `started_ns` when the (first) call began.
+/// The snapshot is the socket as the call found it at its start where a hook sees the start
+/// (sends, through `tcp:tcp_sendmsg_locked`), otherwise as the call left it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AppEvent {
@@ -141,7 +145,9 @@ pub struct AppEvent {
     /// The application's file descriptor; -1 where the hook does not know it (recv, send).
     pub fd: i32,
     /// Per kind: SO_ERROR value read (positive errno or 0); connect/recv/send return value
-    /// (bytes, 0, or -errno); readiness event mask; 0 for close and accept.
+    /// (bytes, 0, or -errno); readiness event mask; close: how many other references to the
+    /// open file remain (0: this close lets go of the connection; more: a forked child, a
+    /// dup() or a descriptor passed over a Unix socket still holds it); 0 for accept.
     pub value: i32,
     /// recv/send: bytes transferred by the `calls` this record stands for.
     pub bytes: u64,
@@ -150,5 +156,7 @@ pub struct AppEvent {
     /// Readiness: `VIA_EPOLL`, `VIA_POLL` or `VIA_SELECT`.
     pub via: u8,
     pub _pad: [u8; 3],
+    /// CLOCK_MONOTONIC time the first call this record stands for began (or was seen).
+    pub started_ns: u64,
 }
-assert_size!(AppEvent, 128);
+assert_size!(AppEvent, 136);

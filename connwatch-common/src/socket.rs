@@ -44,6 +44,10 @@ assert_size!(SocketInfo, 40);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoTally {
     pub last_report_ns: u64,
+    /// When the first call tallied since the last report was seen (0: none tallied).
+    pub first_ns: u64,
+    /// When the last call tallied was seen.
+    pub last_ns: u64,
     pub bytes: u64,
     pub calls: u32,
     /// What the last report said (readiness: mask and mechanism): a change is always reported.
@@ -52,7 +56,7 @@ pub struct IoTally {
     pub last_state: u8,
     pub _pad: [u8; 7],
 }
-assert_size!(IoTally, 32);
+assert_size!(IoTally, 48);
 
 /// Per-socket tallies, keyed by `struct sock` address.
 #[repr(C)]
@@ -62,7 +66,21 @@ pub struct IoState {
     pub send: IoTally,
     pub readiness: IoTally,
 }
-assert_size!(IoState, 96);
+assert_size!(IoState, 144);
+
+/// The socket as a send found it when it began (`tcp:tcp_sendmsg_locked`'s first hit in the
+/// call), kept per CPU until the call's `sock:sock_send_length` takes it. The thread and socket
+/// are checked on taking: a migrated or preempted call falls back to the state at its end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendStart {
+    pub pid_tgid: u64,
+    /// 0 once taken.
+    pub sk: u64,
+    pub started_ns: u64,
+    pub snapshot: crate::event::SockSnapshot,
+}
+assert_size!(SendStart, 40);
 
 /// An epoll registration: which socket a (process, epfd, user data) triple stands for.
 #[repr(C)]
@@ -130,4 +148,5 @@ mod pod {
     unsafe impl aya::Pod for super::EpollKey {}
     unsafe impl aya::Pod for super::EpollTarget {}
     unsafe impl aya::Pod for super::PendingCall {}
+    unsafe impl aya::Pod for super::SendStart {}
 }

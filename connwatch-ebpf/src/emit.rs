@@ -14,6 +14,7 @@ use crate::{
     config::conf,
     maps::{COUNTERS, EVENTS, LOST, PID_FILTER, PORT_FILTER},
     owner::{self, now},
+    policy::Span,
     sock::{self, Endpoints},
 };
 
@@ -106,20 +107,58 @@ pub struct Observation {
     pub calls: u32,
     pub via: u8,
     pub snapshot: SockSnapshot,
+    /// When the (first) call began and the (last) one ended.
+    pub started_ns: u64,
+    pub ended_ns: u64,
 }
 
 impl Observation {
+    /// One call, seen now.
     #[inline(always)]
     pub fn single(kind: u8, sk: u64, ends: &Endpoints, fd: i32, value: i32) -> Self {
         let snapshot = sock::snapshot(sk, ends.state, sock::health(sk));
-        Self { kind, fd, value, bytes: 0, calls: 1, via: 0, snapshot }
+        let now = now();
+        Self {
+            kind,
+            fd,
+            value,
+            bytes: 0,
+            calls: 1,
+            via: 0,
+            snapshot,
+            started_ns: now,
+            ended_ns: now,
+        }
+    }
+}
+
+impl Observation {
+    /// Tallied calls on a healthy socket in `state`, reported as one record.
+    #[inline(always)]
+    pub fn summary(kind: u8, fd: i32, value: i32, via: u8, span: Span, state: u8) -> Self {
+        Self {
+            kind,
+            fd,
+            value,
+            bytes: span.bytes,
+            calls: span.calls,
+            via,
+            snapshot: SockSnapshot { state, ..SockSnapshot::default() },
+            started_ns: span.first_ns,
+            ended_ns: span.last_ns,
+        }
     }
 }
 
 /// Reports what the current process (the socket's owner from now on) observed on `sk`.
 #[inline(always)]
-pub fn observed(sk: u64, mut ends: Endpoints, obs: &Observation) {
-    let info = owner::touch(sk);
+pub fn observed(sk: u64, ends: Endpoints, obs: &Observation) {
+    observed_as(sk, ends, obs, owner::touch(sk));
+}
+
+/// Reports an observation on `sk` under the owner already known (`info`).
+#[inline(always)]
+pub fn observed_as(sk: u64, mut ends: Endpoints, obs: &Observation, info: SocketInfo) {
     if !wanted(sk, &info, &mut ends) {
         return;
     }
@@ -131,6 +170,8 @@ pub fn observed(sk: u64, mut ends: Endpoints, obs: &Observation) {
         event.calls = obs.calls;
         event.via = obs.via;
         event._pad = [0; 3];
+        event.started_ns = obs.started_ns;
+        event.header.ts_ns = obs.ended_ns;
     });
 }
 

@@ -10,7 +10,9 @@ use connwatch_common::{
         MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
         MAX_PENDING_CALLS, MAX_SOCKETS,
     },
-    socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, PendingCall, SocketInfo},
+    socket::{
+        EpollKey, EpollTarget, IoState, ListenerKey, Owner, PendingCall, SendStart, SocketInfo,
+    },
 };
 
 /// Every event, in order. The loader resizes it (`--ring-buffer-size`).
@@ -56,3 +58,7 @@ pub static EPOLL_WATCH: LruHashMap<EpollKey, EpollTarget> =
 #[map(name = "PENDING")]
 pub static PENDING: LruHashMap<u64, PendingCall> =
     LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+
+/// The socket as the send running on this CPU found it at its start (one slot per CPU).
+#[map(name = "SEND_START")]
+pub static SEND_START: PerCpuArray<SendStart> = PerCpuArray::with_max_entries(1, 0);

@@ -25,11 +25,13 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A new life of `sk`: connect, listen, or a child spawned by a listener.
+/// A new life of `sk`: connect, listen, or a child spawned by a listener. Nothing of an
+/// earlier life at the same address (its tallies) carries over.
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
     let info = SocketInfo { birth_ns: now(), owner, sport: 0, dport: 0, _pad: 0 };
     let _ = SOCKETS.insert(&sk, &info, 0);
+    let _ = IO_STATE.remove(&sk);
     info
 }
 
@@ -87,10 +89,11 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
     }
 }
 
-/// The application closed its descriptor. A socket already in CLOSE dies with it, so its
-/// identity goes now. Any other socket lives on (FIN or RST still to send) and keeps its
-/// identity; should its memory be reused, the new life begins with connect, listen or a
-/// listener's child, which gives it a new birth.
+/// The socket's last holder closed it. A socket already in CLOSE dies with it, so its
+/// identity goes now (kernels without `tcp:tcp_destroy_sock` rely on this). Any other socket
+/// lives on (FIN or RST still to send) and keeps its identity until the kernel destroys it;
+/// should its memory be reused, the new life begins with connect, listen or a listener's
+/// child, which gives it a new birth.
 #[inline(always)]
 pub fn app_closed(sk: u64, state: u8) {
     if state == connwatch_common::tcp::TCP_CLOSE {
@@ -98,8 +101,9 @@ pub fn app_closed(sk: u64, state: u8) {
     }
 }
 
+/// The socket's life is over (`tcp:tcp_destroy_sock`, or its last close in CLOSE).
 #[inline(always)]
-fn forget(sk: u64) {
+pub fn forget(sk: u64) {
     let _ = SOCKETS.remove(&sk);
     let _ = IO_STATE.remove(&sk);
 }

@@ -2,10 +2,11 @@
 //!
 //! Reported at once: EOF, errors other than EAGAIN, calls on a socket that is not ESTABLISHED,
 //! has a pending error or is retransmitting without progress, and HUP/RDHUP/ERR readiness.
-//! Everything else is tallied per socket and reported on the first call after a change of
-//! state or of what is reported (readiness mask or mechanism), or once per
-//! `IO_REPORT_INTERVAL_NS`, as one record standing for `calls` calls.
-//! `--all-io` reports every call.
+//! Everything else is tallied per socket and reported as one record standing for `calls`
+//! calls, with the times of the first and the last: once per `IO_REPORT_INTERVAL_NS`, or
+//! before a call that changes what is reported (state, readiness mask or mechanism) or is
+//! notable, which is then reported on its own. A summary therefore only ever stands for calls
+//! on a healthy ESTABLISHED socket, in the order they happened. `--all-io` reports every call.
 
 use connwatch_common::{
     config::FLAG_ALL_IO,
@@ -30,8 +31,27 @@ pub fn notable_socket(state: u8, health: &Health) -> bool {
     state != TCP_ESTABLISHED || health.sk_err != 0 || health.rto_retransmits != 0
 }
 
-/// Tallies one call of `bytes`; returns `Some((calls, bytes))` when a record is due, covering
-/// every call since the last one. `signature` stands for what the call reports beyond bytes.
+/// Calls a record stands for: how many, the bytes they moved, when the first began and the
+/// last was seen.
+#[derive(Clone, Copy)]
+pub struct Span {
+    pub calls: u32,
+    pub bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// What a call's tally asks the hook to report.
+pub struct Due {
+    /// Earlier calls still tallied, reported before this one (with the state and signature
+    /// they were made under).
+    pub earlier: Option<(Span, u8, u32)>,
+    /// This call, with any tallied calls folded into it.
+    pub this: Span,
+}
+
+/// Tallies one call of `bytes` made at `started_ns`; returns what is due, or `None` when the
+/// call was folded into the tally.
 #[inline(always)]
 pub fn tally(
     sk: u64,
@@ -40,9 +60,12 @@ pub fn tally(
     notable: bool,
     state: u8,
     signature: u32,
-) -> Option<(u32, u64)> {
+    started_ns: u64,
+) -> Option<Due> {
+    let now = now();
+    let single = Span { calls: 1, bytes, first_ns: started_ns, last_ns: now };
     if conf!(flags) & FLAG_ALL_IO != 0 {
-        return Some((1, bytes));
+        return Some(Due { earlier: None, this: single });
     }
     let io = match IO_STATE.get_ptr_mut(&sk) {
         Some(io) => io,
@@ -58,25 +81,46 @@ pub fn tally(
         Path::Send => &mut io.send,
         Path::Readiness => &mut io.readiness,
     };
-    tally.calls += 1;
-    tally.bytes += bytes;
-    let now = now();
-    let due = notable
-        || tally.last_state != state
-        || tally.last_signature != signature
-        || now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS;
-    if !due {
+    let changed = notable || tally.last_state != state || tally.last_signature != signature;
+    let interval = now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS;
+    if !changed && !interval {
+        if tally.calls == 0 {
+            tally.first_ns = started_ns;
+        }
+        tally.calls += 1;
+        tally.bytes += bytes;
+        tally.last_ns = now;
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return None;
     }
-    let report = (tally.calls, tally.bytes);
+    let held = Span {
+        calls: tally.calls,
+        bytes: tally.bytes,
+        first_ns: tally.first_ns,
+        last_ns: tally.last_ns,
+    };
+    let due = if tally.calls == 0 {
+        Due { earlier: None, this: single }
+    } else if changed {
+        Due { earlier: Some((held, tally.last_state, tally.last_signature)), this: single }
+    } else {
+        let folded = Span {
+            calls: held.calls + 1,
+            bytes: held.bytes + bytes,
+            first_ns: held.first_ns,
+            last_ns: now,
+        };
+        Due { earlier: None, this: folded }
+    };
     *tally = IoTally {
         last_report_ns: now,
+        first_ns: 0,
+        last_ns: 0,
         bytes: 0,
         calls: 0,
         last_signature: signature,
         last_state: state,
         _pad: [0; 7],
     };
-    Some(report)
+    Some(due)
 }

@@ -2,6 +2,7 @@
 //! record at tracefs offsets, or from raw tracepoint arguments) and calls the group's handler.
 
 mod calls;
+mod destroy;
 mod error;
 mod io;
 mod io_syscalls;

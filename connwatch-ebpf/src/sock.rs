@@ -21,6 +21,7 @@ pub fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
 
 /// The parts of a socket every event carries, read before reserving ring-buffer space so
 /// filtered events cost no reservation.
+#[derive(Clone, Copy)]
 pub struct Endpoints {
     pub family: u16,
     pub sport: u16,
@@ -131,6 +132,12 @@ pub fn net(sk: u64) -> u64 {
 /// Returns `None` for closed fds and for anything that is not a socket.
 #[inline(always)]
 pub fn sock_of_fd(fd: i64) -> Option<u64> {
+    sock_of_file(file_of_fd(fd)?)
+}
+
+/// The current task's `struct file` for `fd`.
+#[inline(always)]
+pub fn file_of_fd(fd: i64) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -143,7 +150,12 @@ pub fn sock_of_fd(fd: i64) -> Option<u64> {
         return None;
     }
     let fd_array: u64 = read(fdt, conf!(task.fdt_fd)).ok()?;
-    let file: u64 = read(fd_array, (fd as u32).checked_mul(8)?).ok()?;
+    read(fd_array, (fd as u32).checked_mul(8)?).ok()
+}
+
+/// The `struct sock` behind an open file, if the file is a socket.
+#[inline(always)]
+pub fn sock_of_file(file: u64) -> Option<u64> {
     let inode: u64 = read(file, conf!(task.file_inode)).ok()?;
     let mode: u16 = read(inode, conf!(task.inode_mode)).ok()?;
     if mode & S_IFMT != S_IFSOCK {
@@ -152,4 +164,14 @@ pub fn sock_of_fd(fd: i64) -> Option<u64> {
     let socket: u64 = read(file, conf!(task.file_private_data)).ok()?;
     let sk: u64 = read(socket, conf!(task.socket_sk)).ok()?;
     (sk != 0).then_some(sk)
+}
+
+/// How many references the open file has (descriptors in any process, in-flight passes, and
+/// calls in progress on it); 1 when unknown, so a close counts as the last.
+#[inline(always)]
+pub fn file_references(file: u64) -> i64 {
+    match read::<i64>(file, conf!(task.file_count)) {
+        Ok(count) => count + conf!(task.file_count_bias) as i64,
+        Err(_) => 1,
+    }
 }

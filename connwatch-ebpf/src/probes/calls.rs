@@ -113,22 +113,33 @@ fn on_accept(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// The application lets go of its descriptor (at entry: the fd still resolves).
+/// The application lets go of its descriptor (at entry: the fd still resolves). Only the last
+/// reference to the open file closes the connection: after fork(), dup() or a descriptor
+/// passed over a Unix socket, a close by one holder leaves the others (and the owner) as they
+/// were; the record says how many references remain.
 #[tracepoint]
 pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     if syscall::from_agent() {
         return 0;
     }
     let fd = arg(&ctx, 0) as i32 as i64;
-    let Some(sk) = sock::sock_of_fd(fd) else {
+    let Some(file) = sock::file_of_fd(fd) else {
+        return 0;
+    };
+    let Some(sk) = sock::sock_of_file(file) else {
         return 0;
     };
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return 0;
     };
-    let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, 0);
-    emit::observed(sk, ends, &obs);
-    owner::app_closed(sk, obs.snapshot.state);
+    let others = (sock::file_references(file) - 1).clamp(0, i32::MAX as i64) as i32;
+    let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, others);
+    if others > 0 {
+        emit::observed_as(sk, ends, &obs, owner::known(sk));
+    } else {
+        emit::observed(sk, ends, &obs);
+        owner::app_closed(sk, obs.snapshot.state);
+    }
     0
 }
 

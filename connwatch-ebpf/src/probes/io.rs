@@ -4,17 +4,22 @@
 //! paths, so reports follow the summarising policy (`policy.rs`).
 
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use connwatch_common::event::{KIND_RECV, KIND_SEND};
+use connwatch_common::{
+    event::{KIND_RECV, KIND_SEND},
+    socket::SendStart,
+};
 
 use crate::{
     config::conf,
     emit::{self, Observation},
+    maps::SEND_START,
     owner,
     policy::{self, Path},
-    sock,
+    sock::{self, Health},
 };
 
 /// `-EAGAIN`: a non-blocking call with nothing to do, routine on event-driven servers.
@@ -56,23 +61,98 @@ pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `tcp:tcp_sendmsg_locked` (TP_PROTO(const struct sock *sk, const struct msghdr *msg, const
+/// struct sk_buff *skb, int size_goal), Linux 6.10+; checked against 6.18): runs inside a send
+/// before any data moves, once per segment. Its first hit in a call keeps the socket as the
+/// send found it, so the send is judged by the state at its start (a write into CLOSE_WAIT
+/// provokes the RST that closes the socket before the call returns). Raw only: the classic
+/// record carries no socket address.
+#[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(slot) = SEND_START.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
+    let slot = unsafe { &mut *slot };
+    if slot.sk == sk && slot.pid_tgid == pid_tgid {
+        return 0; // A later segment of the same call.
+    }
+    let Some(ends) = sock::tcp_endpoints(sk) else {
+        return 0;
+    };
+    *slot = SendStart {
+        pid_tgid,
+        sk,
+        started_ns: owner::now(),
+        snapshot: sock::snapshot(sk, ends.state, sock::health(sk)),
+    };
+    0
+}
+
+/// The start this CPU kept for the current thread's send on `sk`, taken (cleared).
+#[inline(always)]
+fn take_send_start(sk: u64) -> Option<SendStart> {
+    let slot = SEND_START.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
+    let slot = unsafe { &mut *slot };
+    if slot.sk != sk || slot.pid_tgid != bpf_get_current_pid_tgid() {
+        return None;
+    }
+    slot.sk = 0;
+    Some(*slot)
+}
+
 #[inline(always)]
 pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let start = match path {
+        Path::Send => take_send_start(sk),
+        _ => None,
+    };
+    let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
     let health = sock::health(sk);
+    let mut snapshot = None;
+    let mut started_ns = owner::now();
+    if let Some(start) = start {
+        // Judged as the call found the socket; the kernel's reaction comes after.
+        ends.state = start.snapshot.state;
+        snapshot = Some(start.snapshot);
+        started_ns = start.started_ns;
+    }
+    let health = match snapshot {
+        Some(s) => Health { sk_err: s.sk_err, rto_retransmits: s.rto_retransmits },
+        None => health,
+    };
     let eof = matches!(path, Path::Recv) && ret == 0;
     let failed = ret < 0 && ret != EAGAIN;
     let notable = eof || failed || policy::notable_socket(ends.state, &health);
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let Some((calls, bytes)) = policy::tally(sk, path, bytes, notable, ends.state, 0) else {
+    let Some(due) = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns) else {
         // Not reported now, but the caller is still the owner.
         owner::touch(sk);
         return;
     };
     let kind = if matches!(path, Path::Recv) { KIND_RECV } else { KIND_SEND };
-    let snapshot = sock::snapshot(sk, ends.state, health);
-    let obs = Observation { kind, fd: -1, value: ret, bytes, calls, via: 0, snapshot };
-    emit::observed(sk, ends, &obs);
+    let info = owner::touch(sk);
+    if let Some((earlier, state, _)) = due.earlier {
+        let obs = Observation::summary(kind, -1, 0, 0, earlier, state);
+        emit::observed_as(sk, ends, &obs, info);
+    }
+    let this = due.this;
+    let snapshot = snapshot.unwrap_or_else(|| sock::snapshot(sk, ends.state, health));
+    let obs = Observation {
+        kind,
+        fd: -1,
+        value: ret,
+        bytes: this.bytes,
+        calls: this.calls,
+        via: 0,
+        snapshot,
+        started_ns: this.first_ns,
+        ended_ns: this.last_ns,
+    };
+    emit::observed_as(sk, ends, &obs, info);
 }

@@ -20,6 +20,7 @@ use connwatch_common::{
 use crate::{
     emit::{self, Observation},
     maps::EPOLL_WATCH,
+    owner,
     policy::{self, Path},
     sock,
     syscall::{self, arg, ret},
@@ -313,11 +314,28 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     let health = sock::health(sk);
     let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(ends.state, &health);
     let signature = mask as u32 & 0xff_ffff | (via as u32) << 24;
-    if let Some((calls, _)) = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature)
-    {
-        let snapshot = sock::snapshot(sk, ends.state, health);
-        let obs =
-            Observation { kind: KIND_READINESS, fd, value: mask, bytes: 0, calls, via, snapshot };
-        emit::observed(sk, ends, &obs);
+    let now = owner::now();
+    let Some(due) = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, now)
+    else {
+        return;
+    };
+    let info = owner::touch(sk);
+    if let Some((earlier, state, said)) = due.earlier {
+        let (mask, via) = ((said & 0xff_ffff) as i32, (said >> 24) as u8);
+        let obs = Observation::summary(KIND_READINESS, fd, mask, via, earlier, state);
+        emit::observed_as(sk, ends, &obs, info);
     }
+    let snapshot = sock::snapshot(sk, ends.state, health);
+    let obs = Observation {
+        kind: KIND_READINESS,
+        fd,
+        value: mask,
+        bytes: 0,
+        calls: due.this.calls,
+        via,
+        snapshot,
+        started_ns: due.this.first_ns,
+        ended_ns: due.this.last_ns,
+    };
+    emit::observed_as(sk, ends, &obs, info);
 }

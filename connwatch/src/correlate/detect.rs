@@ -1,9 +1,29 @@
-//! The detectors: each a condition over a socket's facts, phrased as comparisons of first and
-//! last occurrences so it holds the same whatever order the events arrived in.
+//! The detectors, as one decision matrix: for what the kernel knew, what the application had
+//! been told, and what it did next, which finding follows (docs/json.md has the same table).
+//!
+//! | kernel truth | the application was told | and then | finding |
+//! |---|---|---|---|
+//! | FIN (CLOSE_WAIT) | anything or nothing | kept the socket open past `--close-wait-grace` | close-wait-leak |
+//! | FIN | EOF (recv 0, HUP) | polled or read on at least twice more | eof-ignored |
+//! | FIN | EOF (recv 0; RDHUP/HUP/ERR with no data read since), or an error | wrote, and the peer answered with RST (or the next call failed) | write-after-peer-close |
+//! | FIN | nothing (a race: the FIN arrived as it wrote) | wrote | none |
+//! | FIN, peer half-closed (no RST follows) | EOF | wrote a reply | none |
+//! | `--retrans-threshold` timeouts without an ACK | writes succeed | wrote | half-open-write |
+//! | closing, closed or retransmitting | SO_ERROR 0, no error seen before | wrote | so-error-false-healthy |
+//! | closing, closed or retransmitting | SO_ERROR 0, an error seen before | wrote or read | error-ignored |
+//! | closing, closed or retransmitting | SO_ERROR 0 | closed, or did nothing | none |
+//! | RST or stored error | an error (failed call, SO_ERROR != 0) | read or wrote again | error-ignored |
+//! | RST or stored error | an error | closed | none |
+//! | RST | nothing (no error seen) | held the socket past `--reset-grace` | reset-unnoticed |
+//! | connect failed | EINPROGRESS, then writable | used the socket without reading SO_ERROR | connect-unverified |
+//!
+//! Every condition compares first and last occurrences, so it holds whatever order the events
+//! arrived in. Observations are placed at the start of their call, before the kernel events
+//! the call itself caused.
 
 use super::{
     finding::{Kind, Measures},
-    track::Track,
+    track::{Facts, Track},
 };
 
 /// Detector thresholds (`connwatch watch` flags).
@@ -28,41 +48,99 @@ impl Default for Thresholds {
 pub fn on_event(track: &Track) -> Vec<(Kind, Option<Measures>)> {
     let f = &track.facts;
     let mut found = Vec::new();
-    if let Some(eof) = f.eof_seen.first()
-        && f.polled_or_written.after(eof)
-    {
+    if eof_ignored(f) {
         found.push((Kind::EofIgnored, None));
     }
-    let after_fin = f.fin.first().is_some_and(|fin| f.sent_ok.after(fin));
-    if after_fin || f.sent_ok_peer_closed.first().is_some() {
+    if write_after_peer_close(f) {
         found.push((Kind::WriteAfterPeerClose, None));
     }
-    if let (Some(sent), Some(snapshot)) = (f.sent_into_void.last(), f.void_snapshot) {
-        let since = f.retransmit.first().unwrap_or(sent);
-        found.push((
-            Kind::HalfOpenWrite,
-            Some(Measures {
-                retransmits: f.retransmits.max(u32::from(snapshot.rto_retransmits)),
-                seconds_without_progress: sent.saturating_sub(since) as f64 / 1e9,
-                unacked_bytes: snapshot.unacked_bytes,
-            }),
-        ));
+    if let Some(measures) = half_open_write(f) {
+        found.push((Kind::HalfOpenWrite, Some(measures)));
     }
-    if f.false_healthy_read.first().is_some() {
-        found.push((Kind::SoErrorFalseHealthy, None));
+    match zero_so_error_then_used(f) {
+        Some(ZeroThenUsed { error_seen_before: false }) => {
+            found.push((Kind::SoErrorFalseHealthy, None))
+        }
+        Some(ZeroThenUsed { error_seen_before: true }) => found.push((Kind::ErrorIgnored, None)),
+        None => {}
     }
-    if let Some(error) = f.app_error.first()
-        && f.used.after(error)
-    {
+    if error_ignored(f) {
         found.push((Kind::ErrorIgnored, None));
     }
-    if let (Some(_), Some(_), Some(first_io)) =
-        (f.connect_in_progress.first(), f.connect_failed.first(), f.io.first())
-        && f.so_error_read.first().is_none_or(|read| read > first_io)
-    {
+    if connect_unverified(f) {
         found.push((Kind::ConnectUnverified, None));
     }
     found
+}
+
+/// Told the stream had ended, the application came back for more, twice or more.
+fn eof_ignored(f: &Facts) -> bool {
+    f.eof_seen.first().is_some_and(|eof| f.polled_after_peer_close.count_after(eof) >= 2)
+}
+
+/// A successful write that began after the peer had closed and after the application had been
+/// told so, proven unwanted by the peer's RST (or a failure) after it.
+fn write_after_peer_close(f: &Facts) -> bool {
+    let Some(write) = f.sent_ok_peer_closed.last() else {
+        return false;
+    };
+    let refused = f.reset.after(write) || f.app_error.after(write);
+    refused && told_peer_closed_before(f, write)
+}
+
+/// Whether, before `t`, the application had been told the peer closed or the connection
+/// failed: recv() returned 0, a call failed, or readiness said RDHUP/HUP/ERR and no data was
+/// read between it and `t` (data read after it is what the application was answering).
+fn told_peer_closed_before(f: &Facts, t: u64) -> bool {
+    let before = |at: Option<u64>| at.is_some_and(|at| at < t);
+    if before(f.eof_read.first()) || before(f.app_error.first()) {
+        return true;
+    }
+    let told = match (f.told_ready.first(), f.told_ready.last()) {
+        (_, Some(last)) if last < t => last,
+        (Some(first), _) if first < t => first,
+        _ => return false,
+    };
+    !f.data_read.last().is_some_and(|read| read > told && read < t)
+}
+
+fn half_open_write(f: &Facts) -> Option<Measures> {
+    let (sent, snapshot) = (f.sent_into_void.last()?, f.void_snapshot?);
+    let since = f.retransmit.first().unwrap_or(sent);
+    Some(Measures {
+        retransmits: f.retransmits.max(u32::from(snapshot.rto_retransmits)),
+        seconds_without_progress: sent.saturating_sub(since) as f64 / 1e9,
+        unacked_bytes: snapshot.unacked_bytes,
+    })
+}
+
+struct ZeroThenUsed {
+    error_seen_before: bool,
+}
+
+/// SO_ERROR read 0 on a dead or dying socket, and the application went on to write. With an
+/// error seen before the 0 (the read cleared it), it is the error that was ignored.
+fn zero_so_error_then_used(f: &Facts) -> Option<ZeroThenUsed> {
+    let zero = f.false_healthy_read.first()?;
+    f.sent.after(zero).then(|| ZeroThenUsed {
+        error_seen_before: f.app_error.first().is_some_and(|e| e < zero),
+    })
+}
+
+/// After an error it saw, the application read or wrote again.
+fn error_ignored(f: &Facts) -> bool {
+    f.app_error.first().is_some_and(|error| f.io.after(error))
+}
+
+/// After EINPROGRESS the connect failed, and the application used the socket before reading
+/// SO_ERROR (or never read it).
+fn connect_unverified(f: &Facts) -> bool {
+    match (f.connect_in_progress.first(), f.connect_failed.first(), f.io.first()) {
+        (Some(_), Some(_), Some(first_io)) => {
+            f.so_error_read.first().is_none_or(|read| read > first_io)
+        }
+        _ => false,
+    }
 }
 
 /// Conditions that hold once time has passed without the application reacting.

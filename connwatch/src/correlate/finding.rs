@@ -138,7 +138,10 @@ impl fmt::Display for Kind {
 /// One line of a finding's timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Evidence {
+    /// When it happened (for an observation, when its first call began) and until when (its
+    /// last call's end; `ts_ns` for a single event).
     pub ts_ns: u64,
+    pub until_ns: u64,
     /// `kernel` or `app`: whose view this line is.
     pub source: &'static str,
     pub detail: Detail,

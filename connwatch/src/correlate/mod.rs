@@ -145,9 +145,10 @@ impl Correlator {
         let evidence = track
             .timeline
             .iter()
-            .filter(|(t, _)| *t <= ts)
-            .map(|(t, detail)| Evidence {
+            .filter(|(t, _, _)| *t <= ts)
+            .map(|(t, until, detail)| Evidence {
                 ts_ns: *t,
+                until_ns: *until,
                 source: source(detail),
                 detail: detail.clone(),
             })

@@ -43,8 +43,31 @@ impl Span {
     }
 }
 
+/// The latest three times something happened (each stored plus one, 0: none), newest first:
+/// enough to ask "did this happen at least twice after t" whatever order events arrived in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latest3([u64; 3]);
+
+impl Latest3 {
+    fn add(&mut self, ts: u64) {
+        let t = ts.saturating_add(1);
+        if let Some(at) = self.0.iter().position(|&kept| kept < t) {
+            self.0.copy_within(at..2, at + 1);
+            self.0[at] = t;
+        }
+    }
+
+    /// How many of the kept times are after `ts`.
+    pub fn count_after(&self, ts: u64) -> usize {
+        self.0.iter().filter(|&&kept| kept > ts.saturating_add(1)).count()
+    }
+}
+
+/// What the kernel did and what the application was told and did, each with its first and
+/// last time. The detectors (`detect.rs`) are conditions over these.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
+    // What the kernel knew.
     /// A child created by a listener (LISTEN -> SYN_RECV): until accepted, its application
     /// may still come for it.
     pub from_listener: Span,
@@ -56,38 +79,48 @@ pub struct Facts {
     pub kernel_closed: Span,
     /// An RST received, or ECONNRESET stored by the kernel.
     pub reset: Span,
-    /// connect() returned EINPROGRESS.
-    pub connect_in_progress: Span,
     /// The kernel failed the connection attempt (error in SYN_SENT, or SYN_SENT -> CLOSE).
     pub connect_failed: Span,
-    /// Any application observation but close: the application holds the socket.
-    pub app_touched: Span,
-    pub app_closed: Span,
+    /// Retransmissions.
+    pub retransmit: Span,
+    pub retransmits: u32,
+
+    // What the application was told.
+    /// connect() returned EINPROGRESS.
+    pub connect_in_progress: Span,
     /// SO_ERROR reads (any value).
     pub so_error_read: Span,
+    /// The application saw an error: SO_ERROR != 0, or a failed recv/send (not EAGAIN/EINTR).
+    pub app_error: Span,
+    /// recv() returned data.
+    pub data_read: Span,
+    /// recv() returned 0: every byte the peer sent has been read, and it sends no more.
+    pub eof_read: Span,
+    /// Readiness that said the peer closed or the connection failed (RDHUP, HUP or ERR).
+    pub told_ready: Span,
+    /// End-of-file seen: recv() == 0, or HUP readiness without ERR.
+    pub eof_seen: Span,
+    /// SO_ERROR reads of 0 while the socket was closing, closed or retransmitting.
+    pub false_healthy_read: Span,
+
+    // What the application did.
+    /// Any application observation but close: the application holds the socket.
+    pub app_touched: Span,
+    /// The last holder closed its descriptor (a close that leaves other holders is not it).
+    pub app_closed: Span,
     /// recv/send calls (any result).
     pub io: Span,
-    /// The application saw an error: SO_ERROR != 0, or a failed recv/send (not EAGAIN).
-    pub app_error: Span,
-    /// recv, send or readiness after which the socket is being used (not SO_ERROR, not close).
-    pub used: Span,
-    /// The application saw end-of-file: recv() == 0, or HUP readiness.
-    pub eof_seen: Span,
-    /// Readiness reports and sends (what "kept polling or writing" means).
-    pub polled_or_written: Span,
-    /// Successful sends, and those made while the peer had already closed (by the socket's
-    /// own state at the call).
-    pub sent_ok: Span,
+    /// Sends (any result).
+    pub sent: Span,
+    /// Successful sends that began while the peer had already closed (by the socket's own
+    /// state at the start of the call).
     pub sent_ok_peer_closed: Span,
     /// Successful sends while the kernel had timed out at least `Thresholds::retransmits`
     /// times without an acknowledgement, and the worst such snapshot.
     pub sent_into_void: Span,
     pub void_snapshot: Option<Snapshot>,
-    /// SO_ERROR reads of 0 while the socket was closing, closed or retransmitting.
-    pub false_healthy_read: Span,
-    /// Retransmissions.
-    pub retransmit: Span,
-    pub retransmits: u32,
+    /// Readiness reports and recv calls on a socket whose peer had closed (the latest three).
+    pub polled_after_peer_close: Latest3,
 }
 
 /// One tracked socket.
@@ -101,8 +134,8 @@ pub struct Track {
     pub first_ts: u64,
     pub last_ts: u64,
     pub facts: Facts,
-    /// Notable events, ordered by time.
-    pub timeline: Vec<(u64, Detail)>,
+    /// Notable events (from, until, what), ordered by time.
+    pub timeline: Vec<(u64, u64, Detail)>,
     /// Kinds already reported (bit per `Kind as u8`).
     pub reported: u16,
 }
@@ -136,15 +169,16 @@ impl Track {
         if e.local.port() != 0 && e.remote.port() != 0 {
             (self.local, self.remote) = (e.local, e.remote);
         }
-        if note(&mut self.facts, e.ts_ns, &e.detail, void_threshold) {
-            self.record(e.ts_ns, e.detail.clone());
+        self.last_ts = self.last_ts.max(e.until_ns);
+        if note(&mut self.facts, e.ts_ns, e.until_ns, &e.detail, void_threshold) {
+            self.record(e.ts_ns, e.until_ns, e.detail.clone());
         }
     }
 
     /// Inserts into the time-ordered timeline; when full, the newest events replace the latest
     /// but the earliest anchors (FIN, connect, first error) stay.
-    fn record(&mut self, ts: u64, detail: Detail) {
-        let at = self.timeline.partition_point(|(t, _)| *t <= ts);
+    fn record(&mut self, ts: u64, until: u64, detail: Detail) {
+        let at = self.timeline.partition_point(|(t, _, _)| *t <= ts);
         if self.timeline.len() >= TIMELINE {
             if at < TIMELINE / 2 {
                 return;
@@ -152,7 +186,7 @@ impl Track {
             self.timeline.remove(TIMELINE / 2);
         }
         let at = at.min(self.timeline.len());
-        self.timeline.insert(at, (ts, detail));
+        self.timeline.insert(at, (ts, until, detail));
     }
 
     /// The most recent application snapshot at or before `ts`, if any is kept.
@@ -160,14 +194,14 @@ impl Track {
         self.timeline
             .iter()
             .rev()
-            .filter(|(t, _)| *t <= ts)
-            .find_map(|(t, d)| d.snapshot().map(|s| (*t, *s)))
+            .filter(|(t, _, _)| *t <= ts)
+            .find_map(|(t, _, d)| d.snapshot().map(|s| (*t, *s)))
     }
 }
 
-/// Updates the facts with one event; returns whether it belongs in the timeline (routine
-/// traffic on a healthy socket does not).
-fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
+/// Updates the facts with one event seen from `ts` to `until`; returns whether it belongs in
+/// the timeline (routine traffic on a healthy socket does not).
+fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8) -> bool {
     match detail {
         Detail::State { old, new } => {
             match (old.name(), new.name()) {
@@ -217,38 +251,47 @@ fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
             true
         }
         Detail::Readiness { via, mask, snapshot, .. } => {
-            f.app_touched.add(ts);
-            f.used.add(ts);
-            f.polled_or_written.add(ts);
+            span(&mut f.app_touched, ts, until);
+            if peer_gone(snapshot) {
+                f.polled_after_peer_close.add(until);
+            }
             // HUP alone is the end of the stream; with ERR it is a failure (a refused
             // connect polls HUP|ERR), which is no EOF to ignore.
             if *via != Via::Select && mask & EPOLLHUP != 0 && mask & EPOLLERR == 0 {
                 f.eof_seen.add(ts);
             }
-            mask & (EPOLLHUP | EPOLLRDHUP | EPOLLERR) != 0 || unhealthy(snapshot)
+            let told = *via != Via::Select && mask & (EPOLLHUP | EPOLLRDHUP | EPOLLERR) != 0;
+            if told {
+                f.told_ready.add(ts);
+            }
+            told || unhealthy(snapshot)
         }
         Detail::Recv { io, snapshot } => {
-            f.app_touched.add(ts);
-            f.io.add(ts);
-            f.used.add(ts);
+            span(&mut f.app_touched, ts, until);
+            span(&mut f.io, ts, until);
+            if peer_gone(snapshot) {
+                f.polled_after_peer_close.add(until);
+            }
             let eof = io.calls == 1 && io.last == Ok(0);
             if eof {
                 f.eof_seen.add(ts);
+                f.eof_read.add(ts);
+            }
+            if io.bytes > 0 {
+                span(&mut f.data_read, ts, until);
             }
             failed(f, io, ts) || eof || unhealthy(snapshot)
         }
         Detail::Send { io, snapshot } => {
-            f.app_touched.add(ts);
-            f.io.add(ts);
-            f.used.add(ts);
-            f.polled_or_written.add(ts);
+            span(&mut f.app_touched, ts, until);
+            span(&mut f.io, ts, until);
+            span(&mut f.sent, ts, until);
             if io.last.is_ok() {
-                f.sent_ok.add(ts);
                 if peer_gone(snapshot) {
                     f.sent_ok_peer_closed.add(ts);
                 }
                 if snapshot.rto_retransmits >= void_threshold {
-                    f.sent_into_void.add(ts);
+                    f.sent_into_void.add(until);
                     f.void_snapshot = Some(*snapshot);
                 }
             }
@@ -265,17 +308,25 @@ fn note(f: &mut Facts, ts: u64, detail: &Detail, void_threshold: u8) -> bool {
             f.app_touched.add(ts);
             true
         }
-        Detail::Close { .. } => {
-            f.app_closed.add(ts);
+        Detail::Close { others, .. } => {
+            if *others == 0 {
+                f.app_closed.add(ts);
+            }
             true
         }
     }
 }
 
+/// A summarised record stands for calls from `ts` to `until`.
+fn span(s: &mut Span, ts: u64, until: u64) {
+    s.add(ts);
+    s.add(until.max(ts));
+}
+
 /// A failed recv/send (EAGAIN is routine, not a failure) is an error the application saw.
 fn failed(f: &mut Facts, io: &Io, ts: u64) -> bool {
     match io.last {
-        Err(e) if e.0 != EAGAIN => {
+        Err(e) if e.0 != EAGAIN && e.0 != libc::EINTR => {
             f.app_error.add(ts);
             true
         }

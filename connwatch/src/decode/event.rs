@@ -8,8 +8,12 @@ use super::{DecodeError, Errno};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// CLOCK_MONOTONIC nanoseconds.
+    /// CLOCK_MONOTONIC nanoseconds: when it happened; for an application observation, when
+    /// its (first) call began.
     pub ts_ns: u64,
+    /// When it was over: the end of the (last) call an observation stands for; `ts_ns` for
+    /// kernel events.
+    pub until_ns: u64,
     /// `None` while no process has touched the socket in process context.
     pub owner: Option<Owner>,
     pub sock: SockId,
@@ -233,8 +237,11 @@ pub enum Detail {
         fd: i32,
         snapshot: Snapshot,
     },
+    /// close(fd). `others`: references to the open file that remain (a forked child, a dup,
+    /// a passed descriptor); 0 when this close lets go of the connection.
     Close {
         fd: i32,
+        others: u32,
         snapshot: Snapshot,
     },
 }
@@ -383,9 +390,13 @@ impl fmt::Display for Detail {
                 f.write_str("accept")?;
                 fd_note(f, *fd, snapshot)
             }
-            Self::Close { fd, snapshot } => {
+            Self::Close { fd, others, snapshot } => {
                 f.write_str("close")?;
-                fd_note(f, *fd, snapshot)
+                fd_note(f, *fd, snapshot)?;
+                match others {
+                    0 => Ok(()),
+                    n => write!(f, ", {n} other holder(s) keep it open"),
+                }
             }
         }
     }

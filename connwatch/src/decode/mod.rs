@@ -62,6 +62,7 @@ pub const fn kind_name(kind: u8) -> Option<&'static str> {
 
 pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = read(record)?;
+    let mut ts_ns = header.ts_ns;
     let detail = match header.kind {
         KIND_STATE => {
             let e: StateEvent = read(record)?;
@@ -84,14 +85,23 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let e: ErrorEvent = read(record)?;
             Detail::Error { errno: Errno(e.errno), state: TcpState::new(e.state)? }
         }
-        KIND_SO_ERROR..=KIND_ACCEPT => observation(header.kind, &read::<AppEvent>(record)?)?,
+        KIND_SO_ERROR..=KIND_ACCEPT => {
+            let e: AppEvent = read(record)?;
+            // An observation is placed at the start of its (first) call: before the kernel
+            // events that the call itself caused.
+            if e.started_ns != 0 && e.started_ns <= header.ts_ns {
+                ts_ns = e.started_ns;
+            }
+            observation(header.kind, &e)?
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     let (family, local, remote) = endpoints(&header)?;
     let owner = (header.tgid != OWNER_UNKNOWN)
         .then(|| Owner { pid: header.tgid, comm: Comm::from_kernel(&header.comm) });
     Ok(Event {
-        ts_ns: header.ts_ns,
+        ts_ns,
+        until_ns: header.ts_ns,
         owner,
         sock: SockId { addr: header.sk, birth_ns: header.birth_ns },
         family,
@@ -130,7 +140,7 @@ fn observation(kind: u8, e: &AppEvent) -> Result<Detail, DecodeError> {
             Detail::Connect { fd, result, snapshot }
         }
         KIND_ACCEPT => Detail::Accept { fd, snapshot },
-        _ => Detail::Close { fd, snapshot },
+        _ => Detail::Close { fd, others: e.value.max(0) as u32, snapshot },
     })
 }
 

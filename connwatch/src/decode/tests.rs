@@ -215,6 +215,7 @@ fn app_record(kind: u8, fd: i32, value: i32, calls: u32, via: u8) -> Vec<u8> {
         calls,
         via,
         _pad: [0; 3],
+        started_ns: 123_000_000,
     })
 }
 
@@ -261,6 +262,21 @@ fn application_observations_decode_with_their_snapshot() {
     assert!(connect.detail.to_string().starts_with("connect EINPROGRESS (fd 3)"));
     let close = decode(&app_record(KIND_CLOSE, 3, 0, 1, 0)).unwrap();
     assert_eq!(close.detail.type_name(), "close");
+    let shared = decode(&app_record(KIND_CLOSE, 3, 2, 1, 0)).unwrap();
+    assert!(matches!(shared.detail, Detail::Close { others: 2, .. }), "{:?}", shared.detail);
+}
+
+#[test]
+fn observations_are_placed_at_the_start_of_their_call() {
+    use connwatch_common::event::KIND_SEND;
+    let send = decode(&app_record(KIND_SEND, -1, 10, 3, 0)).unwrap();
+    assert_eq!((send.ts_ns, send.until_ns), (123_000_000, 123_456_789));
+    // A start after the end is no start: the end is used.
+    let mut bytes = app_record(KIND_SEND, -1, 10, 1, 0);
+    let at = bytes.len() - 8;
+    bytes[at..].copy_from_slice(&200_000_000u64.to_ne_bytes());
+    let send = decode(&bytes).unwrap();
+    assert_eq!((send.ts_ns, send.until_ns), (123_456_789, 123_456_789));
 }
 
 #[test]
@@ -269,5 +285,5 @@ fn malformed_observations_are_errors() {
     assert_eq!(decode(&app_record(KIND_READINESS, 7, 1, 1, 9)), Err(DecodeError::InvalidVia(9)));
     assert_eq!(decode(&app_record(KIND_RECV, -1, 0, 0, 0)), Err(DecodeError::NoCalls));
     let short = app_record(KIND_RECV, -1, 0, 1, 0);
-    assert_eq!(decode(&short[..100]), Err(DecodeError::Short { len: 100, need: 128 }));
+    assert_eq!(decode(&short[..100]), Err(DecodeError::Short { len: 100, need: 136 }));
 }

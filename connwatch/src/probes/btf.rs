@@ -119,6 +119,13 @@ impl KernelBtf {
     }
 
     pub fn task_offsets(&self) -> Result<TaskOffsets, BtfError> {
+        // 6.13 made the file's reference count a file_ref_t (`f_ref`, one less than the
+        // references); before, an atomic_long_t `f_count` held them.
+        let (file_count, file_count_bias) = match self.offset_of("file", "f_ref") {
+            Ok(offset) => (offset, 1),
+            Err(BtfError::NoMember { .. }) => (self.offset_of("file", "f_count")?, 0),
+            Err(other) => return Err(other),
+        };
         Ok(TaskOffsets {
             task_files: self.offset_of("task_struct", "files")?,
             files_fdt: self.offset_of("files_struct", "fdt")?,
@@ -128,6 +135,8 @@ impl KernelBtf {
             file_private_data: self.offset_of("file", "private_data")?,
             inode_mode: self.offset_of("inode", "i_mode")?,
             socket_sk: self.offset_of("socket", "sk")?,
+            file_count,
+            file_count_bias,
         })
     }
 

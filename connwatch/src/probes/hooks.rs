@@ -54,6 +54,9 @@ pub enum Role {
     /// Keeps owners accurate and reports what applications observed; without it connwatch
     /// runs degraded (listed in `ready`): owners stay unknown longer, observations are missing.
     Observation,
+    /// Sharpens what other hooks report; without it connwatch runs degraded (listed in
+    /// `ready`) as the hook's `without` text says.
+    Precision(&'static str),
 }
 
 impl Role {
@@ -62,6 +65,7 @@ impl Role {
         match self {
             Self::Events => "kernel events",
             Self::Observation => "application observations (and some owners)",
+            Self::Precision(without) => without,
         }
     }
 }
@@ -152,6 +156,27 @@ pub static HOOKS: &[Hook] = &[
         name: "sock_send_length",
         role: Role::Observation,
         variants: &[raw("raw_sock_send_length"), tp("tp_sock_send_length")],
+        instead_of: None,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_sendmsg_locked",
+        role: Role::Precision(
+            "the socket's state at the start of each send (sends are judged by the state at \
+             their end, after any reset they provoked)",
+        ),
+        // The classic record carries no socket address.
+        variants: &[raw("raw_tcp_sendmsg_locked")],
+        instead_of: None,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_destroy_sock",
+        role: Role::Precision(
+            "the kernel's end-of-life marker (identities end at the last close in CLOSE \
+             instead, or when the socket tables' LRU pushes them out)",
+        ),
+        variants: &[raw("raw_tcp_destroy_sock")],
         instead_of: None,
     },
     Hook {

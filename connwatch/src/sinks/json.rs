@@ -32,6 +32,9 @@ impl<W: Write> JsonSink<W> {
 /// event, so it builds no intermediate value and allocates nothing but readiness names.
 pub fn write_event(out: &mut impl Write, e: &Event) -> io::Result<()> {
     write!(out, "{{\"type\":\"{}\",\"ts_ns\":{}", e.detail.type_name(), e.ts_ns)?;
+    if e.until_ns != e.ts_ns {
+        write!(out, ",\"until_ns\":{}", e.until_ns)?;
+    }
     match &e.owner {
         Some(o) => {
             let comm = String::from_utf8_lossy(o.comm.as_bytes());
@@ -68,7 +71,8 @@ pub fn write_event(out: &mut impl Write, e: &Event) -> io::Result<()> {
         }
         Detail::Recv { io, .. } | Detail::Send { io, .. } => write_io(out, io)?,
         Detail::Connect { result, .. } => write!(out, ",\"result\":{}", ErrnoOrZero(result.err()))?,
-        Detail::Accept { .. } | Detail::Close { .. } => {}
+        Detail::Close { others, .. } => write!(out, ",\"others\":{others}")?,
+        Detail::Accept { .. } => {}
     }
     if let Some(fd) = e.detail.fd() {
         write!(out, ",\"fd\":{fd}")?;
@@ -173,6 +177,7 @@ mod tests {
     fn event(detail: Detail, comm: &str) -> Event {
         Event {
             ts_ns: 7,
+            until_ns: 7,
             owner: Some(Owner { pid: 42, comm: Comm::from(comm) }),
             sock: SockId { addr: 0xabc, birth_ns: 0x10 },
             family: Family::Inet6,
