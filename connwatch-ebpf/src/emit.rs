@@ -153,16 +153,17 @@ impl Observation {
 /// Reports what the current process (the socket's owner from now on) observed on `sk`.
 #[inline(always)]
 pub fn observed(sk: u64, ends: Endpoints, obs: &Observation) {
-    observed_as(sk, ends, obs, owner::touch(sk));
+    observed_as(sk, &ends, obs, &owner::touch(sk));
 }
 
 /// Reports an observation on `sk` under the owner already known (`info`).
 #[inline(always)]
-pub fn observed_as(sk: u64, mut ends: Endpoints, obs: &Observation, info: SocketInfo) {
-    if !wanted(sk, &info, &mut ends) {
+pub fn observed_as(sk: u64, ends: &Endpoints, obs: &Observation, info: &SocketInfo) {
+    let mut ends = *ends;
+    if !wanted(sk, info, &mut ends) {
         return;
     }
-    emit(obs.kind, sk, &info, &ends, |event: &mut AppEvent| {
+    emit(obs.kind, sk, info, &ends, |event: &mut AppEvent| {
         event.snapshot = obs.snapshot;
         event.fd = obs.fd;
         event.value = obs.value;

@@ -135,7 +135,7 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     let others = (sock::file_references(file) - 1).clamp(0, i32::MAX as i64) as i32;
     let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, others);
     if others > 0 {
-        emit::observed_as(sk, ends, &obs, owner::known(sk));
+        emit::observed_as(sk, &ends, &obs, &owner::known(sk));
     } else {
         emit::observed(sk, ends, &obs);
         owner::app_closed(sk, obs.snapshot.state);

@@ -139,7 +139,7 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let info = owner::touch(sk);
     if let Some((earlier, state, _)) = due.earlier {
         let obs = Observation::summary(kind, -1, 0, 0, earlier, state);
-        emit::observed_as(sk, ends, &obs, info);
+        emit::observed_as(sk, &ends, &obs, &info);
     }
     let this = due.this;
     let snapshot = snapshot.unwrap_or_else(|| sock::snapshot(sk, ends.state, health));
@@ -154,5 +154,5 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
         started_ns: this.first_ns,
         ended_ns: this.last_ns,
     };
-    emit::observed_as(sk, ends, &obs, info);
+    emit::observed_as(sk, &ends, &obs, &info);
 }

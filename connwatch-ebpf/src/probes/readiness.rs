@@ -319,12 +319,10 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     else {
         return;
     };
+    // Healthy readiness tallied before a change is not reported on its own (one more record
+    // inside these bounded loops would multiply the verifier's work): it stays counted in
+    // `COUNTER_IO_SUMMARISED`, and this call is reported with its own mask and state.
     let info = owner::touch(sk);
-    if let Some((earlier, state, said)) = due.earlier {
-        let (mask, via) = ((said & 0xff_ffff) as i32, (said >> 24) as u8);
-        let obs = Observation::summary(KIND_READINESS, fd, mask, via, earlier, state);
-        emit::observed_as(sk, ends, &obs, info);
-    }
     let snapshot = sock::snapshot(sk, ends.state, health);
     let obs = Observation {
         kind: KIND_READINESS,
@@ -337,5 +335,5 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
         started_ns: due.this.first_ns,
         ended_ns: due.this.last_ns,
     };
-    emit::observed_as(sk, ends, &obs, info);
+    emit::observed_as(sk, &ends, &obs, &info);
 }

@@ -63,9 +63,12 @@ impl Correlator {
         let track = self.tracks.entry(event.sock).or_insert_with(|| Box::new(Track::new(event)));
         track.apply(event, threshold);
         let found = detect::on_event(track);
+        // The evidence runs to the latest event known: the proof may have arrived before the
+        // observation it completes (a reset provoked inside a send is delivered first).
+        let now = track.last_ts.max(event.ts_ns);
         let mut findings = Vec::new();
         for (kind, measures) in found {
-            if let Some(finding) = self.report(event.sock, kind, event.ts_ns, measures) {
+            if let Some(finding) = self.report(event.sock, kind, now, measures) {
                 findings.push(finding);
             }
         }

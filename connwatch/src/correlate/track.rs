@@ -200,7 +200,8 @@ impl Track {
 }
 
 /// Updates the facts with one event seen from `ts` to `until`; returns whether it belongs in
-/// the timeline (routine traffic on a healthy socket does not).
+/// the timeline (routine traffic on a healthy socket does not). What a call did counts from
+/// its start; what it told the application (data, EOF, an error) counts from its return.
 fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8) -> bool {
     match detail {
         Detail::State { old, new } => {
@@ -258,11 +259,11 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
             // HUP alone is the end of the stream; with ERR it is a failure (a refused
             // connect polls HUP|ERR), which is no EOF to ignore.
             if *via != Via::Select && mask & EPOLLHUP != 0 && mask & EPOLLERR == 0 {
-                f.eof_seen.add(ts);
+                f.eof_seen.add(until);
             }
             let told = *via != Via::Select && mask & (EPOLLHUP | EPOLLRDHUP | EPOLLERR) != 0;
             if told {
-                f.told_ready.add(ts);
+                f.told_ready.add(until);
             }
             told || unhealthy(snapshot)
         }
@@ -274,13 +275,13 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
             }
             let eof = io.calls == 1 && io.last == Ok(0);
             if eof {
-                f.eof_seen.add(ts);
-                f.eof_read.add(ts);
+                f.eof_seen.add(until);
+                f.eof_read.add(until);
             }
             if io.bytes > 0 {
-                span(&mut f.data_read, ts, until);
+                f.data_read.add(until);
             }
-            failed(f, io, ts) || eof || unhealthy(snapshot)
+            failed(f, io, until) || eof || unhealthy(snapshot)
         }
         Detail::Send { io, snapshot } => {
             span(&mut f.app_touched, ts, until);
@@ -295,7 +296,7 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
                     f.void_snapshot = Some(*snapshot);
                 }
             }
-            failed(f, io, ts) || unhealthy(snapshot) || f.fin.first().is_some()
+            failed(f, io, until) || unhealthy(snapshot) || f.fin.first().is_some()
         }
         Detail::Connect { result, .. } => {
             f.app_touched.add(ts);

@@ -73,9 +73,10 @@ fn play(name: &str, place: &Place, stdin: &mut impl BufRead) -> io::Result<Vec<H
         "write-after-fin" => {
             held.push(serve(place, name, |mut s| {
                 wait_for_peer_close(&s)?;
-                // The bug: writing a reply to a peer that has gone.
+                // The bug: told the peer closed (POLLRDHUP), it writes a reply anyway; the
+                // peer has gone and answers with RST.
                 s.write_all(b"late reply")?;
-                Ok(Held::Stream(s))
+                Ok(Held::Nothing)
             })?);
             drop(TcpStream::connect(addr)?);
         }
@@ -94,11 +95,14 @@ fn play(name: &str, place: &Place, stdin: &mut impl BufRead) -> io::Result<Vec<H
             held.push(Held::Stream(client));
         }
         "soerr-healthy" => {
-            held.push(serve(place, name, |s| {
-                wait_for_peer_close(&s)?;
-                // The bug: SO_ERROR == 0 taken as "healthy" while the peer has closed.
+            held.push(serve(place, name, |mut s| {
+                // A pooled connection, idle while the peer closed it (the program is not
+                // told: it neither reads nor polls).
+                wait_for_kernel_state(&s, connwatch_common::tcp::TCP_CLOSE_WAIT)?;
+                // The bug: SO_ERROR == 0 taken as "healthy", so the request goes out.
                 let healthy = s.take_error()?.is_none();
                 assert!(healthy, "SO_ERROR is 0 in CLOSE_WAIT");
+                s.write_all(b"request")?;
                 Ok(Held::Nothing)
             })?);
             drop(TcpStream::connect(addr)?);
@@ -233,6 +237,34 @@ fn wait_for_peer_close(s: &TcpStream) -> io::Result<()> {
         return Err(io::Error::other("the peer did not close"));
     }
     Ok(())
+}
+
+/// Waits until the kernel has the socket in `state`, asking through TCP_INFO (which tells
+/// the application nothing connwatch counts as being told).
+fn wait_for_kernel_state(s: &TcpStream, state: u8) -> io::Result<()> {
+    for _ in 0..1000 {
+        // SAFETY: tcp_info is plain integers; the kernel fills at most `len` bytes.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a valid fd and out-pointers to locals.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if info.tcpi_state == state {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Err(io::Error::other("the socket never reached the expected state"))
 }
 
 fn connect_nonblocking(addr: SocketAddrV4) -> io::Result<i32> {
