@@ -27,7 +27,15 @@ pub struct Watching {
 impl Watching {
     /// Watches the sockets of these processes.
     pub fn start(pids: &[u32]) -> Self {
-        let filters = Filters { pids: pids.to_vec(), ..Filters::default() };
+        Self::with_filters(Filters { pids: pids.to_vec(), ..Filters::default() })
+    }
+
+    /// Watches every connection to or from `port`, whichever process holds it.
+    pub fn on_port(port: u16) -> Self {
+        Self::with_filters(Filters { ports: vec![port], ..Filters::default() })
+    }
+
+    fn with_filters(filters: Filters) -> Self {
         Self {
             session: Session::start(LoadOptions { filters, ..LoadOptions::default() }),
             correlator: Correlator::new(TEST_THRESHOLDS, DEFAULT_MAX_SOCKETS),

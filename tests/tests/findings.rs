@@ -4,7 +4,7 @@
 
 use connwatch::{
     correlate::{Finding, Kind},
-    decode::{Event, SockId},
+    decode::{Detail, Event, SockId},
 };
 use connwatch_tests::{Peer, Topology, Watching, firewall::drop_tcp_input, require_root};
 
@@ -23,7 +23,8 @@ impl Scene {
         let topology = Topology::new(tag);
         let mut server = Peer::spawn(&topology.server);
         let mut client = Peer::spawn(&topology.client);
-        let watching = Watching::start(&[server.pid(), client.pid()]);
+        // By port: a process the test forks must be seen too.
+        let watching = Watching::on_port(port);
         server.ok(&format!("listen {} {port}", Topology::SERVER_V4));
         client.ok(&format!("connect {} {port}", Topology::SERVER_V4));
         server.ok("accept");
@@ -98,24 +99,43 @@ fn eof_ignored_names_the_server_that_kept_polling() {
     s.client.ok("close");
     s.server.ok("epoll-wait");
     assert_eq!(s.server.ok("recv"), "received 0");
-    // Back to the event loop, as if the EOF had been data.
+    // Back to the event loop, as if the EOF had been data, and again.
     s.server.ok("epoll-wait");
+    assert_eq!(s.server.ok("recv"), "received 0");
     s.server.ok("close");
     let spid = s.server.pid();
     s.expect_only(Kind::EofIgnored, spid);
 }
 
 #[test]
-fn write_after_peer_close_names_the_writer() {
+fn write_after_peer_close_names_the_writer_that_had_read_eof() {
     let mut s = Scene::connected("wapc", 23004);
+    s.client.ok("close");
+    assert_eq!(s.server.ok("read-eof"), "eof", "told: the peer has closed");
+    // Writes anyway; the peer has gone and answers with RST.
+    assert_eq!(s.server.ok("write 10"), "wrote 10");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    let finding = s.expect_only(Kind::WriteAfterPeerClose, spid);
+    // Judged at the start of the write: the write in CLOSE_WAIT, then the RST it provoked.
+    let lines: Vec<String> = finding.evidence.iter().map(|e| e.detail.to_string()).collect();
+    let send = lines.iter().position(|l| l == "send 10 bytes [CLOSE_WAIT]");
+    let rst = lines.iter().position(|l| l.starts_with("RST rx"));
+    assert!(send.is_some() && rst.is_some() && send < rst, "{lines:#?}");
+}
+
+#[test]
+fn a_write_racing_the_peers_close_finds_nothing() {
+    let mut s = Scene::connected("wrace", 23013);
     s.client.ok("close");
     s.watching.wait_until("the FIN at the server", |evs| {
         evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
     });
+    // Nothing told the server yet (it never read or polled): its reply crossed the FIN.
     assert_eq!(s.server.ok("write 10"), "wrote 10");
     s.server.ok("close");
     let spid = s.server.pid();
-    s.expect_only(Kind::WriteAfterPeerClose, spid);
+    s.expect_none_after_close(spid);
 }
 
 #[test]
@@ -147,9 +167,50 @@ fn so_error_false_healthy_names_the_checker() {
         evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
     });
     assert_eq!(s.server.ok("so-error"), "0", "SO_ERROR says healthy");
+    // So the request goes out.
+    assert_eq!(s.server.ok("write 10"), "wrote 10");
     s.server.ok("close");
     let spid = s.server.pid();
     s.expect_only(Kind::SoErrorFalseHealthy, spid);
+}
+
+#[test]
+fn reading_so_error_twice_after_a_reset_then_closing_finds_nothing() {
+    let mut s = Scene::connected("soerr2", 23014);
+    s.client.ok("linger0");
+    s.client.ok("close");
+    s.watching.wait_until("the reset at the server", |evs| {
+        evs.iter().any(|e| e.detail.to_string().starts_with("RST rx"))
+    });
+    assert_eq!(s.server.ok("so-error"), "ECONNRESET");
+    assert_eq!(s.server.ok("so-error"), "0", "the first read cleared it");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_none_after_close(spid);
+}
+
+#[test]
+fn a_forked_child_holding_the_connection_is_its_owner_and_the_parents_close_is_not_the_end() {
+    let mut s = Scene::connected("forkcw", 23015);
+    let child: u32 = s.server.ok("fork-writer").trim_start_matches("forked ").parse().unwrap();
+    // The parent lets go of its copy; the child still holds the connection.
+    s.server.ok("close");
+    assert_eq!(s.client.ok("recv"), "received 1", "the child's byte");
+    s.client.ok("close");
+    let finding = s.watching.wait_for(Kind::CloseWaitLeak);
+    assert_eq!(finding.owner.as_ref().map(|o| o.pid), Some(child), "the holder that uses it");
+    let parent = s.server.pid();
+    let copies: Vec<u32> = s
+        .watching
+        .session
+        .events
+        .iter()
+        .filter_map(|e| match e.detail {
+            Detail::Close { others, .. } if e.sock == finding.sock => Some(others),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies, [1], "the parent's close left one other reference (pid {parent})");
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //! `wait-writable`, `write BYTES`, `burst COUNT BYTES`, `recv`, `recv-bytes TOTAL`, `read-eof`,
 //! `so-error`, `epoll-add fd|ptr`, `epoll-wait`, `poll`, `select`, `linger0`, `close`,
 //! `close-listener`, `refuse-flood ADDR PORT COUNT`, `write-every MS COUNT BYTES` (a periodic
-//! writer), `heartbeat BYTES TIMEOUT_MS` (send, await a reply, close if none), `exit`.
+//! writer), `heartbeat BYTES TIMEOUT_MS` (send, await a reply, close if none), `fork-writer`
+//! (a child process that shares the connection, writes one byte on it and holds it until this
+//! peer dies), `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -231,6 +233,27 @@ impl Peer {
                         return Ok("eof".into());
                     }
                 }
+            }
+            ["fork-writer"] => {
+                let (mut ready, mut done) = ([0i32; 2], [0u8; 1]);
+                check(unsafe { libc::pipe(ready.as_mut_ptr()) })?;
+                let child = check(unsafe { libc::fork() })?;
+                if child == 0 {
+                    // The child: dies with this peer, uses the shared socket, then holds it.
+                    unsafe {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        libc::send(self.conn, b"!".as_ptr().cast(), 1, libc::MSG_NOSIGNAL);
+                        libc::write(ready[1], b"w".as_ptr().cast(), 1);
+                        loop {
+                            libc::pause();
+                        }
+                    }
+                }
+                unsafe { libc::close(ready[1]) };
+                // Returns once the child has written.
+                check_len(unsafe { libc::read(ready[0], done.as_mut_ptr().cast(), 1) })?;
+                unsafe { libc::close(ready[0]) };
+                Ok(format!("forked {child}"))
             }
             ["linger0"] => {
                 let linger = libc::linger { l_onoff: 1, l_linger: 0 };
