@@ -7,6 +7,7 @@
 pub mod firewall;
 pub mod netns;
 pub mod peer;
+pub mod servers;
 pub mod session;
 pub mod watching;
 

@@ -35,10 +35,21 @@ impl Watching {
         Self::with_filters(Filters { ports: vec![port], ..Filters::default() })
     }
 
+    /// Watches every connection to or from these ports with `connwatch watch`'s own defaults,
+    /// as a user runs it against real software.
+    pub fn as_deployed(ports: &[u16]) -> Self {
+        let filters = Filters { ports: ports.to_vec(), ..Filters::default() };
+        Self::with(filters, Thresholds::default())
+    }
+
     fn with_filters(filters: Filters) -> Self {
+        Self::with(filters, TEST_THRESHOLDS)
+    }
+
+    fn with(filters: Filters, thresholds: Thresholds) -> Self {
         Self {
             session: Session::start(LoadOptions { filters, ..LoadOptions::default() }),
-            correlator: Correlator::new(TEST_THRESHOLDS, DEFAULT_MAX_SOCKETS),
+            correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS),
             findings: Vec::new(),
             fed: 0,
         }
@@ -75,6 +86,37 @@ impl Watching {
     pub fn wait_until(&mut self, what: &str, done: impl Fn(&[connwatch::decode::Event]) -> bool) {
         self.session.wait_until(what, done);
         self.pump(monotonic_ns());
+    }
+
+    /// Runs `load` (a benchmark, a client) on another thread while feeding events, as
+    /// `connwatch watch` drains its ring buffer while applications run; returns its result.
+    pub fn during<T: Send>(&mut self, load: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let running = scope.spawn(load);
+            while !running.is_finished() {
+                self.session.tracer.wait(Duration::from_millis(50));
+                self.pump(monotonic_ns());
+            }
+            running.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Feeds events until none has arrived for `QUIET`: the programs watched have finished
+    /// what they were doing (their last closes and resets are in).
+    pub fn quiesce(&mut self) {
+        const QUIET: Duration = Duration::from_millis(1000);
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut seen = self.session.events.len();
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < QUIET {
+            assert!(Instant::now() < deadline, "events never stopped arriving");
+            self.session.tracer.wait(Duration::from_millis(100));
+            self.pump(monotonic_ns());
+            if self.session.events.len() != seen {
+                seen = self.session.events.len();
+                quiet_since = Instant::now();
+            }
+        }
     }
 
     /// Everything found once every timer has had a minute more to fire: the application's

@@ -313,7 +313,10 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     };
     let health = sock::health(sk);
     let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(ends.state, &health);
-    let signature = mask as u32 & 0xff_ffff | (via as u32) << 24;
+    // Routine masks (IN, OUT) come and go on a busy socket (servers re-arm write interest per
+    // reply): only the mechanism is part of what a summary stands for. HUP/RDHUP/ERR are
+    // notable and always reported.
+    let signature = via as u32;
     let now = owner::now();
     let Some(due) = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, now)
     else {

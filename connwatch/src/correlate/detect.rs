@@ -172,10 +172,14 @@ pub fn next_deadline(track: &Track, t: &Thresholds) -> Option<u64> {
 
 /// The FIN's time, while the socket still sits in CLOSE_WAIT and its application has not
 /// closed it.
+/// A socket already reported as eof-ignored is not reported again as a leak: the application
+/// was told, and that finding says more.
 fn close_wait_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
     let fin = f.fin.first()?;
-    (f.left_close_wait.first().is_none() && f.app_closed.first().is_none()).then_some(fin)
+    let told = track.reported & (1 << Kind::EofIgnored as u16) != 0;
+    (f.left_close_wait.first().is_none() && f.app_closed.first().is_none() && !told)
+        .then_some(fin)
 }
 
 /// The reset's time, while the application that holds the socket (even one it accepted

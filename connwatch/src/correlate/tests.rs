@@ -179,6 +179,23 @@ fn eof_ignored_when_polling_goes_on_after_recv_0() {
 }
 
 #[test]
+fn a_zero_length_read_before_the_fin_is_no_eof() {
+    // nginx reads with an empty buffer before the FIN arrives: 0 bytes, not end-of-file.
+    let events = with(
+        established(SOCK),
+        vec![
+            at(SOCK, 500, recv(Ok(0), "ESTABLISHED")),
+            at(SOCK, 1000, change("ESTABLISHED", "CLOSE_WAIT")),
+            at(SOCK, 1001, ready(EPOLLIN | EPOLLRDHUP, "CLOSE_WAIT")),
+            at(SOCK, 1002, recv(Ok(0), "CLOSE_WAIT")),
+            at(SOCK, 1003, close("CLOSE_WAIT")),
+        ],
+    );
+    assert_eq!(kinds(&events), []);
+    order_independent(&events);
+}
+
+#[test]
 fn one_readiness_report_racing_the_close_is_no_eof_ignored() {
     // Another thread's epoll_wait reports the socket once more before this one closes it.
     let events = with(

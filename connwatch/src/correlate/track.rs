@@ -273,7 +273,7 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
             if peer_gone(snapshot) {
                 f.polled_after_peer_close.add(until);
             }
-            let eof = io.calls == 1 && io.last == Ok(0);
+            let eof = io.calls == 1 && io.last == Ok(0) && snapshot.peer_closed();
             if eof {
                 f.eof_seen.add(until);
                 f.eof_read.add(until);
@@ -337,7 +337,7 @@ fn failed(f: &mut Facts, io: &Io, ts: u64) -> bool {
 
 /// The peer has closed its side, or the connection is gone.
 fn peer_gone(s: &Snapshot) -> bool {
-    matches!(s.state.name(), "CLOSE_WAIT" | "LAST_ACK" | "CLOSING" | "CLOSE")
+    s.peer_closed()
 }
 
 /// A snapshot that already shows trouble (so the observation belongs in the timeline).

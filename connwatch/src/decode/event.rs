@@ -159,6 +159,15 @@ pub struct Snapshot {
     pub unacked_bytes: u32,
 }
 
+impl Snapshot {
+    /// Whether the peer's FIN (or a reset) had arrived: the states a socket reaches only
+    /// then. A recv() of 0 bytes is end-of-file only in these; before the FIN it is a
+    /// zero-length read.
+    pub fn peer_closed(&self) -> bool {
+        matches!(self.state.name(), "CLOSE_WAIT" | "LAST_ACK" | "CLOSING" | "TIME_WAIT" | "CLOSE")
+    }
+}
+
 /// How readiness was learnt; decides how its mask is named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -335,7 +344,7 @@ fn fd_note(f: &mut fmt::Formatter<'_>, fd: i32, snapshot: &Snapshot) -> fmt::Res
 
 fn io_note(f: &mut fmt::Formatter<'_>, verb: &str, io: &Io, snapshot: &Snapshot) -> fmt::Result {
     match (io.calls, io.last) {
-        (1, Ok(0)) if verb == "recv" => write!(f, "recv 0 (EOF)")?,
+        (1, Ok(0)) if verb == "recv" && snapshot.peer_closed() => write!(f, "recv 0 (EOF)")?,
         (1, Ok(n)) => write!(f, "{verb} {n} bytes")?,
         (1, Err(e)) => write!(f, "{verb} {e}")?,
         (calls, last) => {
