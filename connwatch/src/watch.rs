@@ -68,6 +68,7 @@ impl<'a> Watcher<'a> {
                 .map(|k| (k.name(), reported.get(k).copied().unwrap_or(0)))
                 .collect(),
             sockets_evicted: self.correlator.evicted(),
+            findings_withheld: self.correlator.withheld(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Watching {
     pub correlator: Correlator,
     pub findings: Vec<Finding>,
     fed: usize,
+    /// When losses were last checked, and the kernel's loss count then (as `watch` does).
+    loss_checked: (u64, u64),
 }
 
 impl Watching {
@@ -52,6 +54,7 @@ impl Watching {
             correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS),
             findings: Vec::new(),
             fed: 0,
+            loss_checked: (monotonic_ns(), 0),
         }
     }
 
@@ -62,6 +65,11 @@ impl Watching {
             self.findings.extend(self.correlator.ingest(event));
         }
         self.fed = self.session.events.len();
+        let lost = self.session.tracer.lost_total();
+        if lost > self.loss_checked.1 {
+            self.correlator.note_loss(self.loss_checked.0, monotonic_ns());
+        }
+        self.loss_checked = (monotonic_ns(), lost);
         self.findings.extend(self.correlator.tick(now));
     }
 

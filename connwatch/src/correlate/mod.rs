@@ -37,6 +37,8 @@ pub struct Correlator {
     /// Windows in which the kernel lost events (CLOCK_MONOTONIC ns).
     losses: Vec<(u64, u64)>,
     evicted: u64,
+    /// Timer findings not reported because events were lost while they ripened.
+    withheld: u64,
     reported: BTreeMap<Kind, u64>,
 }
 
@@ -50,6 +52,7 @@ impl Correlator {
             finished: BTreeSet::new(),
             losses: Vec::new(),
             evicted: 0,
+            withheld: 0,
             reported: BTreeMap::new(),
         }
     }
@@ -88,8 +91,15 @@ impl Correlator {
             let Some(track) = self.tracks.get(&sock) else {
                 continue;
             };
+            // A timer finding rests on something that did not happen (no close, no error
+            // seen); when events were lost meanwhile, the missing event may be among them.
+            let lost_meanwhile = self.lost_between(track.first_ts, now);
             for kind in detect::on_tick(track, now, &self.thresholds) {
-                findings.extend(self.report(sock, kind, now, None));
+                if lost_meanwhile {
+                    self.withhold(sock, kind);
+                } else {
+                    findings.extend(self.report(sock, kind, now, None));
+                }
             }
             self.schedule_after(sock, now);
         }
@@ -126,6 +136,27 @@ impl Correlator {
         self.evicted
     }
 
+    /// Timer findings (close-wait-leak, reset-unnoticed) not reported because events were lost
+    /// while they ripened: the close or error that would have cleared them may have been lost.
+    pub fn withheld(&self) -> u64 {
+        self.withheld
+    }
+
+    fn lost_between(&self, from: u64, to: u64) -> bool {
+        self.losses.iter().any(|&(lost_from, lost_to)| lost_to >= from && lost_from <= to)
+    }
+
+    /// Marks the kind as decided for this socket without reporting it.
+    fn withhold(&mut self, sock: SockId, kind: Kind) {
+        if let Some(track) = self.tracks.get_mut(&sock) {
+            let bit = 1 << kind as u16;
+            if track.reported & bit == 0 {
+                track.reported |= bit;
+                self.withheld += 1;
+            }
+        }
+    }
+
     /// Findings reported so far, by kind.
     pub fn reported(&self) -> &BTreeMap<Kind, u64> {
         &self.reported
@@ -156,8 +187,9 @@ impl Correlator {
                 detail: detail.clone(),
             })
             .collect();
-        let evidence_incomplete =
-            self.losses.iter().any(|&(from, to)| to >= track.first_ts && from <= ts);
+        let first_ts = track.first_ts;
+        let evidence_incomplete = self.lost_between(first_ts, ts);
+        let track = self.tracks.get(&sock)?;
         Some(Finding {
             kind,
             ts_ns: ts,

@@ -544,6 +544,25 @@ fn findings_say_when_events_were_lost_around_their_socket() {
 }
 
 #[test]
+fn timer_findings_are_withheld_when_events_were_lost_meanwhile() {
+    // The close that would have ended the CLOSE_WAIT may be among the lost events.
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    for e in peer_closed_and_left(SOCK) {
+        c.ingest(&e);
+    }
+    c.note_loss(1500 * MS, 1600 * MS);
+    assert!(c.tick(60 * S).is_empty());
+    assert_eq!(c.withheld(), 1);
+    // Without loss, the leak is reported.
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    for e in peer_closed_and_left(SOCK) {
+        c.ingest(&e);
+    }
+    assert_eq!(c.tick(60 * S).len(), 1);
+    assert_eq!(c.withheld(), 0);
+}
+
+#[test]
 fn a_reused_address_is_a_new_socket() {
     let first = SOCK;
     let second = SockId { birth_ns: 2_000 * MS, ..SOCK };

@@ -25,6 +25,8 @@ pub struct Summary {
 pub struct WatchSummary {
     pub findings: BTreeMap<&'static str, u64>,
     pub sockets_evicted: u64,
+    /// Timer findings not reported because events were lost while they ripened.
+    pub findings_withheld: u64,
 }
 
 impl Summary {
@@ -49,6 +51,7 @@ impl Summary {
         if let Some(watch) = &self.watch {
             value["findings"] = json!(watch.findings);
             value["sockets_evicted"] = json!(watch.sockets_evicted);
+            value["findings_withheld"] = json!(watch.findings_withheld);
         }
         value
     }
@@ -78,9 +81,10 @@ impl fmt::Display for Summary {
             let total: u64 = watch.findings.values().sum();
             write!(
                 f,
-                "; {total} findings ({}); sockets evicted {}",
+                "; {total} findings ({}); sockets evicted {}; findings withheld for lost events {}",
                 counts(&watch.findings),
-                watch.sockets_evicted
+                watch.sockets_evicted,
+                watch.findings_withheld
             )?;
         }
         Ok(())
