@@ -30,10 +30,40 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     }
     println!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
+    // Server packages start their services on install; the tests start their own servers on
+    // their own ports, so the packages' services are kept from starting.
+    let _no_services = NoServiceStarts::install()?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Debian's policy-rc.d hook answering "do not start" (101) while it lives; an existing hook is
+/// left alone.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    const HOOK: &str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> anyhow::Result<Self> {
+        let hook = PathBuf::from(Self::HOOK);
+        if hook.exists() {
+            return Ok(Self(None));
+        }
+        fs::write(&hook, "#!/bin/sh\n# connwatch's xtask: no service starts during install\nexit 101\n")
+            .with_context(|| format!("writing {}", hook.display()))?;
+        fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(Self(Some(hook)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(hook) = &self.0 {
+            let _ = fs::remove_file(hook);
+        }
+    }
 }
 
 fn package_installed(package: &str) -> bool {

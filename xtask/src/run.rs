@@ -6,8 +6,20 @@ use anyhow::Context as _;
 
 use crate::prereqs::{self, path_with_cargo_bin};
 
-/// Packages the integration tests use: nft drops packets to make half-open connections.
-const TEST_PACKAGES: &[&str] = &["nftables", "iproute2"];
+/// Packages the integration tests use: nft drops packets to make half-open connections; real
+/// servers and their load generators judge the detectors against correct software; Go
+/// builds the Go services (standard library only).
+const TEST_PACKAGES: &[&str] = &[
+    "nftables",
+    "iproute2",
+    "nginx-light",
+    "wrk",
+    "curl",
+    "redis-server",
+    "redis-tools",
+    "postgresql",
+    "golang-go",
+];
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
