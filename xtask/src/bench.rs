@@ -3,7 +3,8 @@
 //!
 //! - churn: loopback connections opened and closed as fast as possible;
 //! - io: small request/response round trips on established loopback connections;
-//! - rss: connwatch watch's memory while it tracks 65,536 held sockets.
+//! - rss: connwatch watch's memory while it tracks 65,536 held sockets;
+//! - parallel: 2 x cores churn processes under trace and watch: socket identity and findings.
 //!
 //! See docs/benchmarks.md for what is measured and how.
 
@@ -12,6 +13,7 @@ mod churn;
 mod config;
 mod generators;
 mod io;
+mod parallel;
 mod procfs;
 mod report;
 mod rounds;
@@ -64,6 +66,9 @@ pub struct BenchArgs {
     /// I/O request and reply size in bytes (cw-io --message-bytes).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     message_bytes: u32,
+    /// Seconds of parallel churn per mode.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    parallel_seconds: u32,
     /// Connections held for the memory measurement, two sockets each (cw-hold --connections).
     #[arg(long, default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..=131_072))]
     rss_connections: u32,
@@ -74,10 +79,11 @@ enum Workload {
     Churn,
     Io,
     Rss,
+    Parallel,
 }
 
 impl Workload {
-    const ALL: [Self; 3] = [Self::Churn, Self::Io, Self::Rss];
+    const ALL: [Self; 4] = [Self::Churn, Self::Io, Self::Rss, Self::Parallel];
 }
 
 /// The configurations of the I/O workload (tcpstates traces no I/O).
@@ -120,13 +126,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let io = selected(Workload::Io).then(|| io(args, &generators, &setup)).transpose()?;
     let rss = selected(Workload::Rss).then(|| rss(args, &generators, &setup)).transpose()?;
 
+    let parallel = selected(Workload::Parallel)
+        .then(|| {
+            eprintln!("bench: parallel: 2 x cores churn processes under trace, then watch");
+            parallel::run(&tools.connwatch, &parallel::build_churner()?, args.parallel_seconds)
+        })
+        .transpose()?;
+
     let report = Report::new(header, &tools, churn, io, rss)?;
     println!("{}", report.markdown());
     let path = workspace_root().join("target/bench/report.json");
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("bench: raw numbers in {}", path.display());
+    if let Some(runs) = parallel {
+        println!("{}", parallel::markdown(&runs));
+        let path = workspace_root().join("target/bench/parallel.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&runs)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("bench: raw numbers in {}", path.parent().expect("has a parent").display());
     Ok(())
 }
 
@@ -146,6 +165,9 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     }
     if args.only.contains(&Workload::Rss) {
         total += 10.0;
+    }
+    if args.only.contains(&Workload::Parallel) {
+        total += 2.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);
     }
     total
 }
