@@ -35,8 +35,8 @@ fn main() {
     let mut made = 0u64;
     while Instant::now() < until {
         // Pacing: connection n starts no earlier than n / RATE seconds in.
-        if rate > 0 {
-            let due = start + Duration::from_micros(made * 1_000_000 / rate);
+        if let Some(offset) = (made * 1_000_000).checked_div(rate) {
+            let due = start + Duration::from_micros(offset);
             thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         let mut stream = TcpStream::connect(addr).expect("connect");
