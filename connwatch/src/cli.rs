@@ -40,6 +40,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// Stream the kernel's TCP events and what applications observed, one line each.
     Trace(TraceArgs),
+    /// The node agent: `watch` always on, with Prometheus metrics on /metrics, findings
+    /// attributed to cgroups and containers, and the sockets that predate it inventoried.
+    Agent(AgentArgs),
     /// A first run: small built-in programs fall into each trap (and one does everything
     /// right) in a private network namespace, while connwatch watches.
     Demo(DemoArgs),
@@ -90,6 +93,21 @@ pub struct WatchArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub watch: WatchArgs,
+    /// Where to serve /metrics. Another address than loopback is an explicit choice.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9742")]
+    pub listen: std::net::SocketAddr,
+    /// Distinct values each of the comm and cgroup labels may take; later ones become `other`.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = parse_label_values)]
+    pub max_label_values: usize,
+    /// Seconds between looks at the host's sockets (connwatch_sockets{state}).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
+    pub inventory_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +177,13 @@ impl CommonArgs {
 impl TraceArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions { all_io: self.all_io, ..self.common.load_options() }
+    }
+}
+
+fn parse_label_values(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: the label value limit must be a number from 1 to 100000")),
     }
 }
 

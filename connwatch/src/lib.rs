@@ -5,11 +5,13 @@
 //! (per-socket state, detectors) -> `sinks` (human, JSON Lines). [`tracer::Tracer`] assembles the first three; the binary and the
 //! integration tests drive exactly that.
 
+pub mod agent;
 pub mod cli;
 pub mod correlate;
 pub mod decode;
 pub mod demo;
 pub mod ingest;
+pub mod inventory;
 pub mod pipeline;
 pub mod probes;
 pub mod sinks;
@@ -23,6 +25,7 @@ pub use tracer::Tracer;
 pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.into_command() {
         cli::Command::Watch(args) => watch::run(&args).await,
+        cli::Command::Agent(args) => agent::run(&args).await,
         cli::Command::Trace(args) => trace::run(&args).await,
         cli::Command::Demo(args) => demo::run(&args).await,
         cli::Command::DemoProgram { name, server_netns, server, port } => {

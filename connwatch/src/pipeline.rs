@@ -28,6 +28,9 @@ pub trait Consumer {
         Ok(())
     }
 
+    /// After every drain, with the tracer itself: for consumers that export its counters.
+    fn account(&mut self, _tracer: &Tracer) {}
+
     /// Whether the command has what it came for (the stream then ends as on a signal).
     fn done(&self) -> bool {
         false
@@ -92,5 +95,7 @@ fn drain(
             break;
         }
     }
-    consumer.tick(monotonic_ns(), tracer.lost_total())
+    consumer.tick(monotonic_ns(), tracer.lost_total())?;
+    consumer.account(tracer);
+    Ok(())
 }

@@ -63,7 +63,9 @@ fn require(program: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.exists()));
     found.flatten().unwrap_or_else(|| {
-        panic!("{program} is missing: install the Debian package {package} (`cargo xtask test` does)")
+        panic!(
+            "{program} is missing: install the Debian package {package} (`cargo xtask test` does)"
+        )
     })
 }
 
@@ -76,10 +78,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn spawn(name: &str, command: &mut Command, stop_signal: i32, dir: Option<PathBuf>) -> Service {
-    let child = command
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let child =
+        command.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
     Service { name: name.into(), child, stop_signal, dir }
 }
 
@@ -198,7 +198,9 @@ pub fn postgres_bin() -> PathBuf {
         .unwrap_or_default();
     versions.sort();
     versions.pop().filter(|bin| bin.join("postgres").exists()).unwrap_or_else(|| {
-        panic!("PostgreSQL is missing: install the Debian package postgresql (`cargo xtask test` does)")
+        panic!(
+            "PostgreSQL is missing: install the Debian package postgresql (`cargo xtask test` does)"
+        )
     })
 }
 

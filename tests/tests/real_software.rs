@@ -183,7 +183,10 @@ fn go_read_loop_that_ignores_eof_is_eof_ignored() {
     drop(std::net::TcpStream::connect(&addr).expect("connect to the Go server"));
     let spid = server.pid();
     watching.wait_until("the Go server's reads of EOF", |evs| {
-        evs.iter().filter(|e| owned_by(e, spid) && e.detail.to_string().starts_with("recv 0")).count() >= 3
+        evs.iter()
+            .filter(|e| owned_by(e, spid) && e.detail.to_string().starts_with("recv 0"))
+            .count()
+            >= 3
     });
     let finding = expect_only(&mut watching, Kind::EofIgnored, spid);
     assert_eq!(finding.local.port(), port);

@@ -51,8 +51,11 @@ impl NoServiceStarts {
         if hook.exists() {
             return Ok(Self(None));
         }
-        fs::write(&hook, "#!/bin/sh\n# connwatch's xtask: no service starts during install\nexit 101\n")
-            .with_context(|| format!("writing {}", hook.display()))?;
+        fs::write(
+            &hook,
+            "#!/bin/sh\n# connwatch's xtask: no service starts during install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", hook.display()))?;
         fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         Ok(Self(Some(hook)))
     }

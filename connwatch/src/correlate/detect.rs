@@ -122,9 +122,9 @@ struct ZeroThenUsed {
 /// error seen before the 0 (the read cleared it), it is the error that was ignored.
 fn zero_so_error_then_used(f: &Facts) -> Option<ZeroThenUsed> {
     let zero = f.false_healthy_read.first()?;
-    f.sent.after(zero).then(|| ZeroThenUsed {
-        error_seen_before: f.app_error.first().is_some_and(|e| e < zero),
-    })
+    f.sent
+        .after(zero)
+        .then(|| ZeroThenUsed { error_seen_before: f.app_error.first().is_some_and(|e| e < zero) })
 }
 
 /// After an error it saw, the application read or wrote again.
@@ -178,8 +178,7 @@ fn close_wait_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
     let fin = f.fin.first()?;
     let told = track.reported & (1 << Kind::EofIgnored as u16) != 0;
-    (f.left_close_wait.first().is_none() && f.app_closed.first().is_none() && !told)
-        .then_some(fin)
+    (f.left_close_wait.first().is_none() && f.app_closed.first().is_none() && !told).then_some(fin)
 }
 
 /// The reset's time, while the application that holds the socket (even one it accepted

@@ -171,4 +171,6 @@ pub struct Finding {
     pub measures: Option<Measures>,
     /// Events were lost while this socket was tracked: the timeline may miss some.
     pub evidence_incomplete: bool,
+    /// The owner's cgroup and what it shows (container, pod, unit); filled in by the agent.
+    pub attribution: Option<crate::sinks::attribution::Attribution>,
 }

@@ -202,6 +202,7 @@ impl Correlator {
             evidence,
             measures,
             evidence_incomplete,
+            attribution: None,
         })
     }
 
@@ -273,6 +274,7 @@ fn source(detail: &Detail) -> &'static str {
         | Detail::Reset { .. }
         | Detail::Retransmit { .. }
         | Detail::Error { .. } => "kernel",
+        Detail::Seen { .. } => "inventory",
         _ => "app",
     }
 }

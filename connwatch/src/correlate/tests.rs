@@ -497,10 +497,8 @@ fn each_kind_is_reported_once_per_socket() {
 #[test]
 fn closing_one_copy_of_a_shared_socket_is_not_closing_it() {
     // A forking server: the parent closes its copy, the child leaks the connection.
-    let events = with(
-        peer_closed_and_left(SOCK),
-        vec![at(SOCK, 999, close_copy("ESTABLISHED", 1))],
-    );
+    let events =
+        with(peer_closed_and_left(SOCK), vec![at(SOCK, 999, close_copy("ESTABLISHED", 1))]);
     assert_eq!(kinds(&events), [Kind::CloseWaitLeak]);
     order_independent(&events);
     // The last holder's close is the connection's.

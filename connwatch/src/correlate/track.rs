@@ -309,6 +309,23 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
             f.app_touched.add(ts);
             true
         }
+        Detail::Seen { state, .. } => {
+            match state.name() {
+                // Held (the inventory joins only sockets some process holds) and peer-closed.
+                "CLOSE_WAIT" => {
+                    f.fin.add(ts);
+                    f.app_touched.add(ts);
+                }
+                // Gone: no process holds it any more.
+                "CLOSE" => {
+                    f.left_close_wait.add(ts);
+                    f.kernel_closed.add(ts);
+                    f.app_closed.add(ts);
+                }
+                _ => f.left_close_wait.add(ts),
+            }
+            true
+        }
         Detail::Close { others, .. } => {
             if *others == 0 {
                 f.app_closed.add(ts);

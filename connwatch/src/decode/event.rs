@@ -246,6 +246,13 @@ pub enum Detail {
         fd: i32,
         snapshot: Snapshot,
     },
+    /// Not from the ring buffer: the inventory (netlink sock_diag) found the socket in `state`,
+    /// at the agent's start (`at_start`) or on a later look. A socket that has gone shows as
+    /// CLOSE.
+    Seen {
+        state: TcpState,
+        at_start: bool,
+    },
     /// close(fd). `others`: references to the open file that remain (a forked child, a dup,
     /// a passed descriptor); 0 when this close lets go of the connection.
     Close {
@@ -270,6 +277,7 @@ impl Detail {
             Self::Connect { .. } => "connect",
             Self::Accept { .. } => "accept",
             Self::Close { .. } => "close",
+            Self::Seen { .. } => "seen",
         }
     }
 
@@ -399,6 +407,10 @@ impl fmt::Display for Detail {
                 f.write_str("accept")?;
                 fd_note(f, *fd, snapshot)
             }
+            Self::Seen { state, at_start: true } => {
+                write!(f, "seen in {state} when connwatch started (it predates connwatch)")
+            }
+            Self::Seen { state, at_start: false } => write!(f, "seen in {state} (inventory)"),
             Self::Close { fd, others, snapshot } => {
                 f.write_str("close")?;
                 fd_note(f, *fd, snapshot)?;

@@ -73,7 +73,9 @@ pub fn attach_all(
             (None, Role::Events) => {
                 return Err(ProbeError::Attach { hook: hook.id(), reasons: reasons.join("; ") });
             }
-            (None, Role::Observation | Role::Precision(_)) => skipped.push(Skipped { hook, reason: reasons.join("; ") }),
+            (None, Role::Observation | Role::Precision(_)) => {
+                skipped.push(Skipped { hook, reason: reasons.join("; ") })
+            }
         }
     }
     Ok((attached, skipped))

@@ -75,7 +75,11 @@ pub fn finding_json(f: &Finding) -> Value {
         .evidence
         .iter()
         .map(|e| {
-            json!({"ts_ns": e.ts_ns, "source": e.source, "type": e.detail.type_name(), "event": e.detail.to_string()})
+            let mut line = json!({"ts_ns": e.ts_ns, "source": e.source, "type": e.detail.type_name(), "event": e.detail.to_string()});
+            if e.until_ns != e.ts_ns {
+                line["until_ns"] = e.until_ns.into();
+            }
+            line
         })
         .collect();
     object.insert("evidence".into(), evidence.into());
@@ -85,6 +89,14 @@ pub fn finding_json(f: &Finding) -> Value {
         object.insert("unacked_bytes".into(), m.unacked_bytes.into());
     }
     object.insert("evidence_incomplete".into(), f.evidence_incomplete.into());
+    if let Some(a) = &f.attribution {
+        object.insert("cgroup".into(), a.cgroup.clone().into());
+        for (name, value) in [("container", &a.container), ("pod", &a.pod), ("unit", &a.unit)] {
+            if let Some(value) = value {
+                object.insert(name.into(), value.clone().into());
+            }
+        }
+    }
     object.insert("hint".into(), f.kind.hint().into());
     Value::Object(object)
 }

@@ -1,9 +1,11 @@
 //! Where events go: aligned human lines or JSON Lines (a public interface: docs/json.md).
 
+pub mod attribution;
 pub mod clock;
 pub mod findings;
 mod human;
 mod json;
+pub mod metrics;
 pub mod summary;
 
 use std::io;

@@ -50,7 +50,10 @@ pub fn build_churner() -> anyhow::Result<PathBuf> {
 pub fn run(connwatch: &Path, churner: &Path, seconds: u32) -> anyhow::Result<Vec<ParallelRun>> {
     let processes = 2 * thread::available_parallelism().map_or(2, |n| n.get());
     let ports: Vec<u16> = (0..processes as u16).map(|i| FIRST_PORT + i).collect();
-    ["trace", "watch"].into_iter().map(|mode| one(mode, connwatch, churner, &ports, seconds)).collect()
+    ["trace", "watch"]
+        .into_iter()
+        .map(|mode| one(mode, connwatch, churner, &ports, seconds))
+        .collect()
 }
 
 fn one(
@@ -171,8 +174,11 @@ pub fn markdown(runs: &[ParallelRun]) -> String {
     md += "|---|---:|---:|---:|---:|---:|\n";
     for r in runs {
         let checked = if r.mode == "trace" { r.sock_ids_checked.to_string() } else { "–".into() };
-        let reused =
-            if r.mode == "trace" { r.sock_ids_with_two_connections.to_string() } else { "–".into() };
+        let reused = if r.mode == "trace" {
+            r.sock_ids_with_two_connections.to_string()
+        } else {
+            "–".into()
+        };
         md += &format!(
             "| {} | {} | {checked} | {reused} | {} | {} |\n",
             r.mode, r.connections, r.findings, r.events_lost

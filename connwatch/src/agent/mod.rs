@@ -1,0 +1,346 @@
+//! `connwatch agent`: the always-on node agent. The same pipeline as `watch`, plus Prometheus
+//! metrics on `/metrics`, attribution of every finding to its process's cgroup (container,
+//! pod, unit), a startup inventory of the sockets that predate it, de-duplicated finding logs,
+//! and no capability kept that it no longer needs.
+
+pub mod caps;
+pub mod http;
+mod inventory_feed;
+pub mod report;
+
+use std::{
+    collections::HashMap,
+    io::{self, Write as _},
+    net::SocketAddr,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+
+use self::{
+    inventory_feed::{InventoryFeed, Update},
+    report::{FindingLog, Line},
+};
+use crate::{
+    cli::AgentArgs,
+    correlate::{Correlator, Finding, Kind},
+    decode::{Detail, Event, SockId},
+    pipeline::{self, Consumer},
+    sinks::{
+        Sink,
+        attribution::{Attribution, AttributionCache, LabelCap},
+        clock::monotonic_ns,
+        metrics::{FindingLabels, Metrics, ProcessLabels, ResetLabels, StateLabels, TypeLabels},
+        summary::WatchSummary,
+    },
+    trace::{output, quiet_broken_pipe},
+    tracer::Tracer,
+};
+
+pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Bound first: a taken address fails before anything is loaded.
+    let listener = http::bind(args.listen).await?;
+    let options = args.watch.common.load_options();
+    let mut tracer = Tracer::start(&options)?;
+    // What predates the agent, read once the probes see everything that happens after.
+    let feed = InventoryFeed::start(args.inventory_interval)?;
+    caps::keep_only(&[]).context("dropping capabilities after attaching")?;
+    let (metrics, registry) = Metrics::new(options.ring_buffer_bytes);
+    let server = tokio::spawn(http::serve(listener, registry));
+    let mut sink = output(args.watch.common.json, false);
+    let thresholds = args.watch.thresholds.thresholds();
+    let mut agent = Agent {
+        correlator: Correlator::new(thresholds, args.watch.thresholds.max_sockets),
+        json: args.watch.common.json,
+        sink: sink.as_mut(),
+        metrics,
+        attribution: AttributionCache::new(4096),
+        comms: LabelCap::new(args.max_label_values),
+        cgroups: LabelCap::new(args.max_label_values),
+        problems: HashMap::new(),
+        seen_at_start: HashMap::new(),
+        aliases: HashMap::new(),
+        log: FindingLog::default(),
+        feed,
+        loss_checked: (monotonic_ns(), 0),
+        counted: Counted::default(),
+    };
+    let mut ready = tracer.ready();
+    ready.degraded.extend(agent.feed.problem().map(|p| ("inventory".to_string(), p)));
+    let outcome = match agent.sink.ready(&ready).and_then(|()| agent.sink.flush()) {
+        Ok(()) => pipeline::run(&mut tracer, args.watch.common.duration, &mut agent).await,
+        Err(e) => Err(e),
+    };
+    server.abort();
+    let mut summary = tracer.summary(started.elapsed());
+    summary.watch = Some(agent.summary());
+    eprintln!("{summary}");
+    let _ = agent.sink.summary(&summary);
+    quiet_broken_pipe(outcome).context("writing findings to stdout")
+}
+
+/// Running totals already added to counters that the tracer reports as totals.
+#[derive(Default)]
+struct Counted {
+    events: HashMap<&'static str, u64>,
+    lost: HashMap<&'static str, u64>,
+    evicted: u64,
+    withheld: u64,
+}
+
+struct Agent<'a> {
+    correlator: Correlator,
+    json: bool,
+    sink: &'a mut dyn Sink,
+    metrics: Metrics,
+    attribution: AttributionCache,
+    comms: LabelCap,
+    cgroups: LabelCap,
+    /// Sockets counted in `connwatch_problem_sockets`, with their label sets.
+    problems: HashMap<SockId, Vec<FindingLabels>>,
+    /// Sockets the startup inventory found in CLOSE_WAIT: by endpoints, and by cookie.
+    seen_at_start: HashMap<(SocketAddr, SocketAddr), (u64, SockId)>,
+    /// Kernel identities of sockets first known from the inventory.
+    aliases: HashMap<SockId, SockId>,
+    log: FindingLog,
+    feed: InventoryFeed,
+    loss_checked: (u64, u64),
+    counted: Counted,
+}
+
+impl Agent<'_> {
+    fn summary(&self) -> WatchSummary {
+        let reported = self.correlator.reported();
+        WatchSummary {
+            findings: Kind::ALL
+                .iter()
+                .map(|k| (k.name(), reported.get(k).copied().unwrap_or(0)))
+                .collect(),
+            sockets_evicted: self.correlator.evicted(),
+            findings_withheld: self.correlator.withheld(),
+        }
+    }
+
+    /// Bounded labels for the process that owns a socket.
+    fn process_labels(&mut self, owner: Option<u32>, comm: &str) -> (String, String, Attribution) {
+        let attribution = owner.map(|pid| self.attribution.get(pid)).unwrap_or_default();
+        let comm = self.comms.value(if comm.is_empty() { "unknown" } else { comm });
+        let cgroup = self.cgroups.value(&attribution.cgroup);
+        (comm, cgroup, attribution)
+    }
+
+    fn ingest(&mut self, event: &Event) -> io::Result<()> {
+        let comm = event.owner.as_ref().map(|o| o.comm.to_string()).unwrap_or_default();
+        let pid = event.owner.as_ref().map(|o| o.pid);
+        match &event.detail {
+            Detail::Reset { direction, .. } => {
+                let (comm, cgroup, _) = self.process_labels(pid, &comm);
+                let direction = direction.name().to_string();
+                self.metrics.resets.get_or_create(&ResetLabels { direction, comm, cgroup }).inc();
+            }
+            Detail::Retransmit { .. } => {
+                let (comm, cgroup, _) = self.process_labels(pid, &comm);
+                self.metrics.retransmits.get_or_create(&ProcessLabels { comm, cgroup }).inc();
+            }
+            _ => {}
+        }
+        let event = self.joined(event);
+        for finding in self.correlator.ingest(&event) {
+            self.report(finding)?;
+        }
+        if ends_connection(&event.detail) {
+            self.settle_problems(event.sock);
+        }
+        Ok(())
+    }
+
+    /// The event under the identity the inventory gave its socket, when it has one: a socket
+    /// older than the agent is known by its endpoints until the kernel reports it.
+    fn joined(&mut self, event: &Event) -> Event {
+        let mut joined = event.clone();
+        if let Some(alias) = self.aliases.get(&event.sock) {
+            joined.sock = *alias;
+        } else if let Some((_, seen)) = self.seen_at_start.get(&(event.local, event.remote))
+            && !matches!(event.detail, Detail::State { old, .. } if old.name() == "CLOSE" || old.name() == "LISTEN")
+        {
+            self.aliases.insert(event.sock, *seen);
+            joined.sock = *seen;
+        }
+        joined
+    }
+
+    fn report(&mut self, mut finding: Finding) -> io::Result<()> {
+        let pid = finding.owner.as_ref().map(|o| o.pid);
+        let comm = finding.owner.as_ref().map(|o| o.comm.to_string()).unwrap_or_default();
+        let (comm, cgroup, attribution) = self.process_labels(pid, &comm);
+        let labels = FindingLabels { kind: finding.kind.name().into(), comm, cgroup };
+        self.metrics.findings.get_or_create(&labels).inc();
+        self.metrics.problem_sockets.get_or_create(&labels).inc();
+        self.problems.entry(finding.sock).or_default().push(labels);
+        finding.attribution = Some(attribution);
+        match self.log.admit(&finding, monotonic_ns()) {
+            Line::Counted => Ok(()),
+            Line::Full if self.json => self.sink.finding(&finding),
+            Line::Full => self.one_line(&finding),
+        }
+    }
+
+    /// One human line per finding (the agent's log is read by log shippers, not people at a
+    /// terminal; `watch` prints the full story).
+    fn one_line(&mut self, f: &Finding) -> io::Result<()> {
+        self.sink.flush()?;
+        let owner =
+            f.owner.as_ref().map_or("pid ?".into(), |o| format!("pid {} ({})", o.pid, o.comm));
+        let cgroup = f.attribution.as_ref().map_or("", |a| a.cgroup.as_str());
+        let mut out = io::stdout().lock();
+        writeln!(
+            out,
+            "{} {} {owner} cgroup {cgroup} fd {} {} -> {}: {} [sock {}]",
+            f.kind.severity().name().to_uppercase(),
+            f.kind,
+            f.fd.map_or("?".into(), |fd| fd.to_string()),
+            f.local,
+            f.remote,
+            f.kind.hint(),
+            f.sock
+        )
+    }
+
+    /// A finding's socket closed: it no longer counts as a problem.
+    fn settle_problems(&mut self, sock: SockId) {
+        if let Some(labels) = self.problems.remove(&sock) {
+            for l in labels {
+                self.metrics.problem_sockets.get_or_create(&l).dec();
+            }
+        }
+    }
+
+    fn apply_inventory(&mut self, update: Update) -> io::Result<()> {
+        self.metrics.network_namespaces.set(update.namespaces as i64);
+        self.metrics.sockets.clear();
+        for (state, count) in &update.by_state {
+            let labels = StateLabels { state: (*state).to_string() };
+            self.metrics.sockets.get_or_create(&labels).set(*count as i64);
+        }
+        let now = monotonic_ns();
+        for seen in update.at_start {
+            let sock = SockId { addr: seen.socket.cookie, birth_ns: 0 };
+            self.seen_at_start
+                .insert((seen.socket.local, seen.socket.remote), (seen.socket.cookie, sock));
+            let event = seen.event(sock, now);
+            for finding in self.correlator.ingest(&event) {
+                self.report(finding)?;
+            }
+        }
+        // Sockets known from the start that have left CLOSE_WAIT or gone.
+        let gone: Vec<_> = self
+            .seen_at_start
+            .iter()
+            .filter(|(_, (cookie, _))| update.close_wait_cookies.binary_search(cookie).is_err())
+            .map(|(key, (_, sock))| (*key, *sock))
+            .collect();
+        for ((local, remote), sock) in gone {
+            self.seen_at_start.remove(&(local, remote));
+            let event = inventory_feed::gone(sock, local, remote, now);
+            for finding in self.correlator.ingest(&event) {
+                self.report(finding)?;
+            }
+            self.settle_problems(sock);
+        }
+        Ok(())
+    }
+}
+
+/// Events after which the connection is over for the application.
+fn ends_connection(detail: &Detail) -> bool {
+    match detail {
+        Detail::Close { others, .. } => *others == 0,
+        Detail::State { new, .. } => new.name() == "CLOSE",
+        Detail::Seen { state, .. } => state.name() == "CLOSE",
+        _ => false,
+    }
+}
+
+impl Consumer for Agent<'_> {
+    fn events(&mut self, events: &[Event]) -> io::Result<()> {
+        for event in events {
+            self.ingest(event)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ns: u64, lost_total: u64) -> io::Result<()> {
+        let (checked_at, lost_then) = self.loss_checked;
+        if lost_total > lost_then {
+            self.correlator.note_loss(checked_at, now_ns);
+        }
+        self.loss_checked = (now_ns, lost_total);
+        while let Some(update) = self.feed.next() {
+            self.apply_inventory(update)?;
+        }
+        for finding in self.correlator.tick(now_ns) {
+            self.report(finding)?;
+        }
+        for (kind, pid, count) in self.log.closed(now_ns) {
+            self.window_line(kind, pid, count)?;
+        }
+        self.sink.flush()
+    }
+
+    fn account(&mut self, tracer: &Tracer) {
+        let summary = tracer.summary(std::time::Duration::ZERO);
+        for (name, total) in summary.events {
+            add_total(&self.metrics.events, &mut self.counted.events, name, total);
+        }
+        for (name, total) in summary.lost {
+            add_total(&self.metrics.events_lost, &mut self.counted.lost, name, total);
+        }
+        self.metrics.tracked_sockets.set(self.correlator.tracked() as i64);
+        let evicted = self.correlator.evicted();
+        self.metrics.sockets_evicted.inc_by(evicted - self.counted.evicted);
+        self.counted.evicted = evicted;
+        let withheld = self.correlator.withheld();
+        self.metrics.findings_withheld.inc_by(withheld - self.counted.withheld);
+        self.counted.withheld = withheld;
+    }
+}
+
+impl Agent<'_> {
+    /// The count of findings of one (kind, process) not written one by one.
+    fn window_line(&mut self, kind: Kind, pid: Option<u32>, count: u64) -> io::Result<()> {
+        self.sink.flush()?;
+        let pid = pid.map_or("?".to_string(), |p| p.to_string());
+        let mut out = io::stdout().lock();
+        if self.json {
+            let line = serde_json::json!({
+                "type": "findings_repeated", "kind": kind.name(), "pid": pid.parse::<u32>().ok(),
+                "count": count, "window_s": report::WINDOW.as_secs(),
+            });
+            writeln!(out, "{line}")
+        } else {
+            writeln!(
+                out,
+                "{} {kind} pid {pid}: {count} more on other sockets in the last {} s",
+                kind.severity().name().to_uppercase(),
+                report::WINDOW.as_secs()
+            )
+        }
+    }
+}
+
+/// Adds what a running total grew by since last time to a counter.
+fn add_total(
+    family: &prometheus_client::metrics::family::Family<
+        TypeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    counted: &mut HashMap<&'static str, u64>,
+    name: &'static str,
+    total: u64,
+) {
+    let before = counted.insert(name, total).unwrap_or(0);
+    family
+        .get_or_create(&TypeLabels { r#type: name.to_string() })
+        .inc_by(total.saturating_sub(before));
+}
