@@ -4,6 +4,7 @@
 //! Test ports are below 32768, outside Linux's default ephemeral range: tests filter on their
 //! ports in the kernel, and no other connection's client port may ever match them.
 
+pub mod agent;
 pub mod firewall;
 pub mod netns;
 pub mod peer;

@@ -191,6 +191,32 @@ pub fn postgres(port: u16) -> Service {
     service
 }
 
+/// Prometheus (Debian's `prometheus`) scraping `target` every second, its API on `listen`.
+pub fn prometheus(listen: &str, target: &str) -> Service {
+    let prometheus = require("prometheus", "prometheus");
+    let dir = scratch("prometheus");
+    let config = dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: connwatch\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let mut command = Command::new(prometheus);
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut service = spawn("prometheus", &mut command, libc::SIGTERM, Some(dir));
+    let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    wait_for_port(port, &mut service);
+    service
+}
+
 /// The newest installed PostgreSQL's bin directory.
 pub fn postgres_bin() -> PathBuf {
     let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")

@@ -8,7 +8,8 @@ use crate::prereqs::{self, path_with_cargo_bin};
 
 /// Packages the integration tests use: nft drops packets to make half-open connections; real
 /// servers and their load generators judge the detectors against correct software; Go
-/// builds the Go services (standard library only).
+/// builds the Go services (standard library only); a real Prometheus scrapes the agent, and
+/// bpftool checks it leaves no program behind.
 const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
@@ -19,6 +20,8 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-tools",
     "postgresql",
     "golang-go",
+    "prometheus",
+    "bpftool",
 ];
 
 pub fn workspace_root() -> PathBuf {

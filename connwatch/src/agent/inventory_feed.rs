@@ -27,6 +27,14 @@ pub struct SeenAtStart {
 }
 
 impl SeenAtStart {
+    /// Whether the `--pid`, `--port` and `--comm` filters let it through.
+    pub fn wanted(&self, f: &crate::probes::Filters) -> bool {
+        let ports = [self.socket.local.port(), self.socket.remote.port()];
+        (f.pids.is_empty() || f.pids.contains(&self.holder.pid))
+            && (f.ports.is_empty() || ports.iter().any(|p| f.ports.contains(p)))
+            && f.comm.as_ref().is_none_or(|c| *c == self.holder.comm)
+    }
+
     /// The fact the correlator learns: held, peer closed, since before the agent.
     pub fn event(&self, sock: SockId, now: u64) -> Event {
         let owner = Owner { pid: self.holder.pid, comm: Comm::from(self.holder.comm.as_str()) };

@@ -63,6 +63,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
         aliases: HashMap::new(),
         log: FindingLog::default(),
         feed,
+        filters: options.filters.clone(),
         loss_checked: (monotonic_ns(), 0),
         counted: Counted::default(),
     };
@@ -105,6 +106,9 @@ struct Agent<'a> {
     aliases: HashMap<SockId, SockId>,
     log: FindingLog,
     feed: InventoryFeed,
+    /// `--pid`, `--port`, `--comm`: the kernel applies them to events, the agent to what the
+    /// inventory finds.
+    filters: crate::probes::Filters,
     loss_checked: (u64, u64),
     counted: Counted,
 }
@@ -224,7 +228,9 @@ impl Agent<'_> {
             self.metrics.sockets.get_or_create(&labels).set(*count as i64);
         }
         let now = monotonic_ns();
-        for seen in update.at_start {
+        let wanted: Vec<_> =
+            update.at_start.into_iter().filter(|s| s.wanted(&self.filters)).collect();
+        for seen in wanted {
             let sock = SockId { addr: seen.socket.cookie, birth_ns: 0 };
             self.seen_at_start
                 .insert((seen.socket.local, seen.socket.remote), (seen.socket.cookie, sock));

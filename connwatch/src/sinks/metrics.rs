@@ -46,6 +46,25 @@ pub struct VersionLabels {
     pub version: String,
 }
 
+/// The name of every metric the agent exports, as it appears in the exposition (counters
+/// with `_total`). Dashboards may query these and nothing else; a family shows on /metrics
+/// once it has a series.
+pub const EXPORTED: &[&str] = &[
+    "connwatch_findings_total",
+    "connwatch_problem_sockets",
+    "connwatch_sockets",
+    "connwatch_resets_total",
+    "connwatch_retransmits_total",
+    "connwatch_events_total",
+    "connwatch_events_lost_total",
+    "connwatch_tracked_sockets",
+    "connwatch_sockets_evicted_total",
+    "connwatch_findings_withheld_total",
+    "connwatch_ring_buffer_bytes",
+    "connwatch_network_namespaces",
+    "connwatch_build_info",
+];
+
 /// Every metric the agent exports. Clones share the same values.
 #[derive(Clone)]
 pub struct Metrics {
@@ -140,6 +159,31 @@ pub fn expose(registry: &Registry, accept: Option<&str>) -> (&'static str, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exported_lists_every_metric_once_each_has_a_series() {
+        let (m, registry) = Metrics::new(1);
+        let p = || ProcessLabels { comm: "c".into(), cgroup: "/".into() };
+        let f = FindingLabels { kind: "k".into(), comm: "c".into(), cgroup: "/".into() };
+        m.findings.get_or_create(&f).inc();
+        m.problem_sockets.get_or_create(&f).inc();
+        m.sockets.get_or_create(&StateLabels { state: "LISTEN".into() }).inc();
+        let r = ResetLabels { direction: "rx".into(), comm: "c".into(), cgroup: "/".into() };
+        m.resets.get_or_create(&r).inc();
+        m.retransmits.get_or_create(&p()).inc();
+        m.events.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
+        m.events_lost.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
+        let (_, page) = expose(&registry, None);
+        let mut names: Vec<&str> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        names.sort_unstable();
+        let mut expected = EXPORTED.to_vec();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+    }
 
     #[test]
     fn names_are_fixed_and_both_formats_are_served() {
