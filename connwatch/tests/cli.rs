@@ -194,3 +194,21 @@ fn demo_finds_every_trap_and_cleans_up() {
         "the demo removes its namespaces"
     );
 }
+
+#[test]
+fn agent_bad_listen_address_exits_2_naming_it() {
+    let out = connwatch(&["agent", "--listen", "localhost"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--listen") && stderr.contains("localhost"), "{stderr}");
+}
+
+#[test]
+fn agent_on_a_taken_address_exits_1_saying_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let out = connwatch(&["agent", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&addr) && stderr.contains("--listen"), "{stderr}");
+}
