@@ -18,6 +18,7 @@ mod procfs;
 mod report;
 mod rounds;
 mod rss;
+mod soak;
 mod tracer;
 
 use std::{path::Path, process::Command};
@@ -42,8 +43,8 @@ const TRACER_OVERHEAD_S: f64 = 2.5;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::ALL)]
+    /// Workloads to run, comma-separated (`soak` runs only when named).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::DEFAULT)]
     only: Vec<Workload>,
     /// Rounds of churn and of I/O; each runs every configuration once, in a rotating order.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
@@ -66,6 +67,9 @@ pub struct BenchArgs {
     /// I/O request and reply size in bytes (cw-io --message-bytes).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     message_bytes: u32,
+    /// Minutes of the agent soak (`--only soak`; not part of the default run).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+    soak_minutes: u32,
     /// Seconds of parallel churn per mode.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
     parallel_seconds: u32,
@@ -80,10 +84,11 @@ enum Workload {
     Io,
     Rss,
     Parallel,
+    Soak,
 }
 
 impl Workload {
-    const ALL: [Self; 4] = [Self::Churn, Self::Io, Self::Rss, Self::Parallel];
+    const DEFAULT: [Self; 4] = [Self::Churn, Self::Io, Self::Rss, Self::Parallel];
 }
 
 /// The configurations of the I/O workload (tcpstates traces no I/O).
@@ -132,6 +137,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             parallel::run(&tools.connwatch, &parallel::build_churner()?, args.parallel_seconds)
         })
         .transpose()?;
+    let soak = selected(Workload::Soak)
+        .then(|| {
+            eprintln!("bench: soak: connwatch agent under {} min of churn", args.soak_minutes);
+            soak::run(&tools.connwatch, &parallel::build_churner()?, args.soak_minutes)
+        })
+        .transpose()?;
 
     let report = Report::new(header, &tools, churn, io, rss)?;
     println!("{}", report.markdown());
@@ -143,6 +154,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", parallel::markdown(&runs));
         let path = workspace_root().join("target/bench/parallel.json");
         std::fs::write(&path, serde_json::to_string_pretty(&runs)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(soak) = soak {
+        println!("{}", soak::markdown(&soak));
+        let path = workspace_root().join("target/bench/soak.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&soak)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("bench: raw numbers in {}", path.parent().expect("has a parent").display());
@@ -165,6 +182,9 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     }
     if args.only.contains(&Workload::Rss) {
         total += 10.0;
+    }
+    if args.only.contains(&Workload::Soak) {
+        total += f64::from(args.soak_minutes) * 60.0 + TRACER_OVERHEAD_S;
     }
     if args.only.contains(&Workload::Parallel) {
         total += 2.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);
