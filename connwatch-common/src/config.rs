@@ -81,7 +81,8 @@ pub struct SockOffsets {
     pub head: u32,
     /// Start of the 8-byte window holding `sk_type` and `sk_protocol`.
     pub proto_type: u32,
-    pub _pad: u32,
+    /// `tcp_sock.srtt_us` (u32): smoothed round-trip time, microseconds << 3.
+    pub srtt_us: u32,
 }
 
 /// Bytes read at [`SockOffsets::head`].

@@ -128,7 +128,8 @@ pub struct SockSnapshot {
     /// Bytes the application wrote that the peer has not acknowledged (`write_seq - snd_una`),
     /// sent or still queued.
     pub unacked_bytes: u32,
-    pub _pad2: u32,
+    /// Smoothed round-trip time in microseconds (0: not measured yet).
+    pub srtt_us: u32,
 }
 assert_size!(SockSnapshot, 16);
 

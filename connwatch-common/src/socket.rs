@@ -21,6 +21,10 @@ impl Owner {
     pub const UNKNOWN: Self = Self { tgid: OWNER_UNKNOWN, _pad: 0, comm: [0; 16] };
 }
 
+/// Set in [`SocketInfo::birth_ns`] (its lowest bit) for a socket first seen mid-life: older
+/// than the agent, or forgotten by the LRU. Its true birth, and so its age, is unknown.
+pub const BIRTH_ADOPTED: u64 = 1;
+
 /// One socket's life as the kernel map records it, keyed by the `struct sock` address.
 ///
 /// The address alone is not an identity: sockets are freed and their memory reused. `birth_ns`

@@ -29,7 +29,15 @@ pub fn now() -> u64 {
 /// earlier life at the same address (its tallies) carries over.
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
-    let info = SocketInfo { birth_ns: now(), owner, sport: 0, dport: 0, _pad: 0 };
+    remember(sk, owner, now() & !ADOPTED)
+}
+
+/// `birth_ns`'s lowest bit: the socket was first seen mid-life, so its true birth is unknown.
+const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
+
+#[inline(always)]
+fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, _pad: 0 };
     let _ = SOCKETS.insert(&sk, &info, 0);
     let _ = IO_STATE.remove(&sk);
     info
@@ -42,7 +50,7 @@ pub fn known(sk: u64) -> SocketInfo {
     match SOCKETS.get_ptr(&sk) {
         // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
         Some(info) => unsafe { *info },
-        None => begin(sk, Owner::UNKNOWN),
+        None => remember(sk, Owner::UNKNOWN, now() | ADOPTED),
     }
 }
 
@@ -61,7 +69,7 @@ pub fn touch(sk: u64) -> SocketInfo {
             }
             *info
         }
-        None => begin(sk, current()),
+        None => remember(sk, current(), now() | ADOPTED),
     }
 }
 

@@ -117,7 +117,7 @@ pub fn snapshot(sk: u64, state: u8, health: Health) -> SockSnapshot {
         _pad: [0; 2],
         sk_err: health.sk_err,
         unacked_bytes: written.wrapping_sub(una),
-        _pad2: 0,
+        srtt_us: read::<u32>(sk, conf!(sock.srtt_us)).unwrap_or(0) >> 3,
     }
 }
 

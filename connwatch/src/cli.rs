@@ -122,6 +122,10 @@ pub struct ThresholdArgs {
     /// "into the void" (half-open-write).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=30))]
     pub retrans_threshold: u8,
+    /// Seconds an established connection may carry nothing before the liveness audit asks
+    /// whether anything (keepalive, TCP_USER_TIMEOUT) would notice its peer vanish.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "300")]
+    pub idle_grace: Duration,
     /// Sockets tracked at once; beyond it the least recently active are evicted (and counted).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
     pub max_sockets: usize,
@@ -133,6 +137,7 @@ impl ThresholdArgs {
             close_wait_grace_ns: self.close_wait_grace.as_nanos() as u64,
             reset_grace_ns: self.reset_grace.as_nanos() as u64,
             retransmits: self.retrans_threshold,
+            idle_grace_ns: self.idle_grace.as_nanos() as u64,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::{
     cli::WatchArgs,
     correlate::{Correlator, Kind, Thresholds},
     decode::Event,
+    inventory::socket_settings::PidfdProber,
     pipeline::{self, Consumer},
     probes::LoadOptions,
     sinks::{Sink, summary::WatchSummary},
@@ -33,7 +34,8 @@ pub async fn watch(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tracer = Tracer::start(options)?;
-    let mut watcher = Watcher::new(Correlator::new(thresholds, max_sockets), sink);
+    let correlator = Correlator::new(thresholds, max_sockets).with_prober(Box::new(PidfdProber));
+    let mut watcher = Watcher::new(correlator, sink);
     let outcome = match watcher.sink.ready(&tracer.ready()) {
         Ok(()) => pipeline::run(&mut tracer, duration, &mut watcher).await,
         Err(e) => Err(e),

@@ -63,6 +63,19 @@ impl Peer {
             .unwrap_or_else(|e| panic!("cw-peer did not answer `{command}`: {e}"))
     }
 
+    /// Sends a command without waiting for its answer (the peer works on it meanwhile).
+    pub fn begin(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("write to cw-peer");
+        self.stdin.flush().expect("flush cw-peer stdin");
+    }
+
+    /// The answer to a command sent with `begin`, which must have succeeded.
+    pub fn answer(&mut self) -> String {
+        let answer = self.lines.recv_timeout(ANSWER_TIMEOUT).expect("cw-peer's answer");
+        assert!(answer.starts_with("ok "), "cw-peer failed: {answer}");
+        answer[3..].to_string()
+    }
+
     /// Sends a command that must succeed; returns the text after `ok `.
     pub fn ok(&mut self, command: &str) -> String {
         let answer = self.send(command);

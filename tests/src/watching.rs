@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use connwatch::{
     correlate::{Correlator, DEFAULT_MAX_SOCKETS, Finding, Kind, Thresholds},
+    inventory::socket_settings::PidfdProber,
     probes::{Filters, LoadOptions},
     sinks::clock::monotonic_ns,
 };
@@ -15,6 +16,8 @@ pub const TEST_THRESHOLDS: Thresholds = Thresholds {
     close_wait_grace_ns: 1_000_000_000,
     reset_grace_ns: 1_000_000_000,
     retransmits: 3,
+    // The liveness audit needs a prober: only `Watching::auditing` runs it.
+    idle_grace_ns: 300_000_000_000,
 };
 
 pub struct Watching {
@@ -42,6 +45,29 @@ impl Watching {
     pub fn as_deployed(ports: &[u16]) -> Self {
         let filters = Filters { ports: ports.to_vec(), ..Filters::default() };
         Self::with(filters, Thresholds::default())
+    }
+
+    /// Watches `port` with the liveness audit on: connections idle for `idle_grace_s` are
+    /// asked for their settings, as `watch` does.
+    pub fn auditing(port: u16, idle_grace_s: u64) -> Self {
+        let filters = Filters { ports: vec![port], ..Filters::default() };
+        let thresholds =
+            Thresholds { idle_grace_ns: idle_grace_s * 1_000_000_000, ..TEST_THRESHOLDS };
+        let mut watching = Self::with(filters, thresholds);
+        let correlator =
+            std::mem::replace(&mut watching.correlator, Correlator::new(thresholds, 1));
+        watching.correlator = correlator.with_prober(Box::new(PidfdProber));
+        watching
+    }
+
+    /// Feeds events until the liveness audit has asked `sockets` sockets for their settings.
+    pub fn wait_for_audits(&mut self, sockets: u64) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while self.correlator.audited() < sockets {
+            assert!(Instant::now() < deadline, "the liveness audit never asked {sockets} sockets");
+            self.session.tracer.wait(Duration::from_millis(100));
+            self.pump(monotonic_ns());
+        }
     }
 
     fn with_filters(filters: Filters) -> Self {

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 const LEAK_PORT: u16 = 26001;
 const TRAP_PORT: u16 = 26002;
+const RTT_PORT: u16 = 26003;
 const AGENT: &str = "127.0.0.1:26742";
 const PROMETHEUS: &str = "127.0.0.1:26090";
 
@@ -131,22 +132,13 @@ fn agent_exports_what_it_finds_with_bounded_labels_and_leaves_nothing_behind() {
 
     let programs_before = bpf_program_ids();
     // Only the test's ports, so no other socket on the host takes the one label value.
-    let (leak_port, trap_port) = (LEAK_PORT.to_string(), TRAP_PORT.to_string());
-    let mut agent = Agent::start(
-        AGENT,
-        &[
-            "--close-wait-grace",
-            "1",
-            "--max-label-values",
-            "1",
-            "--inventory-interval",
-            "1",
-            "--port",
-            &leak_port,
-            "--port",
-            &trap_port,
-        ],
-    );
+    let ports = [LEAK_PORT, TRAP_PORT, RTT_PORT].map(|p| p.to_string());
+    let mut args = vec!["--close-wait-grace", "1", "--max-label-values", "1"];
+    args.extend(["--inventory-interval", "1"]);
+    for port in &ports {
+        args.extend(["--port", port.as_str()]);
+    }
+    let mut agent = Agent::start(AGENT, &args);
     let prometheus = servers::prometheus(PROMETHEUS, AGENT);
 
     // The leak that predates the agent, attributed to its process and cgroup.
@@ -168,6 +160,24 @@ fn agent_exports_what_it_finds_with_bounded_labels_and_leaves_nothing_behind() {
                 .is_some_and(|n| n >= 1.0)
     });
     assert_eq!(value_of(&page, "connwatch_findings_total", &leak_labels), Some(1.0));
+
+    // Connection quality: a request and reply between two more cw-peer processes give the
+    // RTT histogram a series for cw-peer (the one comm value the cap allows).
+    let mut rtt_server = Peer::spawn(&topology.server);
+    let mut rtt_client = Peer::spawn(&topology.client);
+    rtt_server.ok(&format!("listen {} {RTT_PORT}", Topology::SERVER_V4));
+    rtt_client.ok(&format!("connect {} {RTT_PORT}", Topology::SERVER_V4));
+    rtt_server.ok("accept");
+    rtt_server.begin("echo 3");
+    rtt_client.ok("ping-every 10 3");
+    rtt_server.answer();
+    rtt_client.ok("close");
+    rtt_server.ok("close");
+    agent.metrics_until("the RTT and duration histograms for cw-peer", |p| {
+        p.lines().any(|l| {
+            l.starts_with("connwatch_tcp_rtt_seconds_count{comm=\"cw-peer\"") && !l.ends_with(" 0")
+        }) && p.contains("connwatch_connection_duration_seconds_count{comm=\"cw-peer\"")
+    });
 
     // A trap started afterwards (another process name and cgroup: beyond --max-label-values 1,
     // both labels read `other`).

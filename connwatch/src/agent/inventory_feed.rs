@@ -5,15 +5,17 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::mpsc::{self, Receiver},
-    time::Duration,
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
 };
 
 use connwatch_common::tcp::{TCP_CLOSE, TCP_CLOSE_WAIT, state_name};
 
 use super::caps;
 use crate::{
+    correlate::liveness::{Settings, SocketProber},
     decode::{Comm, Detail, Event, Family, Owner, SockId, TcpState},
+    inventory::socket_settings,
     inventory::{
         self, SeenSocket,
         owners::{self, Holder},
@@ -84,6 +86,33 @@ pub struct InventoryFeed {
     updates: Receiver<Update>,
     first: Option<Update>,
     problem: Option<String>,
+    probes: mpsc::Sender<ProbeRequest>,
+}
+
+/// A socket's settings, asked of the inventory thread (the one with CAP_SYS_PTRACE).
+struct ProbeRequest {
+    pid: u32,
+    fd: i32,
+    local: SocketAddr,
+    remote: SocketAddr,
+    reply: mpsc::Sender<Option<Settings>>,
+}
+
+/// The liveness audit's prober for the agent: it asks the inventory thread.
+pub struct ThreadProber(mpsc::Sender<ProbeRequest>);
+
+impl SocketProber for ThreadProber {
+    fn settings(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<Settings> {
+        let (reply, answer) = mpsc::channel();
+        self.0.send(ProbeRequest { pid, fd, local, remote, reply }).ok()?;
+        answer.recv_timeout(Duration::from_secs(2)).ok().flatten()
+    }
 }
 
 impl InventoryFeed {
@@ -91,17 +120,29 @@ impl InventoryFeed {
     pub fn start(interval: Duration) -> anyhow::Result<Self> {
         let (send, updates) = mpsc::channel();
         let (first_send, first) = mpsc::channel();
+        let (probes, requests) = mpsc::channel::<ProbeRequest>();
         std::thread::Builder::new().name("inventory".into()).spawn(move || {
             if let Err(e) = caps::keep_only(&caps::INVENTORY) {
                 eprintln!("connwatch: inventory thread: cannot drop capabilities: {e}");
             }
             let _ = first_send.send(take(true));
+            let mut next = Instant::now() + interval;
             loop {
-                std::thread::sleep(interval);
+                match requests.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                    Ok(r) => {
+                        let _ = r
+                            .reply
+                            .send(socket_settings::read(r.pid, r.fd, r.local, r.remote).ok());
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return, // the agent is gone
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                next = Instant::now() + interval;
                 match take(false) {
                     Ok(update) => {
                         if send.send(update).is_err() {
-                            return; // the agent is gone
+                            return;
                         }
                     }
                     Err(e) => eprintln!("connwatch: inventory: {e}"),
@@ -112,7 +153,12 @@ impl InventoryFeed {
             Ok(update) => (Some(update), None),
             Err(e) => (None, Some(format!("startup inventory failed: {e}"))),
         };
-        Ok(Self { updates, first, problem })
+        Ok(Self { updates, first, problem, probes })
+    }
+
+    /// A prober for the liveness audit that asks this feed's thread.
+    pub fn prober(&self) -> ThreadProber {
+        ThreadProber(self.probes.clone())
     }
 
     pub fn problem(&self) -> Option<String> {

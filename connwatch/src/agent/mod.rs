@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use connwatch_common::socket::BIRTH_ADOPTED;
 
 use self::{
     inventory_feed::{InventoryFeed, Update},
@@ -51,7 +52,8 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     let mut sink = output(args.watch.common.json, false);
     let thresholds = args.watch.thresholds.thresholds();
     let mut agent = Agent {
-        correlator: Correlator::new(thresholds, args.watch.thresholds.max_sockets),
+        correlator: Correlator::new(thresholds, args.watch.thresholds.max_sockets)
+            .with_prober(Box::new(feed.prober())),
         json: args.watch.common.json,
         sink: sink.as_mut(),
         metrics,
@@ -146,6 +148,25 @@ impl Agent<'_> {
             Detail::Retransmit { .. } => {
                 let (comm, cgroup, _) = self.process_labels(pid, &comm);
                 self.metrics.retransmits.get_or_create(&ProcessLabels { comm, cgroup }).inc();
+            }
+            Detail::Send { snapshot, .. } | Detail::Recv { snapshot, .. }
+                if snapshot.srtt_us > 0 =>
+            {
+                let (comm, cgroup, _) = self.process_labels(pid, &comm);
+                let rtt = f64::from(snapshot.srtt_us) / 1e6;
+                self.metrics.rtt.get_or_create(&ProcessLabels { comm, cgroup }).observe(rtt);
+            }
+            // A life measured from its birth (connect, listen, a listener's child); sockets
+            // older than the agent have no birth to measure from.
+            Detail::State { new, .. }
+                if new.name() == "CLOSE"
+                    && pid.is_some()
+                    && event.sock.birth_ns & BIRTH_ADOPTED == 0
+                    && event.sock.birth_ns < event.ts_ns =>
+            {
+                let (comm, cgroup, _) = self.process_labels(pid, &comm);
+                let lived = (event.ts_ns - event.sock.birth_ns) as f64 / 1e9;
+                self.metrics.duration.get_or_create(&ProcessLabels { comm, cgroup }).observe(lived);
             }
             _ => {}
         }

@@ -36,11 +36,19 @@ pub struct Thresholds {
     /// `--retrans-threshold`: retransmission timeouts without progress that make a write
     /// "into the void".
     pub retransmits: u8,
+    /// `--idle-grace`: how long an established connection may carry nothing before the audit
+    /// asks whether anything would notice its peer vanish.
+    pub idle_grace_ns: u64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { close_wait_grace_ns: 10_000_000_000, reset_grace_ns: 10_000_000_000, retransmits: 3 }
+        Self {
+            close_wait_grace_ns: 10_000_000_000,
+            reset_grace_ns: 10_000_000_000,
+            retransmits: 3,
+            idle_grace_ns: 300_000_000_000,
+        }
     }
 }
 
@@ -141,6 +149,23 @@ fn connect_unverified(f: &Facts) -> bool {
         }
         _ => false,
     }
+}
+
+/// A held, established connection that has carried nothing for the idle grace and was not
+/// audited within it: the liveness audit asks the socket for its settings.
+pub fn idle_candidate(track: &Track, now: u64, t: &Thresholds) -> bool {
+    let f = &track.facts;
+    let over = f.fin.first().is_some()
+        || f.reset.first().is_some()
+        || f.kernel_closed.first().is_some()
+        || f.app_closed.first().is_some();
+    track.reported & (1 << Kind::LivenessUnchecked as u16) == 0
+        && f.established.first().is_some()
+        && !over
+        && track.owner.is_some()
+        && track.fd.is_some()
+        && track.last_ts.saturating_add(t.idle_grace_ns) <= now
+        && track.idle_audited_ns.saturating_add(t.idle_grace_ns) <= now
 }
 
 /// Conditions that hold once time has passed without the application reacting.

@@ -15,6 +15,7 @@ pub enum Kind {
     ResetUnnoticed,
     ErrorIgnored,
     ConnectUnverified,
+    LivenessUnchecked,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,7 +34,7 @@ impl Severity {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Self::CloseWaitLeak,
         Self::EofIgnored,
         Self::WriteAfterPeerClose,
@@ -42,6 +43,7 @@ impl Kind {
         Self::ResetUnnoticed,
         Self::ErrorIgnored,
         Self::ConnectUnverified,
+        Self::LivenessUnchecked,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Kind {
             Self::ResetUnnoticed => "reset-unnoticed",
             Self::ErrorIgnored => "error-ignored",
             Self::ConnectUnverified => "connect-unverified",
+            Self::LivenessUnchecked => "liveness-unchecked",
         }
     }
 
@@ -77,6 +80,7 @@ impl Kind {
             Self::ResetUnnoticed => "nothing happened",
             Self::ErrorIgnored => "the error was a one-off",
             Self::ConnectUnverified => "writable after connect means connected",
+            Self::LivenessUnchecked => "the connection is alive, since nothing said otherwise",
         }
     }
 
@@ -97,6 +101,9 @@ impl Kind {
             }
             Self::ErrorIgnored => "the connection is dead; the application keeps using it",
             Self::ConnectUnverified => "the connect failed; SO_ERROR was never read",
+            Self::LivenessUnchecked => {
+                "nothing crosses it and nothing checks it: a vanished peer would go unnoticed"
+            }
         }
     }
 
@@ -124,6 +131,9 @@ impl Kind {
             }
             Self::ConnectUnverified => {
                 "after EINPROGRESS and writability, read SO_ERROR before using the socket"
+            }
+            Self::LivenessUnchecked => {
+                "enable SO_KEEPALIVE with a short TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, set TCP_USER_TIMEOUT, or send an application heartbeat with a deadline"
             }
         }
     }
@@ -171,6 +181,9 @@ pub struct Finding {
     pub measures: Option<Measures>,
     /// Events were lost while this socket was tracked: the timeline may miss some.
     pub evidence_incomplete: bool,
+    /// Explanations read from the socket itself (its keepalive settings, when the kernel gives
+    /// up), one line each.
+    pub notes: Vec<String>,
     /// The owner's cgroup and what it shows (container, pod, unit); filled in by the agent.
     pub attribution: Option<crate::sinks::attribution::Attribution>,
 }

@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod finding;
+pub mod liveness;
 pub mod track;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,6 +27,13 @@ const REORDER_WINDOW_NS: u64 = 500_000_000;
 const ACCEPT_WINDOW_NS: u64 = 10_000_000_000;
 
 pub struct Correlator {
+    /// Reads sockets' own settings for the liveness audit and the half-open-write evidence;
+    /// without one, neither runs (unit tests, `--idle-grace 0`).
+    prober: Option<Box<dyn liveness::SocketProber>>,
+    /// When the liveness audit last looked for idle connections, and how many sockets it has
+    /// asked for their settings.
+    last_idle_sweep: u64,
+    audited: u64,
     /// Boxed: the table's buckets (twice the sockets, at worst) then hold pointers, not tracks.
     tracks: HashMap<SockId, Box<Track>>,
     thresholds: Thresholds,
@@ -45,6 +53,9 @@ pub struct Correlator {
 impl Correlator {
     pub fn new(thresholds: Thresholds, max_sockets: usize) -> Self {
         Self {
+            prober: None,
+            last_idle_sweep: 0,
+            audited: 0,
             tracks: HashMap::new(),
             thresholds,
             max_sockets: max_sockets.max(1),
@@ -55,6 +66,12 @@ impl Correlator {
             withheld: 0,
             reported: BTreeMap::new(),
         }
+    }
+
+    /// Lets the correlator ask sockets for their settings (the liveness audit).
+    pub fn with_prober(mut self, prober: Box<dyn liveness::SocketProber>) -> Self {
+        self.prober = Some(prober);
+        self
     }
 
     /// Takes one event (in any order); returns the findings it completes.
@@ -71,7 +88,12 @@ impl Correlator {
         let now = track.last_ts.max(event.ts_ns);
         let mut findings = Vec::new();
         for (kind, measures) in found {
-            if let Some(finding) = self.report(event.sock, kind, now, measures) {
+            if let Some(mut finding) = self.report(event.sock, kind, now, measures) {
+                if kind == Kind::HalfOpenWrite
+                    && let Some(settings) = self.probe(event.sock)
+                {
+                    finding.notes.push(settings.give_up_note());
+                }
                 findings.push(finding);
             }
         }
@@ -82,7 +104,7 @@ impl Correlator {
 
     /// Checks the timer detectors due at `now` (CLOCK_MONOTONIC ns).
     pub fn tick(&mut self, now: u64) -> Vec<Finding> {
-        let mut findings = Vec::new();
+        let mut findings = self.audit_idle(now);
         while let Some(&(deadline, sock)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -115,6 +137,48 @@ impl Correlator {
         findings
     }
 
+    /// The liveness audit, at most once a second: established connections idle for the grace
+    /// are asked for their settings, and those nothing would check are reported.
+    fn audit_idle(&mut self, now: u64) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        if self.prober.is_none()
+            || self.thresholds.idle_grace_ns == 0
+            || now < self.last_idle_sweep + 1_000_000_000
+        {
+            return findings;
+        }
+        self.last_idle_sweep = now;
+        let due: Vec<SockId> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| detect::idle_candidate(t, now, &self.thresholds))
+            .map(|(sock, _)| *sock)
+            .collect();
+        let grace_s = self.thresholds.idle_grace_ns / 1_000_000_000;
+        for sock in due {
+            if let Some(track) = self.tracks.get_mut(&sock) {
+                track.idle_audited_ns = now;
+            }
+            self.audited += 1;
+            let Some(settings) = self.probe(sock) else { continue };
+            if settings.unchecked(grace_s)
+                && let Some(mut finding) = self.report(sock, Kind::LivenessUnchecked, now, None)
+            {
+                finding.notes.push(settings.liveness_note());
+                findings.push(finding);
+            }
+        }
+        findings
+    }
+
+    /// Asks the socket's holder's copy for its settings.
+    fn probe(&mut self, sock: SockId) -> Option<liveness::Settings> {
+        let track = self.tracks.get(&sock)?;
+        let (pid, fd) = (track.owner.as_ref()?.pid, track.fd?);
+        let (local, remote) = (track.local, track.remote);
+        self.prober.as_mut()?.settings(pid, fd, local, remote)
+    }
+
     /// The kernel lost events between `from` and `to`: findings whose sockets were tracked
     /// then say their evidence may be incomplete.
     pub fn note_loss(&mut self, from: u64, to: u64) {
@@ -130,6 +194,11 @@ impl Correlator {
 
     pub fn tracked(&self) -> usize {
         self.tracks.len()
+    }
+
+    /// Sockets the liveness audit has asked for their settings so far.
+    pub fn audited(&self) -> u64 {
+        self.audited
     }
 
     pub fn evicted(&self) -> u64 {
@@ -202,6 +271,7 @@ impl Correlator {
             evidence,
             measures,
             evidence_incomplete,
+            notes: Vec::new(),
             attribution: None,
         })
     }

@@ -16,7 +16,7 @@ fn state(name: &str) -> TcpState {
 }
 
 fn snap(name: &str) -> Snapshot {
-    Snapshot { state: state(name), sk_err: None, rto_retransmits: 0, unacked_bytes: 0 }
+    Snapshot { state: state(name), sk_err: None, rto_retransmits: 0, unacked_bytes: 0, srtt_us: 0 }
 }
 
 fn at(sock: SockId, ms: u64, detail: Detail) -> Event {

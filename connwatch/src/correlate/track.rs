@@ -68,6 +68,8 @@ impl Latest3 {
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
     // What the kernel knew.
+    /// The connection was established (a state change, or an observation that found it so).
+    pub established: Span,
     /// A child created by a listener (LISTEN -> SYN_RECV): until accepted, its application
     /// may still come for it.
     pub from_listener: Span,
@@ -138,6 +140,8 @@ pub struct Track {
     pub timeline: Vec<(u64, u64, Detail)>,
     /// Kinds already reported (bit per `Kind as u8`).
     pub reported: u16,
+    /// When the liveness audit last asked this socket for its settings.
+    pub idle_audited_ns: u64,
 }
 
 impl Track {
@@ -153,6 +157,7 @@ impl Track {
             facts: Facts::default(),
             timeline: Vec::new(),
             reported: 0,
+            idle_audited_ns: 0,
         }
     }
 
@@ -203,6 +208,13 @@ impl Track {
 /// the timeline (routine traffic on a healthy socket does not). What a call did counts from
 /// its start; what it told the application (data, EOF, an error) counts from its return.
 fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8) -> bool {
+    let established = match detail {
+        Detail::State { new, .. } => new.name() == "ESTABLISHED",
+        other => other.snapshot().is_some_and(|s| s.state.name() == "ESTABLISHED"),
+    };
+    if established {
+        f.established.add(ts);
+    }
     match detail {
         Detail::State { old, new } => {
             match (old.name(), new.name()) {

@@ -157,6 +157,8 @@ pub struct Snapshot {
     pub rto_retransmits: u8,
     /// Bytes the application wrote that the peer has not acknowledged (sent or queued).
     pub unacked_bytes: u32,
+    /// Smoothed round-trip time, microseconds (0: not measured yet).
+    pub srtt_us: u32,
 }
 
 impl Snapshot {

@@ -150,6 +150,7 @@ fn snapshot(s: &SockSnapshot) -> Result<Snapshot, DecodeError> {
         sk_err: errno(s.sk_err),
         rto_retransmits: s.rto_retransmits,
         unacked_bytes: s.unacked_bytes,
+        srtt_us: s.srtt_us,
     })
 }
 

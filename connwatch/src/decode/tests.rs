@@ -207,7 +207,7 @@ fn app_record(kind: u8, fd: i32, value: i32, calls: u32, via: u8) -> Vec<u8> {
             _pad: [0; 2],
             sk_err: libc::EPIPE,
             unacked_bytes: 1500,
-            _pad2: 0,
+            srtt_us: 250,
         },
         fd,
         value,

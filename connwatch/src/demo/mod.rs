@@ -34,6 +34,7 @@ const DEMO_THRESHOLDS: Thresholds = Thresholds {
     close_wait_grace_ns: 2_000_000_000,
     reset_grace_ns: 2_000_000_000,
     retransmits: 3,
+    idle_grace_ns: 300_000_000_000,
 };
 /// The demo ends when every trap was found, or after this long.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(40);

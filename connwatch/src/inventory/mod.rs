@@ -6,6 +6,7 @@
 pub mod netns;
 pub mod owners;
 pub mod sock_diag;
+pub mod socket_settings;
 
 use std::net::SocketAddr;
 

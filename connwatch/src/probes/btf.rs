@@ -104,7 +104,7 @@ impl KernelBtf {
             write_seq: self.offset_of("tcp_sock", "write_seq")?,
             head: 0,
             proto_type: 0,
-            _pad: 0,
+            srtt_us: self.offset_of("tcp_sock", "srtt_us")?,
         };
         let o = &offsets;
         // (offset, size) of what each window must hold, so one read covers them all.

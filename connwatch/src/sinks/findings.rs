@@ -33,6 +33,9 @@ pub fn human_block(f: &Finding) -> String {
             m.retransmits, m.seconds_without_progress, m.unacked_bytes
         );
     }
+    for note in &f.notes {
+        let _ = writeln!(out, "  {note}");
+    }
     let start = f.evidence.first().map_or(f.ts_ns, |e| e.ts_ns);
     let _ = writeln!(out, "  timeline:");
     for e in &f.evidence {
@@ -87,6 +90,9 @@ pub fn finding_json(f: &Finding) -> Value {
         object.insert("retransmits".into(), m.retransmits.into());
         object.insert("seconds_without_progress".into(), m.seconds_without_progress.into());
         object.insert("unacked_bytes".into(), m.unacked_bytes.into());
+    }
+    if !f.notes.is_empty() {
+        object.insert("notes".into(), f.notes.clone().into());
     }
     object.insert("evidence_incomplete".into(), f.evidence_incomplete.into());
     if let Some(a) = &f.attribution {

@@ -83,11 +83,12 @@ pub fn write_event(out: &mut impl Write, e: &Event) -> io::Result<()> {
     if let Some(s) = e.detail.snapshot() {
         write!(
             out,
-            ",\"kstate\":\"{}\",\"sk_err\":{},\"rto_retransmits\":{},\"unacked_bytes\":{}",
+            ",\"kstate\":\"{}\",\"sk_err\":{},\"rto_retransmits\":{},\"unacked_bytes\":{},\"srtt_us\":{}",
             s.state,
             ErrnoOrZero(s.sk_err),
             s.rto_retransmits,
-            s.unacked_bytes
+            s.unacked_bytes,
+            s.srtt_us
         )?;
     }
     out.write_all(b"}")
@@ -200,8 +201,13 @@ mod tests {
     #[test]
     fn events_are_valid_json_with_every_field() {
         let state = TcpState::new(8).unwrap();
-        let snapshot =
-            Snapshot { state, sk_err: Some(Errno(32)), rto_retransmits: 1, unacked_bytes: 9 };
+        let snapshot = Snapshot {
+            state,
+            sk_err: Some(Errno(32)),
+            rto_retransmits: 1,
+            unacked_bytes: 9,
+            srtt_us: 40,
+        };
         let readiness =
             Detail::Readiness { fd: 3, via: Via::Epoll, mask: 0x2001, calls: 2, snapshot };
         let v = parsed(&event(readiness, "quo\"te\\n"));

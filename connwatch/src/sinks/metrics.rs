@@ -7,7 +7,12 @@ use std::sync::Arc;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -55,6 +60,8 @@ pub const EXPORTED: &[&str] = &[
     "connwatch_sockets",
     "connwatch_resets_total",
     "connwatch_retransmits_total",
+    "connwatch_tcp_rtt_seconds",
+    "connwatch_connection_duration_seconds",
     "connwatch_events_total",
     "connwatch_events_lost_total",
     "connwatch_tracked_sockets",
@@ -73,6 +80,8 @@ pub struct Metrics {
     pub sockets: Family<StateLabels, Gauge>,
     pub resets: Family<ResetLabels, Counter>,
     pub retransmits: Family<ProcessLabels, Counter>,
+    pub rtt: Family<ProcessLabels, Histogram, fn() -> Histogram>,
+    pub duration: Family<ProcessLabels, Histogram, fn() -> Histogram>,
     pub events: Family<TypeLabels, Counter>,
     pub events_lost: Family<TypeLabels, Counter>,
     pub tracked_sockets: Gauge,
@@ -91,6 +100,14 @@ impl Metrics {
             sockets: Family::default(),
             resets: Family::default(),
             retransmits: Family::default(),
+            // 50 µs to ~26 s.
+            rtt: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(5e-5, 2.0, 20))
+            }),
+            // 1 ms to ~12 days.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-3, 4.0, 15))
+            }),
             events: Family::default(),
             events_lost: Family::default(),
             tracked_sockets: Gauge::default(),
@@ -116,6 +133,16 @@ impl Metrics {
         );
         r.register("resets", "TCP resets received (rx) or sent (tx), by process", m.resets);
         r.register("retransmits", "TCP retransmissions, by process", m.retransmits);
+        r.register(
+            "tcp_rtt_seconds",
+            "Smoothed RTT of connections, as their reads and writes found it, by process",
+            m.rtt,
+        );
+        r.register(
+            "connection_duration_seconds",
+            "How long connections lived, from connect, listen or accept to CLOSE, by process",
+            m.duration,
+        );
         r.register("events", "Kernel records delivered, by type", m.events);
         r.register("events_lost", "Kernel records lost (ring buffer full), by type", m.events_lost);
         r.register("tracked_sockets", "Sockets the correlator tracks now", m.tracked_sockets);
@@ -171,6 +198,8 @@ mod tests {
         let r = ResetLabels { direction: "rx".into(), comm: "c".into(), cgroup: "/".into() };
         m.resets.get_or_create(&r).inc();
         m.retransmits.get_or_create(&p()).inc();
+        m.rtt.get_or_create(&p()).observe(0.001);
+        m.duration.get_or_create(&p()).observe(2.0);
         m.events.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
         m.events_lost.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
         let (_, page) = expose(&registry, None);

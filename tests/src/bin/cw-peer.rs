@@ -8,7 +8,9 @@
 //! `close-listener`, `refuse-flood ADDR PORT COUNT`, `write-every MS COUNT BYTES` (a periodic
 //! writer), `heartbeat BYTES TIMEOUT_MS` (send, await a reply, close if none), `fork-writer`
 //! (a child process that shares the connection, writes one byte on it and holds it until this
-//! peer dies), `exit`.
+//! peer dies), `keepalive IDLE INTVL CNT` (seconds, probes), `echo COUNT` (answer COUNT
+//! one-byte requests), `ping-every MS COUNT` (a heartbeat: one byte out, its echo back, a
+//! pause), `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -254,6 +256,48 @@ impl Peer {
                 check_len(unsafe { libc::read(ready[0], done.as_mut_ptr().cast(), 1) })?;
                 unsafe { libc::close(ready[0]) };
                 Ok(format!("forked {child}"))
+            }
+            ["keepalive", idle, intvl, cnt] => {
+                let one: i32 = 1;
+                setsockopt(self.conn, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &one)?;
+                for (name, value) in [
+                    (libc::TCP_KEEPIDLE, idle),
+                    (libc::TCP_KEEPINTVL, intvl),
+                    (libc::TCP_KEEPCNT, cnt),
+                ] {
+                    let value: i32 = value.parse().expect("a number");
+                    setsockopt(self.conn, libc::IPPROTO_TCP, name, &value)?;
+                }
+                Ok("keepalive on".into())
+            }
+            ["echo", count] => {
+                let mut byte = [0u8; 1];
+                for _ in 0..count.parse::<u32>().expect("count") {
+                    if check_len(unsafe { libc::recv(self.conn, byte.as_mut_ptr().cast(), 1, 0) })?
+                        == 0
+                    {
+                        return Err(io::Error::other("early EOF"));
+                    }
+                    check_len(unsafe {
+                        libc::send(self.conn, byte.as_ptr().cast(), 1, libc::MSG_NOSIGNAL)
+                    })?;
+                }
+                Ok(format!("echoed {count}"))
+            }
+            ["ping-every", ms, count] => {
+                let mut byte = [b'p'; 1];
+                for _ in 0..count.parse::<u32>().expect("count") {
+                    check_len(unsafe {
+                        libc::send(self.conn, byte.as_ptr().cast(), 1, libc::MSG_NOSIGNAL)
+                    })?;
+                    if check_len(unsafe { libc::recv(self.conn, byte.as_mut_ptr().cast(), 1, 0) })?
+                        == 0
+                    {
+                        return Err(io::Error::other("the peer closed"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().expect("ms")));
+                }
+                Ok(format!("pinged {count}"))
             }
             ["linger0"] => {
                 let linger = libc::linger { l_onoff: 1, l_linger: 0 };
