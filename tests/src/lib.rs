@@ -8,10 +8,10 @@ pub mod agent;
 pub mod firewall;
 pub mod netns;
 pub mod peer;
-pub mod servers;
 pub mod session;
 pub mod watching;
 
+pub use connwatch_servers as servers;
 pub use netns::{Netns, Topology};
 pub use peer::Peer;
 pub use session::Session;

@@ -18,6 +18,7 @@ mod procfs;
 mod report;
 mod rounds;
 mod rss;
+mod servers;
 mod soak;
 mod tracer;
 
@@ -67,6 +68,15 @@ pub struct BenchArgs {
     /// I/O request and reply size in bytes (cw-io --message-bytes).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     message_bytes: u32,
+    /// Rounds of the real-server workloads (each runs untraced, watch and agent once).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    server_rounds: u32,
+    /// Seconds of wrk load per run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    wrk_seconds: u32,
+    /// redis-benchmark requests per run.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1000..=10_000_000))]
+    redis_requests: u32,
     /// Minutes of the agent soak (`--only soak`; not part of the default run).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
     soak_minutes: u32,
@@ -84,11 +94,13 @@ enum Workload {
     Io,
     Rss,
     Parallel,
+    Servers,
     Soak,
 }
 
 impl Workload {
-    const DEFAULT: [Self; 4] = [Self::Churn, Self::Io, Self::Rss, Self::Parallel];
+    const DEFAULT: [Self; 5] =
+        [Self::Churn, Self::Io, Self::Rss, Self::Parallel, Self::Servers];
 }
 
 /// The configurations of the I/O workload (tcpstates traces no I/O).
@@ -137,6 +149,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             parallel::run(&tools.connwatch, &parallel::build_churner()?, args.parallel_seconds)
         })
         .transpose()?;
+    let servers = selected(Workload::Servers)
+        .then(|| -> anyhow::Result<Vec<servers::ServerSection>> {
+            prereqs::ensure_packages(&["nginx-light", "wrk", "redis-server", "redis-tools"])?;
+            Ok(vec![
+                servers::nginx(&setup, args.server_rounds, args.wrk_seconds)?,
+                servers::redis(&setup, args.server_rounds, args.redis_requests)?,
+            ])
+        })
+        .transpose()?;
     let soak = selected(Workload::Soak)
         .then(|| {
             eprintln!("bench: soak: connwatch agent under {} min of churn", args.soak_minutes);
@@ -154,6 +175,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", parallel::markdown(&runs));
         let path = workspace_root().join("target/bench/parallel.json");
         std::fs::write(&path, serde_json::to_string_pretty(&runs)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(sections) = servers {
+        println!("{}", servers::markdown(&sections));
+        let path = workspace_root().join("target/bench/servers.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&sections)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(soak) = soak {
@@ -182,6 +209,10 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     }
     if args.only.contains(&Workload::Rss) {
         total += 10.0;
+    }
+    if args.only.contains(&Workload::Servers) {
+        let per_round = 3.0 * (f64::from(args.wrk_seconds) + 3.0 + TRACER_OVERHEAD_S);
+        total += f64::from(args.server_rounds) * 2.0 * per_round;
     }
     if args.only.contains(&Workload::Soak) {
         total += f64::from(args.soak_minutes) * 60.0 + TRACER_OVERHEAD_S;

@@ -50,11 +50,20 @@ pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_EVENT.1) as *const u64) }) else {
         return 0;
     };
+    let key = EpollKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, epfd, data };
+    // A MOD that keeps the data word (servers re-arm write interest on every reply) changes
+    // nothing this map knows: one lookup and out. ADD always resolves the fd afresh.
+    if op == EPOLL_CTL_MOD
+        && let Some(known) = EPOLL_WATCH.get_ptr(&key)
+        // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
+        && unsafe { (*known).fd } == fd
+    {
+        return 0;
+    }
     let Some(sk) = sock::sock_of_fd(fd as i64) else {
         return 0;
     };
     if sock::tcp_endpoints(sk).is_some() {
-        let key = EpollKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, epfd, data };
         let _ = EPOLL_WATCH.insert(&key, &EpollTarget { sk, fd, _pad: 0 }, 0);
     }
     0

@@ -22,6 +22,8 @@ pub enum Config {
     ConnwatchTracepoint,
     /// `connwatch watch --json`: the same programs, events correlated into findings.
     ConnwatchWatch,
+    /// `connwatch agent --json`: watch plus metrics, inventory and attribution.
+    ConnwatchAgent,
 }
 
 impl Config {
@@ -45,6 +47,7 @@ impl Config {
             Self::ConnwatchRaw => "connwatch trace",
             Self::ConnwatchTracepoint => "connwatch trace --attach tracepoint",
             Self::ConnwatchWatch => "connwatch watch",
+            Self::ConnwatchAgent => "connwatch agent",
         }
     }
 
@@ -55,7 +58,10 @@ impl Config {
     }
 
     pub const fn is_connwatch(self) -> bool {
-        matches!(self, Self::ConnwatchRaw | Self::ConnwatchTracepoint | Self::ConnwatchWatch)
+        matches!(
+            self,
+            Self::ConnwatchRaw | Self::ConnwatchTracepoint | Self::ConnwatchWatch | Self::ConnwatchAgent
+        )
     }
 
     /// The tracer's argv (program first), or None for the untraced baseline.
@@ -70,6 +76,7 @@ impl Config {
             Self::ConnwatchRaw => connwatch(&["trace", "--json"]),
             Self::ConnwatchTracepoint => connwatch(&["trace", "--json", "--attach", "tracepoint"]),
             Self::ConnwatchWatch => connwatch(&["watch", "--json"]),
+            Self::ConnwatchAgent => connwatch(&["agent", "--json", "--listen", "127.0.0.1:25743"]),
         }
     }
 

@@ -3,7 +3,8 @@
 //! RSS after the warm-up minute, the peak, the last sample and the growth in between.
 
 use std::{
-    io::{Read, Write},
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
@@ -35,6 +36,8 @@ pub struct Soak {
     pub rss_peak_kib: u64,
     pub scrapes: u64,
     pub findings_total: f64,
+    /// Findings written, by "kind by comm".
+    pub findings_by: BTreeMap<String, u64>,
     pub events_lost_total: f64,
 }
 
@@ -42,16 +45,30 @@ pub fn run(connwatch: &Path, churner: &Path, minutes: u32) -> anyhow::Result<Soa
     let processes = 2 * thread::available_parallelism().map_or(2, |n| n.get());
     let ports: Vec<String> = (0..processes as u16).map(|i| (FIRST_PORT + i).to_string()).collect();
     let mut agent = Command::new(connwatch);
-    agent.args(["agent", "--listen", LISTEN]);
+    agent.args(["agent", "--json", "--listen", LISTEN]);
     let mut agent = Guard(
         agent
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting connwatch agent")?,
     );
     let pid = agent.0.id();
+    // Every finding it writes, by kind and process name: on a host where only correct
+    // programs run, there should be none; anything else running shows here.
+    let stdout = agent.0.stdout.take().expect("piped");
+    let findings = thread::spawn(move || {
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["type"] == "finding"
+            {
+                *seen.entry(format!("{} by {}", v["kind"].as_str().unwrap_or("?"), v["comm"].as_str().unwrap_or("?"))).or_default() += 1;
+            }
+        }
+        seen
+    });
     let ready_by = Instant::now() + Duration::from_secs(60);
     while scrape().is_err() {
         if Instant::now() > ready_by {
@@ -93,6 +110,7 @@ pub fn run(connwatch: &Path, churner: &Path, minutes: u32) -> anyhow::Result<Soa
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = agent.0.wait();
+    let findings_by = findings.join().unwrap_or_default();
     let after_warm_up = samples
         .iter()
         .find(|(s, _)| *s >= WARM_UP.as_secs())
@@ -108,6 +126,7 @@ pub fn run(connwatch: &Path, churner: &Path, minutes: u32) -> anyhow::Result<Soa
         samples,
         scrapes,
         findings_total: sum(&last_page, "connwatch_findings_total"),
+        findings_by,
         events_lost_total: sum(&last_page, "connwatch_events_lost_total"),
     })
 }
@@ -140,13 +159,16 @@ fn sum(page: &str, metric: &str) -> f64 {
 
 pub fn markdown(s: &Soak) -> String {
     let growth = s.rss_last_kib as f64 - s.rss_after_warm_up_kib as f64;
+    let by: Vec<String> = s.findings_by.iter().map(|(what, n)| format!("{what}: {n}")).collect();
+    let by = if by.is_empty() { "none".to_string() } else { by.join(", ") };
     format!(
         "#### Soak: connwatch agent under {} minutes of churn\n\n\
          {} cw-churner processes at {RATE_PER_PROCESS} connections/s each; VmRSS sampled every \
          {} s, /metrics scraped each time ({} scrapes).\n\n\
          | connections | RSS after 1 min | RSS at end | growth after 1 min | peak RSS | findings | events lost |\n\
          |---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} | {:.1} MiB | {:.1} MiB | {:+.1} MiB ({:+.1}%) | {:.1} MiB | {} | {} |\n",
+         | {} | {:.1} MiB | {:.1} MiB | {:+.1} MiB ({:+.1}%) | {:.1} MiB | {} | {} |\n\n\
+         Findings written (the agent watches the whole host): {by}.\n",
         s.minutes,
         s.processes,
         SAMPLE_EVERY.as_secs(),

@@ -1,6 +1,6 @@
-//! Real software from Debian packages (nginx, Redis, PostgreSQL, Go programs) and its load
-//! generators, each server started on loopback by a guard that stops it. `cargo xtask test`
-//! installs the packages.
+//! Real software from Debian packages (nginx, Redis, PostgreSQL, Prometheus, Go programs) and
+//! its load generators, each server started on loopback by a guard that stops it. The tests
+//! and `cargo xtask bench` share it; `cargo xtask test` installs the packages.
 
 use std::{
     fs,
@@ -241,7 +241,7 @@ pub fn cwgo() -> &'static Path {
         let output = Command::new(go)
             .args(["build", "-o"])
             .arg(&out)
-            .arg(root.join("go/cwgo.go"))
+            .arg(root.join("../go/cwgo.go"))
             .env("GOCACHE", &cache)
             .env("GOFLAGS", "-mod=mod")
             .env("GOPROXY", "off")
