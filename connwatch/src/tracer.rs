@@ -27,6 +27,8 @@ pub struct Tracer {
     batch: RecordBatch,
     events_by_type: BTreeMap<&'static str, u64>,
     malformed: u64,
+    /// Ring-buffer bytes taken so far (records with their 8-byte headers, 8-byte aligned).
+    bytes_taken: u64,
     ring_buffer_bytes: u32,
 }
 
@@ -61,6 +63,7 @@ impl Tracer {
             batch: RecordBatch::default(),
             events_by_type: BTreeMap::new(),
             malformed: 0,
+            bytes_taken: 0,
             ring_buffer_bytes: options.ring_buffer_bytes,
         })
     }
@@ -87,6 +90,7 @@ impl Tracer {
         }
         let taken = self.ring.drain(&mut self.batch, POLL_BATCH);
         for record in self.batch.take() {
+            self.bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
             match decode::decode(&record) {
                 Ok(event) => {
                     *self.events_by_type.entry(event.detail.type_name()).or_default() += 1;
@@ -96,6 +100,12 @@ impl Tracer {
             }
         }
         taken
+    }
+
+    /// Ring-buffer bytes taken so far: the growth between two drains is how full the buffer
+    /// was when drained.
+    pub fn bytes_taken(&self) -> u64 {
+        self.bytes_taken
     }
 
     /// Blocks until the kernel wakes the ring buffer or `timeout` passes. Submissions wake

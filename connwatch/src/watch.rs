@@ -53,13 +53,11 @@ pub struct Watcher<'a> {
     /// Every finding reported: its kind and process.
     pub found: Vec<(Kind, Option<u32>)>,
     sink: &'a mut dyn Sink,
-    /// When losses were last checked, and how many there were then.
-    loss_checked: (u64, u64),
 }
 
 impl<'a> Watcher<'a> {
     pub fn new(correlator: Correlator, sink: &'a mut dyn Sink) -> Self {
-        Self { correlator, found: Vec::new(), sink, loss_checked: (0, 0) }
+        Self { correlator, found: Vec::new(), sink }
     }
 
     pub fn summary(&self) -> WatchSummary {
@@ -93,11 +91,7 @@ impl Consumer for Watcher<'_> {
     }
 
     fn tick(&mut self, now_ns: u64, lost_total: u64) -> io::Result<()> {
-        let (checked_at, lost_then) = self.loss_checked;
-        if lost_total > lost_then {
-            self.correlator.note_loss(checked_at, now_ns);
-        }
-        self.loss_checked = (now_ns, lost_total);
+        self.correlator.note_lost_total(now_ns, lost_total);
         for finding in self.correlator.tick(now_ns) {
             self.report(&finding)?;
         }

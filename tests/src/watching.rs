@@ -25,8 +25,6 @@ pub struct Watching {
     pub correlator: Correlator,
     pub findings: Vec<Finding>,
     fed: usize,
-    /// When losses were last checked, and the kernel's loss count then (as `watch` does).
-    loss_checked: (u64, u64),
 }
 
 impl Watching {
@@ -80,7 +78,6 @@ impl Watching {
             correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS),
             findings: Vec::new(),
             fed: 0,
-            loss_checked: (monotonic_ns(), 0),
         }
     }
 
@@ -91,11 +88,7 @@ impl Watching {
             self.findings.extend(self.correlator.ingest(event));
         }
         self.fed = self.session.events.len();
-        let lost = self.session.tracer.lost_total();
-        if lost > self.loss_checked.1 {
-            self.correlator.note_loss(self.loss_checked.0, monotonic_ns());
-        }
-        self.loss_checked = (monotonic_ns(), lost);
+        self.correlator.note_lost_total(monotonic_ns(), self.session.tracer.lost_total());
         self.findings.extend(self.correlator.tick(now));
     }
 

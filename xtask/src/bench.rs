@@ -99,8 +99,7 @@ enum Workload {
 }
 
 impl Workload {
-    const DEFAULT: [Self; 5] =
-        [Self::Churn, Self::Io, Self::Rss, Self::Parallel, Self::Servers];
+    const DEFAULT: [Self; 5] = [Self::Churn, Self::Io, Self::Rss, Self::Parallel, Self::Servers];
 }
 
 /// The configurations of the I/O workload (tcpstates traces no I/O).

@@ -66,7 +66,6 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
         log: FindingLog::default(),
         feed,
         filters: options.filters.clone(),
-        loss_checked: (monotonic_ns(), 0),
         counted: Counted::default(),
     };
     let mut ready = tracer.ready();
@@ -90,6 +89,7 @@ struct Counted {
     lost: HashMap<&'static str, u64>,
     evicted: u64,
     withheld: u64,
+    bytes_taken: u64,
 }
 
 struct Agent<'a> {
@@ -111,7 +111,6 @@ struct Agent<'a> {
     /// `--pid`, `--port`, `--comm`: the kernel applies them to events, the agent to what the
     /// inventory finds.
     filters: crate::probes::Filters,
-    loss_checked: (u64, u64),
     counted: Counted,
 }
 
@@ -298,11 +297,7 @@ impl Consumer for Agent<'_> {
     }
 
     fn tick(&mut self, now_ns: u64, lost_total: u64) -> io::Result<()> {
-        let (checked_at, lost_then) = self.loss_checked;
-        if lost_total > lost_then {
-            self.correlator.note_loss(checked_at, now_ns);
-        }
-        self.loss_checked = (now_ns, lost_total);
+        self.correlator.note_lost_total(now_ns, lost_total);
         while let Some(update) = self.feed.next() {
             self.apply_inventory(update)?;
         }
@@ -324,6 +319,10 @@ impl Consumer for Agent<'_> {
             add_total(&self.metrics.events_lost, &mut self.counted.lost, name, total);
         }
         self.metrics.tracked_sockets.set(self.correlator.tracked() as i64);
+        let taken = tracer.bytes_taken();
+        let used = taken - self.counted.bytes_taken;
+        self.metrics.ring_buffer_used_bytes.set(used as i64);
+        self.counted.bytes_taken = taken;
         let evicted = self.correlator.evicted();
         self.metrics.sockets_evicted.inc_by(evicted - self.counted.evicted);
         self.counted.evicted = evicted;

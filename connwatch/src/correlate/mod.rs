@@ -45,6 +45,8 @@ pub struct Correlator {
     /// Windows in which the kernel lost events (CLOCK_MONOTONIC ns).
     losses: Vec<(u64, u64)>,
     evicted: u64,
+    /// When the kernel's loss count was last given, and what it was then.
+    loss_seen: (u64, u64),
     /// Timer findings not reported because events were lost while they ripened.
     withheld: u64,
     reported: BTreeMap<Kind, u64>,
@@ -63,6 +65,7 @@ impl Correlator {
             finished: BTreeSet::new(),
             losses: Vec::new(),
             evicted: 0,
+            loss_seen: (0, 0),
             withheld: 0,
             reported: BTreeMap::new(),
         }
@@ -177,6 +180,16 @@ impl Correlator {
         let (pid, fd) = (track.owner.as_ref()?.pid, track.fd?);
         let (local, remote) = (track.local, track.remote);
         self.prober.as_mut()?.settings(pid, fd, local, remote)
+    }
+
+    /// The kernel's running loss count at `now`: if it grew since the last call, events were
+    /// lost in between.
+    pub fn note_lost_total(&mut self, now: u64, lost_total: u64) {
+        let (checked_at, lost_then) = self.loss_seen;
+        if lost_total > lost_then {
+            self.note_loss(checked_at, now);
+        }
+        self.loss_seen = (now, lost_total);
     }
 
     /// The kernel lost events between `from` and `to`: findings whose sockets were tracked

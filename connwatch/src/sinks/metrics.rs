@@ -68,6 +68,7 @@ pub const EXPORTED: &[&str] = &[
     "connwatch_sockets_evicted_total",
     "connwatch_findings_withheld_total",
     "connwatch_ring_buffer_bytes",
+    "connwatch_ring_buffer_used_bytes",
     "connwatch_network_namespaces",
     "connwatch_build_info",
 ];
@@ -88,6 +89,7 @@ pub struct Metrics {
     pub sockets_evicted: Counter,
     pub findings_withheld: Counter,
     pub ring_buffer_bytes: Gauge,
+    pub ring_buffer_used_bytes: Gauge,
     pub network_namespaces: Gauge,
 }
 
@@ -114,6 +116,7 @@ impl Metrics {
             sockets_evicted: Counter::default(),
             findings_withheld: Counter::default(),
             ring_buffer_bytes: Gauge::default(),
+            ring_buffer_used_bytes: Gauge::default(),
             network_namespaces: Gauge::default(),
         };
         metrics.ring_buffer_bytes.set(i64::from(ring_buffer_bytes));
@@ -157,6 +160,12 @@ impl Metrics {
             m.findings_withheld,
         );
         r.register("ring_buffer_bytes", "Size of the kernel ring buffer", m.ring_buffer_bytes);
+        r.register(
+            "ring_buffer_used_bytes",
+            "Bytes waiting in the kernel ring buffer when it was last drained (against \
+             connwatch_ring_buffer_bytes: how close it came to losing events)",
+            m.ring_buffer_used_bytes,
+        );
         r.register(
             "network_namespaces",
             "Network namespaces the last inventory covered",

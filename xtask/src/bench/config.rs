@@ -60,7 +60,10 @@ impl Config {
     pub const fn is_connwatch(self) -> bool {
         matches!(
             self,
-            Self::ConnwatchRaw | Self::ConnwatchTracepoint | Self::ConnwatchWatch | Self::ConnwatchAgent
+            Self::ConnwatchRaw
+                | Self::ConnwatchTracepoint
+                | Self::ConnwatchWatch
+                | Self::ConnwatchAgent
         )
     }
 

@@ -67,7 +67,11 @@ pub fn redis(setup: &Setup<'_>, rounds: u32, requests: u32) -> anyhow::Result<Se
     };
     run()?;
     let results = round_robin("redis GET", &CONFIGS, rounds, setup, run, rate)?;
-    Ok(section("redis-server + redis-benchmark GET", format!("redis-benchmark -n {n} -c 20 -t get"), results))
+    Ok(section(
+        "redis-server + redis-benchmark GET",
+        format!("redis-benchmark -n {n} -c 20 -t get"),
+        results,
+    ))
 }
 
 fn rate(load: &Load) -> String {
@@ -93,7 +97,8 @@ fn parse_redis(out: &str, requests: u32) -> anyhow::Result<Load> {
     let Some(line) = out.lines().find(|l| l.starts_with("\"GET\"")) else {
         bail!("no GET line in redis-benchmark's output: {out}");
     };
-    let per_second = line.split(',').nth(1).map(|v| v.trim_matches('"')).and_then(|v| v.parse().ok());
+    let per_second =
+        line.split(',').nth(1).map(|v| v.trim_matches('"')).and_then(|v| v.parse().ok());
     let per_second = per_second.with_context(|| format!("cannot read {line}"))?;
     Ok(Load { requests: u64::from(requests), per_second })
 }
@@ -110,7 +115,8 @@ fn section(name: &'static str, load: String, results: Vec<RoundResult<Load>>) ->
                         .iter()
                         .filter(|p| p.run_cnt > 0)
                         .map(|p| {
-                            let hook = p.hook.clone().unwrap_or_else(|| format!("prog {}", p.prog_id));
+                            let hook =
+                                p.hook.clone().unwrap_or_else(|| format!("prog {}", p.prog_id));
                             let per_hit = p.run_time_ns as f64 / p.run_cnt as f64;
                             let per_request = p.run_cnt as f64 / r.workload.requests.max(1) as f64;
                             (hook, per_hit, per_request)
@@ -122,7 +128,13 @@ fn section(name: &'static str, load: String, results: Vec<RoundResult<Load>>) ->
                 let total: u64 = t.programs.iter().map(|p| p.run_time_ns).sum();
                 total as f64 / r.workload.requests.max(1) as f64
             });
-            RoundSummary { round: r.round, config: r.config, load: r.workload, bpf_ns_per_request, programs }
+            RoundSummary {
+                round: r.round,
+                config: r.config,
+                load: r.workload,
+                bpf_ns_per_request,
+                programs,
+            }
         })
         .collect();
     ServerSection { name, load, rounds }
@@ -151,7 +163,13 @@ pub fn markdown(sections: &[ServerSection]) -> String {
             let rps = median(of(config).map(|r| r.load.per_second).collect());
             let bpf: Vec<f64> = of(config).filter_map(|r| r.bpf_ns_per_request).collect();
             let bpf = if bpf.is_empty() { "–".into() } else { format!("{:.0}", median(bpf)) };
-            let _ = writeln!(md, "| {} | {} | {:.2} | {bpf} |", config.label(), thousands(rps), rps / base);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {bpf} |",
+                config.label(),
+                thousands(rps),
+                rps / base
+            );
         }
         // The heaviest programs under watch, per hit and per request.
         if let Some(r) = of(Config::ConnwatchWatch).last() {
@@ -159,7 +177,8 @@ pub fn markdown(sections: &[ServerSection]) -> String {
             programs.sort_by(|a, b| (b.1 * b.2).total_cmp(&(a.1 * a.2)));
             md += "\nUnder watch (last round), the programs that cost most per request:\n\n| hook | ns / hit | hits / request | ns / request |\n|---|---:|---:|---:|\n";
             for (hook, per_hit, hits) in programs.iter().take(8) {
-                let _ = writeln!(md, "| {hook} | {per_hit:.0} | {hits:.2} | {:.0} |", per_hit * hits);
+                let _ =
+                    writeln!(md, "| {hook} | {per_hit:.0} | {hits:.2} | {:.0} |", per_hit * hits);
             }
         }
         md += "\n";

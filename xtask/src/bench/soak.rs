@@ -64,7 +64,13 @@ pub fn run(connwatch: &Path, churner: &Path, minutes: u32) -> anyhow::Result<Soa
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["type"] == "finding"
             {
-                *seen.entry(format!("{} by {}", v["kind"].as_str().unwrap_or("?"), v["comm"].as_str().unwrap_or("?"))).or_default() += 1;
+                *seen
+                    .entry(format!(
+                        "{} by {}",
+                        v["kind"].as_str().unwrap_or("?"),
+                        v["comm"].as_str().unwrap_or("?")
+                    ))
+                    .or_default() += 1;
             }
         }
         seen
