@@ -172,7 +172,7 @@ pub fn markdown(sections: &[ServerSection]) -> String {
             );
         }
         // The heaviest programs under watch, per hit and per request.
-        if let Some(r) = of(Config::ConnwatchWatch).last() {
+        if let Some(r) = of(Config::ConnwatchWatch).next_back() {
             let mut programs = r.programs.clone();
             programs.sort_by(|a, b| (b.1 * b.2).total_cmp(&(a.1 * a.2)));
             md += "\nUnder watch (last round), the programs that cost most per request:\n\n| hook | ns / hit | hits / request | ns / request |\n|---|---:|---:|---:|\n";
