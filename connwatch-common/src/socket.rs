@@ -69,8 +69,16 @@ pub struct IoState {
     pub recv: IoTally,
     pub send: IoTally,
     pub readiness: IoTally,
+    /// 1 while the socket is known ESTABLISHED with no error and no retransmission timeout:
+    /// set by a hook that read it so, cleared by every kernel event on the socket (state
+    /// change, reset, error, retransmit). While set, a routine call is tallied after this one
+    /// map lookup, without reading the socket.
+    pub trusted: u8,
+    pub _pad: [u8; 3],
+    /// The owner the last slow path saw, so the fast path can tell the owner is unchanged.
+    pub owner_tgid: u32,
 }
-assert_size!(IoState, 144);
+assert_size!(IoState, 152);
 
 /// The socket as a send found it when it began (`tcp:tcp_sendmsg_locked`'s first hit in the
 /// call), kept per CPU until the call's `sock:sock_send_length` takes it. The thread and socket

@@ -7,6 +7,11 @@
 //! before a call that changes what is reported (state, readiness mask or mechanism) or is
 //! notable, which is then reported on its own. A summary therefore only ever stands for calls
 //! on a healthy ESTABLISHED socket, in the order they happened. `--all-io` reports every call.
+//!
+//! The fast path: a socket read healthy and ESTABLISHED is *trusted* until a kernel event on it
+//! (state change, reset, error, retransmission) clears that; while trusted, its owner's
+//! routine calls (data moved, readiness without HUP/RDHUP/ERR) are tallied after one map
+//! lookup, without reading the socket.
 
 use connwatch_common::{
     config::FLAG_ALL_IO,
@@ -15,6 +20,8 @@ use connwatch_common::{
     socket::{IoState, IoTally},
     tcp::TCP_ESTABLISHED,
 };
+
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
 use crate::{config::conf, emit, maps::IO_STATE, owner::now, sock::Health};
 
@@ -50,6 +57,77 @@ pub struct Due {
     pub this: Span,
 }
 
+/// The fast path: a routine call on a trusted socket, by its owner, whose tally is not due, is
+/// tallied after one map lookup, without reading the socket. Returns whether it was.
+#[inline(always)]
+pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, started_ns: u64) -> bool {
+    if conf!(flags) & FLAG_ALL_IO != 0 {
+        return false;
+    }
+    let Some(io) = IO_STATE.get_ptr_mut(&sk) else {
+        return false;
+    };
+    // SAFETY: a valid map value pointer; tallies of one socket race only with themselves.
+    let io = unsafe { &mut *io };
+    if io.trusted == 0 || io.owner_tgid != (bpf_get_current_pid_tgid() >> 32) as u32 {
+        return false;
+    }
+    let tally = select(io, path);
+    let now = now();
+    if tally.last_state != TCP_ESTABLISHED
+        || tally.last_signature != signature
+        || now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS
+    {
+        return false;
+    }
+    if tally.calls == 0 {
+        tally.first_ns = if started_ns != 0 { started_ns } else { now };
+    }
+    tally.calls += 1;
+    tally.bytes += bytes;
+    tally.last_ns = now;
+    emit::count(COUNTER_IO_SUMMARISED, 1);
+    true
+}
+
+/// After a look at the socket: whether routine calls by `owner_tgid` may skip the next looks.
+#[inline(always)]
+pub fn trust(sk: u64, healthy: bool, owner_tgid: u32) {
+    if let Some(io) = IO_STATE.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            (*io).trusted = healthy as u8;
+            (*io).owner_tgid = owner_tgid;
+        }
+    }
+}
+
+/// Whether the socket is trusted (its routine calls skip the look).
+#[inline(always)]
+pub fn trusted(sk: u64) -> bool {
+    // SAFETY: a valid map value pointer, read once.
+    IO_STATE.get_ptr(&sk).is_some_and(|io| unsafe { (*io).trusted } != 0)
+}
+
+/// The kernel did something to the socket (state change, reset, error, retransmission):
+/// routine calls must look again.
+#[inline(always)]
+pub fn distrust(sk: u64) {
+    if let Some(io) = IO_STATE.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*io).trusted = 0 };
+    }
+}
+
+#[inline(always)]
+fn select(io: &mut IoState, path: Path) -> &mut IoTally {
+    match path {
+        Path::Recv => &mut io.recv,
+        Path::Send => &mut io.send,
+        Path::Readiness => &mut io.readiness,
+    }
+}
+
 /// Tallies one call of `bytes` made at `started_ns`; returns what is due, or `None` when the
 /// call was folded into the tally.
 #[inline(always)]
@@ -76,11 +154,7 @@ pub fn tally(
     };
     // SAFETY: a valid map value pointer; tallies of one socket race only with themselves.
     let io = unsafe { &mut *io };
-    let tally: &mut IoTally = match path {
-        Path::Recv => &mut io.recv,
-        Path::Send => &mut io.send,
-        Path::Readiness => &mut io.readiness,
-    };
+    let tally = select(io, path);
     let changed = notable || tally.last_state != state || tally.last_signature != signature;
     let interval = now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS;
     if !changed && !interval {

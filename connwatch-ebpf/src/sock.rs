@@ -117,8 +117,14 @@ pub fn snapshot(sk: u64, state: u8, health: Health) -> SockSnapshot {
         _pad: [0; 2],
         sk_err: health.sk_err,
         unacked_bytes: written.wrapping_sub(una),
-        srtt_us: read::<u32>(sk, conf!(sock.srtt_us)).unwrap_or(0) >> 3,
+        srtt_us: srtt_us(sk),
     }
+}
+
+/// Smoothed round-trip time, microseconds (`tcp_sock.srtt_us` holds it << 3).
+#[inline(always)]
+pub fn srtt_us(sk: u64) -> u32 {
+    read::<u32>(sk, conf!(sock.srtt_us)).unwrap_or(0) >> 3
 }
 
 /// The socket's network namespace (`struct net` address).

@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use connwatch_common::event::{ErrorEvent, KIND_ERROR};
 
-use crate::{emit, owner, sock};
+use crate::{emit, owner, policy, sock};
 
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
@@ -19,6 +19,8 @@ pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     if errno == 0 {
         return 0;
     }
+    // Whatever the kernel did, routine calls must look at the socket again.
+    policy::distrust(sk);
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;

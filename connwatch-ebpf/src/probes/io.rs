@@ -9,8 +9,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use connwatch_common::{
-    event::{KIND_RECV, KIND_SEND},
+    event::{KIND_RECV, KIND_SEND, SockSnapshot},
     socket::SendStart,
+    tcp::TCP_ESTABLISHED,
 };
 
 use crate::{
@@ -79,15 +80,16 @@ pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     if slot.sk == sk && slot.pid_tgid == pid_tgid {
         return 0; // A later segment of the same call.
     }
-    let Some(ends) = sock::tcp_endpoints(sk) else {
-        return 0;
+    // A trusted socket is ESTABLISHED with no error and no timeout: nothing to read.
+    let snapshot = if policy::trusted(sk) {
+        SockSnapshot { state: TCP_ESTABLISHED, ..SockSnapshot::default() }
+    } else {
+        let Some(ends) = sock::tcp_endpoints(sk) else {
+            return 0;
+        };
+        sock::snapshot(sk, ends.state, sock::health(sk))
     };
-    *slot = SendStart {
-        pid_tgid,
-        sk,
-        started_ns: owner::now(),
-        snapshot: sock::snapshot(sk, ends.state, sock::health(sk)),
-    };
+    *slot = SendStart { pid_tgid, sk, started_ns: owner::now(), snapshot };
     0
 }
 
@@ -110,10 +112,17 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
         Path::Send => take_send_start(sk),
         _ => None,
     };
+    // Routine: data moved. EOF, errors and EAGAIN take the full look.
+    let started = start.map_or(0, |s| s.started_ns);
+    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, started) {
+        return;
+    }
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
     let health = sock::health(sk);
+    // Trust follows the socket as it is now, whatever state the call began in.
+    let healthy_now = !policy::notable_socket(ends.state, &health);
     let mut snapshot = None;
     let mut started_ns = owner::now();
     if let Some(start) = start {
@@ -130,19 +139,22 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let failed = ret < 0 && ret != EAGAIN;
     let notable = eof || failed || policy::notable_socket(ends.state, &health);
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let Some(due) = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns) else {
-        // Not reported now, but the caller is still the owner.
-        owner::touch(sk);
+    let due = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns);
+    let info = owner::touch(sk);
+    policy::trust(sk, healthy_now, info.owner.tgid);
+    let Some(due) = due else {
         return;
     };
     let kind = if matches!(path, Path::Recv) { KIND_RECV } else { KIND_SEND };
-    let info = owner::touch(sk);
     if let Some((earlier, state, _)) = due.earlier {
         let obs = Observation::summary(kind, -1, 0, 0, earlier, state);
         emit::observed_as(sk, &ends, &obs, &info);
     }
     let this = due.this;
-    let snapshot = snapshot.unwrap_or_else(|| sock::snapshot(sk, ends.state, health));
+    let mut snapshot = snapshot.unwrap_or_else(|| sock::snapshot(sk, ends.state, health));
+    if snapshot.srtt_us == 0 {
+        snapshot.srtt_us = sock::srtt_us(sk);
+    }
     let obs = Observation {
         kind,
         fd: -1,

@@ -317,24 +317,28 @@ fn unexamined(entries: u64) {
 /// checks each loop iteration once instead of every path through all the iterations after it.
 #[inline(never)]
 fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
+    // Routine masks (IN, OUT) come and go on a busy socket (servers re-arm write interest per
+    // reply): only the mechanism is part of what a summary stands for. HUP/RDHUP/ERR are
+    // notable and always reported.
+    let signature = via as u32;
+    if mask & HANGUP_OR_ERROR == 0 && policy::fast_tally(sk, Path::Readiness, 0, signature, 0) {
+        return;
+    }
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return;
     };
     let health = sock::health(sk);
     let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(ends.state, &health);
-    // Routine masks (IN, OUT) come and go on a busy socket (servers re-arm write interest per
-    // reply): only the mechanism is part of what a summary stands for. HUP/RDHUP/ERR are
-    // notable and always reported.
-    let signature = via as u32;
     let now = owner::now();
-    let Some(due) = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, now)
-    else {
-        return;
-    };
+    let due = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, now);
+    let info = owner::touch(sk);
+    policy::trust(sk, !policy::notable_socket(ends.state, &health), info.owner.tgid);
     // Healthy readiness tallied before a change is not reported on its own (one more record
     // inside these bounded loops would multiply the verifier's work): it stays counted in
     // `COUNTER_IO_SUMMARISED`, and this call is reported with its own mask and state.
-    let info = owner::touch(sk);
+    let Some(due) = due else {
+        return;
+    };
     let snapshot = sock::snapshot(sk, ends.state, health);
     let obs = Observation {
         kind: KIND_READINESS,

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use connwatch_common::event::{KIND_RESET, RESET_RX, RESET_TX, ResetEvent};
 
-use crate::{config::conf, emit, owner, sock};
+use crate::{config::conf, emit, owner, policy, sock};
 
 #[tracepoint]
 pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
@@ -49,6 +49,8 @@ fn on_reset(sk: u64, direction: u8) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
+    // Whatever the kernel did, routine calls must look at the socket again.
+    policy::distrust(sk);
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent};
 
-use crate::{config::conf, emit, owner, sock};
+use crate::{config::conf, emit, owner, policy, sock};
 
 #[tracepoint]
 pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -30,6 +30,8 @@ fn on_retransmit(sk: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
+    // Whatever the kernel did, routine calls must look at the socket again.
+    policy::distrust(sk);
     let info = owner::known(sk);
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;

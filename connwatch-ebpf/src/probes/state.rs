@@ -14,7 +14,7 @@ use connwatch_common::{
     },
 };
 
-use crate::{config::conf, emit, owner, sock};
+use crate::{config::conf, emit, owner, policy, sock};
 
 #[tracepoint]
 pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -43,6 +43,8 @@ fn on_state_change(sk: u64, old: i32, new: i32) {
         return;
     };
     let (old, new) = (old as u8, new as u8);
+    // Whatever the kernel did, routine calls must look at the socket again.
+    policy::distrust(sk);
     let info = identify(sk, old, new, ends.sport);
     if new == TCP_LISTEN {
         owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
