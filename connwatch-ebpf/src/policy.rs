@@ -58,8 +58,10 @@ pub struct Due {
 }
 
 /// The fast path: a routine call on a trusted socket, by its owner, whose tally is not due, is
-/// tallied after one map lookup, without reading the socket. Returns whether it was.
-#[inline(always)]
+/// tallied after one map lookup, without reading the socket. Returns whether it was. Not
+/// inlined: the readiness loops call it per entry, and as a subprogram it converges at one
+/// return instead of multiplying the verifier's paths.
+#[inline(never)]
 pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, started_ns: u64) -> bool {
     if conf!(flags) & FLAG_ALL_IO != 0 {
         return false;

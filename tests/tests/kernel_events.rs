@@ -412,3 +412,25 @@ fn comm_filter_keeps_only_that_name() {
     other.tracer.poll(&mut other.events);
     assert!(other.events.is_empty(), "filtered in the kernel:\n{}", other.dump());
 }
+
+/// This kernel (6.18, the CI kernel) has every hook connwatch uses: each must load and attach.
+/// An optional hook only degrades connwatch, so a program the verifier rejects (too complex
+/// after a change) would otherwise pass unnoticed as a warning.
+#[test]
+fn every_hook_attaches_on_this_kernel() {
+    require_root();
+    let session = Session::start(LoadOptions::default());
+    let ready = session.tracer.ready();
+    assert!(
+        ready.degraded.is_empty(),
+        "hooks that did not attach: {:#?}",
+        ready
+            .degraded
+            .iter()
+            .map(|(hook, why)| format!("{hook}: {}", why.chars().take(300).collect::<String>()))
+            .collect::<Vec<_>>()
+    );
+    for hook in ["tcp:tcp_sendmsg_locked", "tcp:tcp_destroy_sock", "sock:sock_send_length"] {
+        assert!(ready.hooks.iter().any(|(h, _)| h == hook), "{hook} missing: {:?}", ready.hooks);
+    }
+}

@@ -142,7 +142,12 @@ fn on_epoll_result(ctx: &TracePointContext) -> u32 {
         if let Some(target) = EPOLL_WATCH.get_ptr(&key) {
             // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
             let target = unsafe { *target };
-            on_ready(target.sk, target.fd, mask as i32, VIA_EPOLL);
+            // Busy event loops: a trusted socket's routine readiness is one more lookup.
+            let routine = mask as i32 & HANGUP_OR_ERROR == 0;
+            if !(routine && policy::fast_tally(target.sk, Path::Readiness, 0, VIA_EPOLL as u32, 0))
+            {
+                on_ready(target.sk, target.fd, mask as i32, VIA_EPOLL);
+            }
         }
     }
     unexamined((ready as u64).saturating_sub(READINESS_PER_CALL as u64));
@@ -319,11 +324,9 @@ fn unexamined(entries: u64) {
 fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     // Routine masks (IN, OUT) come and go on a busy socket (servers re-arm write interest per
     // reply): only the mechanism is part of what a summary stands for. HUP/RDHUP/ERR are
-    // notable and always reported.
+    // notable and always reported. (The epoll loop tries the fast path before calling this;
+    // reads and writes set the trust it relies on.)
     let signature = via as u32;
-    if mask & HANGUP_OR_ERROR == 0 && policy::fast_tally(sk, Path::Readiness, 0, signature, 0) {
-        return;
-    }
     let Some(ends) = sock::tcp_endpoints(sk) else {
         return;
     };
@@ -332,7 +335,6 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     let now = owner::now();
     let due = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, now);
     let info = owner::touch(sk);
-    policy::trust(sk, !policy::notable_socket(ends.state, &health), info.owner.tgid);
     // Healthy readiness tallied before a change is not reported on its own (one more record
     // inside these bounded loops would multiply the verifier's work): it stays counted in
     // `COUNTER_IO_SUMMARISED`, and this call is reported with its own mask and state.
