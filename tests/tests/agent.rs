@@ -209,6 +209,8 @@ fn agent_exports_what_it_finds_with_bounded_labels_and_leaves_nothing_behind() {
             .is_some()
     });
 
+    println!("/metrics after the leak, the RTT exchange and the trap:\n{page}");
+
     // Bounded labels only: no per-connection label, and comm capped at one value plus `other`.
     let mut label_names = HashSet::new();
     let mut comms = HashSet::new();
