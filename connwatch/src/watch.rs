@@ -47,6 +47,19 @@ pub async fn watch(
     quiet_broken_pipe(outcome).context("writing findings to stdout")
 }
 
+/// What a correlator found, for the `summary` line: every kind listed.
+pub fn summary_of(correlator: &Correlator) -> WatchSummary {
+    let reported = correlator.reported();
+    WatchSummary {
+        findings: Kind::ALL
+            .iter()
+            .map(|k| (k.name(), reported.get(k).copied().unwrap_or(0)))
+            .collect(),
+        sockets_evicted: correlator.evicted(),
+        findings_withheld: correlator.withheld(),
+    }
+}
+
 /// Feeds the correlator and reports what it finds.
 pub struct Watcher<'a> {
     pub correlator: Correlator,
@@ -61,15 +74,7 @@ impl<'a> Watcher<'a> {
     }
 
     pub fn summary(&self) -> WatchSummary {
-        let reported = self.correlator.reported();
-        WatchSummary {
-            findings: Kind::ALL
-                .iter()
-                .map(|k| (k.name(), reported.get(k).copied().unwrap_or(0)))
-                .collect(),
-            sockets_evicted: self.correlator.evicted(),
-            findings_withheld: self.correlator.withheld(),
-        }
+        summary_of(&self.correlator)
     }
 }
 

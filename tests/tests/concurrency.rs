@@ -16,7 +16,7 @@ fn parallel_churn_keeps_one_connection_per_socket_id_and_finds_nothing() {
     require_root();
     let processes = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
     // Connections a second, all processes together.
-    const TOTAL_RATE: usize = 6000;
+    const TOTAL_RATE: usize = 4000;
     let rate = (TOTAL_RATE / processes).max(1).to_string();
     let ports: Vec<u16> = (0..processes as u16).map(|i| 24200 + i).collect();
     let mut watching = Watching::as_deployed(&ports);
@@ -51,10 +51,30 @@ fn parallel_churn_keeps_one_connection_per_socket_id_and_finds_nothing() {
     }
     let reused: Vec<_> = pairs.iter().filter(|(_, p)| p.len() > 1).collect();
     let lost = watching.session.tracer.lost_total();
-    let findings = watching.settle().len();
+    let found = watching.settle();
+    let findings = found.len();
+    let found = found.to_vec();
+    for f in &found {
+        println!(
+            "{} {:?} {} -> {}, every event of its socket:",
+            f.kind, f.owner, f.local, f.remote
+        );
+        // Its own events, and any other event of the same connection (its port pair).
+        let peer = f.remote.port();
+        let same = |e: &&connwatch::decode::Event| {
+            e.sock == f.sock || e.remote.port() == peer || e.local.port() == peer
+        };
+        for e in watching.session.events.iter().filter(same) {
+            println!("    {} {}", e.ts_ns, connwatch_tests::session::describe(e));
+        }
+    }
+    // Events under an identity the kernel gave a socket it met without an entry (its LRU
+    // table dropped it): the correlator joins them to the live socket at that address.
+    let adopted = watching.session.events.iter().filter(|e| e.sock.birth_ns & 1 == 1).count();
     println!(
         "{processes} churn processes, {made} connections: {} socket ids checked, {} with two \
-         connections, {findings} findings, {lost} events lost",
+         connections, {findings} findings, {lost} events lost, {adopted} events under an \
+         adopted identity",
         pairs.len(),
         reused.len()
     );

@@ -116,15 +116,7 @@ struct Agent<'a> {
 
 impl Agent<'_> {
     fn summary(&self) -> WatchSummary {
-        let reported = self.correlator.reported();
-        WatchSummary {
-            findings: Kind::ALL
-                .iter()
-                .map(|k| (k.name(), reported.get(k).copied().unwrap_or(0)))
-                .collect(),
-            sockets_evicted: self.correlator.evicted(),
-            findings_withheld: self.correlator.withheld(),
-        }
+        crate::watch::summary_of(&self.correlator)
     }
 
     /// Bounded labels for the process that owns a socket.

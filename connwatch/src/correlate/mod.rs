@@ -13,6 +13,8 @@ pub use detect::Thresholds;
 pub use finding::{Evidence, Finding, Kind, Measures, Severity};
 use track::Track;
 
+use connwatch_common::socket::BIRTH_ADOPTED;
+
 use crate::decode::{Detail, Event, SockId};
 
 /// Default `--max-sockets`.
@@ -36,6 +38,8 @@ pub struct Correlator {
     audited: u64,
     /// Boxed: the table's buckets (twice the sockets, at worst) then hold pointers, not tracks.
     tracks: HashMap<SockId, Box<Track>>,
+    /// The tracked life at each socket address whose birth the kernel saw (see `joined`).
+    by_addr: HashMap<u64, SockId>,
     thresholds: Thresholds,
     max_sockets: usize,
     /// Timer detectors' deadlines.
@@ -59,6 +63,7 @@ impl Correlator {
             last_idle_sweep: 0,
             audited: 0,
             tracks: HashMap::new(),
+            by_addr: HashMap::new(),
             thresholds,
             max_sockets: max_sockets.max(1),
             deadlines: BTreeSet::new(),
@@ -79,8 +84,19 @@ impl Correlator {
 
     /// Takes one event (in any order); returns the findings it completes.
     pub fn ingest(&mut self, event: &Event) -> Vec<Finding> {
+        let joined;
+        let event = match self.joined(event) {
+            Some(sock) => {
+                joined = Event { sock, ..event.clone() };
+                &joined
+            }
+            None => event,
+        };
         if !self.tracks.contains_key(&event.sock) && self.tracks.len() >= self.max_sockets {
             self.make_room();
+        }
+        if event.sock.birth_ns & BIRTH_ADOPTED == 0 && !self.tracks.contains_key(&event.sock) {
+            self.by_addr.insert(event.sock.addr, event.sock);
         }
         let threshold = self.thresholds.retransmits;
         let track = self.tracks.entry(event.sock).or_insert_with(|| Box::new(Track::new(event)));
@@ -103,6 +119,27 @@ impl Correlator {
         self.schedule(event.sock);
         self.retire_when_quiet(event.sock);
         findings
+    }
+
+    /// The tracked life an *adopted* identity belongs to. The kernel gives a socket a new,
+    /// adopted identity (odd birth) when it meets it with no entry in its table: a socket older
+    /// than connwatch, or one whose entry its LRU table dropped under pressure. New lives always
+    /// begin with a birth the kernel saw (even), so an adopted identity at an address whose
+    /// seen-born life is still tracked is that same life.
+    fn joined(&self, event: &Event) -> Option<SockId> {
+        if event.sock.birth_ns & BIRTH_ADOPTED == 0 || self.tracks.contains_key(&event.sock) {
+            return None;
+        }
+        let live = self.by_addr.get(&event.sock.addr)?;
+        self.tracks.contains_key(live).then_some(*live)
+    }
+
+    /// Stops tracking a socket.
+    fn drop_track(&mut self, sock: &SockId) -> bool {
+        if self.by_addr.get(&sock.addr) == Some(sock) {
+            self.by_addr.remove(&sock.addr);
+        }
+        self.tracks.remove(sock).is_some()
     }
 
     /// Checks the timer detectors due at `now` (CLOCK_MONOTONIC ns).
@@ -134,7 +171,7 @@ impl Correlator {
             }
             self.finished.pop_first();
             if self.tracks.get(&sock).is_some_and(|t| t.last_ts + quiet_window(t) <= now) {
-                self.tracks.remove(&sock);
+                self.drop_track(&sock);
             }
         }
         findings
@@ -321,7 +358,7 @@ impl Correlator {
     /// loss), otherwise the least recently active socket (counted as evicted).
     fn make_room(&mut self) {
         while let Some((_, sock)) = self.finished.pop_first() {
-            if self.tracks.remove(&sock).is_some() {
+            if self.drop_track(&sock) {
                 return;
             }
         }
@@ -337,7 +374,7 @@ impl Correlator {
             .min_by_key(|(_, track)| track.last_ts)
             .map(|(sock, _)| *sock);
         if let Some(sock) = oldest {
-            self.tracks.remove(&sock);
+            self.drop_track(&sock);
             self.evicted += 1;
         }
     }

@@ -580,6 +580,22 @@ fn a_reused_address_is_a_new_socket() {
 }
 
 #[test]
+fn an_adopted_identity_joins_the_live_socket_at_its_address() {
+    // The kernel's table dropped the entry (LRU pressure) before the server closed: the close
+    // comes under an adopted (odd) birth, and still ends the reset's story.
+    let seen_born = SockId { birth_ns: 2, ..SOCK };
+    let mut events = with(established(seen_born), reset(seen_born, 1000));
+    let adopted = SockId { birth_ns: 5001, ..SOCK };
+    events.push(at(adopted, 1001, close("CLOSE")));
+    assert_eq!(kinds(&events), [], "the close is the same socket's");
+    // A new life at the address (an even birth) stays a new socket.
+    let reborn = SockId { birth_ns: 5000, ..SOCK };
+    let mut again = with(established(seen_born), reset(seen_born, 1000));
+    again.push(at(reborn, 1001, close("CLOSE")));
+    assert_eq!(kinds(&again), [Kind::ResetUnnoticed]);
+}
+
+#[test]
 fn tracking_is_bounded_and_evictions_are_counted() {
     let mut c = Correlator::new(Thresholds::default(), 4);
     for i in 0..10 {
