@@ -172,13 +172,15 @@ impl Agent<'_> {
     }
 
     /// The event under the identity the inventory gave its socket, when it has one: a socket
-    /// older than the agent is known by its endpoints until the kernel reports it.
+    /// older than the agent is known by its endpoints until the kernel reports it, and the
+    /// kernel meets it mid-life, under an adopted (odd) birth. A new connection that happens to
+    /// reuse the endpoints has a birth the kernel saw, and stays its own.
     fn joined(&mut self, event: &Event) -> Event {
         let mut joined = event.clone();
         if let Some(alias) = self.aliases.get(&event.sock) {
             joined.sock = *alias;
-        } else if let Some((_, seen)) = self.seen_at_start.get(&(event.local, event.remote))
-            && !matches!(event.detail, Detail::State { old, .. } if old.name() == "CLOSE" || old.name() == "LISTEN")
+        } else if event.sock.birth_ns & BIRTH_ADOPTED != 0
+            && let Some((_, seen)) = self.seen_at_start.get(&(event.local, event.remote))
         {
             self.aliases.insert(event.sock, *seen);
             joined.sock = *seen;
@@ -260,6 +262,7 @@ impl Agent<'_> {
             .collect();
         for ((local, remote), sock) in gone {
             self.seen_at_start.remove(&(local, remote));
+            self.aliases.retain(|_, known| *known != sock);
             let event = inventory_feed::gone(sock, local, remote, now);
             for finding in self.correlator.ingest(&event) {
                 self.report(finding)?;
