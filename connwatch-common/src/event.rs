@@ -17,6 +17,9 @@ pub const KIND_SEND: u8 = 8;
 pub const KIND_CONNECT: u8 = 9;
 pub const KIND_CLOSE: u8 = 10;
 pub const KIND_ACCEPT: u8 = 11;
+/// `tcp:tcp_destroy_sock` on a socket whose last holder never called close() on it (the process
+/// exited, or was killed): every holder has let go.
+pub const KIND_DESTROY: u8 = 12;
 /// Slots of the per-CPU loss counter; every kind's value is below it.
 pub const KIND_SLOTS: u32 = 16;
 
@@ -100,6 +103,16 @@ pub struct RetransmitEvent {
     pub _pad: [u8; 7],
 }
 assert_size!(RetransmitEvent, 96);
+
+/// `tcp:tcp_destroy_sock`, reported only when no close() by the last holder was seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DestroyEvent {
+    pub header: EventHeader,
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+assert_size!(DestroyEvent, 96);
 
 /// `sock:inet_sk_error_report`: the kernel stored an error in the socket (`sk_err`).
 #[repr(C)]

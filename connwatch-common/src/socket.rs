@@ -39,9 +39,14 @@ pub struct SocketInfo {
     /// CLOSE, and events after that still belong to (and are filtered as) this connection.
     pub sport: u16,
     pub dport: u16,
-    pub _pad: u32,
+    /// `SOCKET_*` bits.
+    pub flags: u32,
 }
 assert_size!(SocketInfo, 40);
+
+/// [`SocketInfo::flags`]: the last holder's close() was seen (so the kernel's destruction of
+/// the socket needs no report).
+pub const SOCKET_APP_CLOSED: u32 = 1;
 
 /// recv/send/readiness activity on a socket not yet reported (the summarising policy).
 #[repr(C)]

@@ -37,7 +37,7 @@ const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 
 #[inline(always)]
 fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
-    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, _pad: 0 };
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
     let _ = SOCKETS.insert(&sk, &info, 0);
     let _ = IO_STATE.remove(&sk);
     info
@@ -106,6 +106,9 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
 pub fn app_closed(sk: u64, state: u8) {
     if state == connwatch_common::tcp::TCP_CLOSE {
         forget(sk);
+    } else if let Some(info) = SOCKETS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*info).flags |= connwatch_common::socket::SOCKET_APP_CLOSED };
     }
 }
 

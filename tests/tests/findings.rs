@@ -214,6 +214,22 @@ fn a_forked_child_holding_the_connection_is_its_owner_and_the_parents_close_is_n
 }
 
 #[test]
+fn a_server_that_exits_holding_a_peer_closed_socket_leaks_nothing() {
+    let mut s = Scene::connected("exitcw", 23016);
+    s.client.ok("close");
+    s.watching.wait_until("the FIN at the server", |evs| {
+        evs.iter().any(|e| e.detail.to_string() == "ESTABLISHED -> CLOSE_WAIT")
+    });
+    // The process exits without close(): the kernel closes its descriptors.
+    s.server.begin("exit");
+    s.watching.wait_until("the socket's end", |evs| {
+        evs.iter().any(|e| e.detail.type_name() == "destroy")
+    });
+    let findings = s.watching.settle();
+    assert!(findings.is_empty(), "exiting is letting go: {findings:#?}");
+}
+
+#[test]
 fn reset_unnoticed_names_the_server_that_never_looked() {
     let mut s = Scene::connected("rstun", 23008);
     s.client.ok("linger0");

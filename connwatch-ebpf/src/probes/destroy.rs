@@ -1,14 +1,34 @@
 //! The end of a socket's life: `tcp:tcp_destroy_sock` (TP_PROTO(struct sock *sk), Linux 5.x+;
 //! checked against 6.18). Runs once the last holder has let go and the connection is over;
 //! the socket's identity and tallies go with it, so nothing carries over to the next socket
-//! allocated at the same address. Raw only: the socket address is all it needs.
+//! allocated at the same address. When no holder's close() was seen (the process exited or was
+//! killed, and the kernel closed its descriptors), the end is reported: the application let go
+//! all the same. Raw only: the socket address is all it needs.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use connwatch_common::{
+    event::{DestroyEvent, KIND_DESTROY},
+    socket::SOCKET_APP_CLOSED,
+};
 
-use crate::owner;
+use crate::{emit, maps::SOCKETS, owner, sock};
 
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    owner::forget(ctx.arg(0));
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
+    if let Some(info) = SOCKETS.get_ptr(&sk).map(|info| unsafe { *info })
+        && info.flags & SOCKET_APP_CLOSED == 0
+        && info.owner.tgid != 0
+        && let Some(mut ends) = sock::tcp_endpoints(sk)
+        && emit::wanted(sk, &info, &mut ends)
+    {
+        let state = ends.state;
+        emit::emit(KIND_DESTROY, sk, &info, &ends, |event: &mut DestroyEvent| {
+            event.state = state;
+            event._pad = [0; 7];
+        });
+    }
+    owner::forget(sk);
     0
 }

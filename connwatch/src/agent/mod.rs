@@ -279,6 +279,7 @@ fn ends_connection(detail: &Detail) -> bool {
         Detail::Close { others, .. } => *others == 0,
         Detail::State { new, .. } => new.name() == "CLOSE",
         Detail::Seen { state, .. } => state.name() == "CLOSE",
+        Detail::Destroy { .. } => true,
         _ => false,
     }
 }

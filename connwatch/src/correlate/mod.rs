@@ -393,7 +393,8 @@ fn source(detail: &Detail) -> &'static str {
         Detail::State { .. }
         | Detail::Reset { .. }
         | Detail::Retransmit { .. }
-        | Detail::Error { .. } => "kernel",
+        | Detail::Error { .. }
+        | Detail::Destroy { .. } => "kernel",
         Detail::Seen { .. } => "inventory",
         _ => "app",
     }

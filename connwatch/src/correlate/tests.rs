@@ -414,6 +414,18 @@ fn a_connection_reset_before_it_was_accepted_is_still_unnoticed() {
 }
 
 #[test]
+fn a_process_that_exits_after_the_reset_let_go_of_its_socket() {
+    // The process exited (the kernel closed its descriptors, no close() call): the kernel's
+    // destruction of the socket says every holder let go.
+    let events = with(
+        with(established(SOCK), reset(SOCK, 1000)),
+        vec![at(SOCK, 1002, Detail::Destroy { state: state("CLOSE") })],
+    );
+    assert_eq!(kinds(&events), []);
+    order_independent(&events);
+}
+
+#[test]
 fn closing_on_the_reset_is_no_finding() {
     let events = with(
         with(established(SOCK), reset(SOCK, 1000)),

@@ -321,6 +321,13 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
             f.app_touched.add(ts);
             true
         }
+        // Every holder let go (a process exit closes its descriptors without close()).
+        Detail::Destroy { .. } => {
+            f.kernel_closed.add(ts);
+            f.left_close_wait.add(ts);
+            f.app_closed.add(ts);
+            true
+        }
         Detail::Seen { state, .. } => {
             match state.name() {
                 // Held (the inventory joins only sockets some process holds) and peer-closed.

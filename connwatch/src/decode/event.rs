@@ -248,6 +248,11 @@ pub enum Detail {
         fd: i32,
         snapshot: Snapshot,
     },
+    /// The kernel destroyed the socket and no close() by its last holder was seen: the process
+    /// exited (or was killed) and the kernel let go for it.
+    Destroy {
+        state: TcpState,
+    },
     /// Not from the ring buffer: the inventory (netlink sock_diag) found the socket in `state`,
     /// at the agent's start (`at_start`) or on a later look. A socket that has gone shows as
     /// CLOSE.
@@ -280,6 +285,7 @@ impl Detail {
             Self::Accept { .. } => "accept",
             Self::Close { .. } => "close",
             Self::Seen { .. } => "seen",
+            Self::Destroy { .. } => "destroy",
         }
     }
 
@@ -408,6 +414,9 @@ impl fmt::Display for Detail {
             Self::Accept { fd, snapshot } => {
                 f.write_str("accept")?;
                 fd_note(f, *fd, snapshot)
+            }
+            Self::Destroy { state } => {
+                write!(f, "destroyed in {state}: its holders let go without close() (exit)")
             }
             Self::Seen { state, at_start: true } => {
                 write!(f, "seen in {state} when connwatch started (it predates connwatch)")

@@ -8,10 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use connwatch_common::{
     event::{
-        AppEvent, ErrorEvent, EventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_ERROR,
-        KIND_READINESS, KIND_RECV, KIND_RESET, KIND_RETRANSMIT, KIND_SEND, KIND_SO_ERROR,
-        KIND_STATE, RESET_RX, RESET_TX, ResetEvent, RetransmitEvent, SockSnapshot, StateEvent,
-        VIA_EPOLL, VIA_POLL, VIA_SELECT,
+        AppEvent, DestroyEvent, ErrorEvent, EventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT,
+        KIND_DESTROY, KIND_ERROR, KIND_READINESS, KIND_RECV, KIND_RESET, KIND_RETRANSMIT,
+        KIND_SEND, KIND_SO_ERROR, KIND_STATE, RESET_RX, RESET_TX, ResetEvent, RetransmitEvent,
+        SockSnapshot, StateEvent, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
     socket::OWNER_UNKNOWN,
     tcp::{AF_INET, AF_INET6},
@@ -56,6 +56,7 @@ pub const fn kind_name(kind: u8) -> Option<&'static str> {
         KIND_CONNECT => "connect",
         KIND_ACCEPT => "accept",
         KIND_CLOSE => "close",
+        KIND_DESTROY => "destroy",
         _ => return None,
     })
 }
@@ -84,6 +85,10 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         KIND_ERROR => {
             let e: ErrorEvent = read(record)?;
             Detail::Error { errno: Errno(e.errno), state: TcpState::new(e.state)? }
+        }
+        KIND_DESTROY => {
+            let e: DestroyEvent = read(record)?;
+            Detail::Destroy { state: TcpState::new(e.state)? }
         }
         KIND_SO_ERROR..=KIND_ACCEPT => {
             let e: AppEvent = read(record)?;

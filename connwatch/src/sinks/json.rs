@@ -72,6 +72,7 @@ pub fn write_event(out: &mut impl Write, e: &Event) -> io::Result<()> {
         Detail::Recv { io, .. } | Detail::Send { io, .. } => write_io(out, io)?,
         Detail::Connect { result, .. } => write!(out, ",\"result\":{}", ErrnoOrZero(result.err()))?,
         Detail::Close { others, .. } => write!(out, ",\"others\":{others}")?,
+        Detail::Destroy { state } => write!(out, ",\"state\":\"{state}\"")?,
         Detail::Seen { state, at_start } => {
             write!(out, ",\"state\":\"{state}\",\"at_start\":{at_start}")?
         }
