@@ -102,9 +102,9 @@ impl Metrics {
             sockets: Family::default(),
             resets: Family::default(),
             retransmits: Family::default(),
-            // 50 µs to ~26 s.
+            // 10 µs (loopback) to ~21 s.
             rtt: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(5e-5, 2.0, 20))
+                Histogram::new(exponential_buckets(1e-5, 2.0, 22))
             }),
             // 1 ms to ~12 days.
             duration: Family::new_with_constructor(|| {
