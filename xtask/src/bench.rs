@@ -20,6 +20,7 @@ mod rounds;
 mod rss;
 mod servers;
 mod soak;
+mod syscalls;
 mod tracer;
 
 use std::{path::Path, process::Command};
@@ -95,11 +96,13 @@ enum Workload {
     Rss,
     Parallel,
     Servers,
+    Syscalls,
     Soak,
 }
 
 impl Workload {
-    const DEFAULT: [Self; 5] = [Self::Churn, Self::Io, Self::Rss, Self::Parallel, Self::Servers];
+    const DEFAULT: [Self; 6] =
+        [Self::Churn, Self::Io, Self::Rss, Self::Parallel, Self::Servers, Self::Syscalls];
 }
 
 /// The configurations of the I/O workload (tcpstates traces no I/O).
@@ -157,6 +160,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             ])
         })
         .transpose()?;
+    let syscalls = selected(Workload::Syscalls)
+        .then(|| syscalls::run(&setup, args.server_rounds))
+        .transpose()?;
     let soak = selected(Workload::Soak)
         .then(|| {
             eprintln!("bench: soak: connwatch agent under {} min of churn", args.soak_minutes);
@@ -180,6 +186,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", servers::markdown(&sections));
         let path = workspace_root().join("target/bench/servers.json");
         std::fs::write(&path, serde_json::to_string_pretty(&sections)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(section) = syscalls {
+        println!("{}", syscalls::markdown(&section));
+        let path = workspace_root().join("target/bench/syscalls.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&section)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(soak) = soak {
@@ -212,6 +224,9 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     if args.only.contains(&Workload::Servers) {
         let per_round = 3.0 * (f64::from(args.wrk_seconds) + 3.0 + TRACER_OVERHEAD_S);
         total += f64::from(args.server_rounds) * 2.0 * per_round;
+    }
+    if args.only.contains(&Workload::Syscalls) {
+        total += f64::from(args.server_rounds) * 2.0 * (2.0 + TRACER_OVERHEAD_S);
     }
     if args.only.contains(&Workload::Soak) {
         total += f64::from(args.soak_minutes) * 60.0 + TRACER_OVERHEAD_S;
