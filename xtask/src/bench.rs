@@ -171,37 +171,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .transpose()?;
 
     let report = Report::new(header, &tools, churn, io, rss)?;
-    println!("{}", report.markdown());
-    let path = workspace_root().join("target/bench/report.json");
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    if let Some(runs) = parallel {
-        println!("{}", parallel::markdown(&runs));
-        let path = workspace_root().join("target/bench/parallel.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&runs)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(sections) = servers {
-        println!("{}", servers::markdown(&sections));
-        let path = workspace_root().join("target/bench/servers.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&sections)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(section) = syscalls {
-        println!("{}", syscalls::markdown(&section));
-        let path = workspace_root().join("target/bench/syscalls.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&section)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(soak) = soak {
-        println!("{}", soak::markdown(&soak));
-        let path = workspace_root().join("target/bench/soak.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&soak)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    eprintln!("bench: raw numbers in {}", path.parent().expect("has a parent").display());
+    write_section("report", Some(report), Report::markdown)?;
+    write_section("parallel", parallel, |runs| parallel::markdown(runs))?;
+    write_section("servers", servers, |sections| servers::markdown(sections))?;
+    write_section("syscalls", syscalls, syscalls::markdown)?;
+    write_section("soak", soak, soak::markdown)?;
+    eprintln!("bench: raw numbers in {}", workspace_root().join("target/bench").display());
     Ok(())
+}
+
+/// Prints a workload's markdown and writes its raw numbers to target/bench/NAME.json.
+fn write_section<T: serde::Serialize>(
+    name: &str,
+    section: Option<T>,
+    markdown: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    let Some(section) = section else {
+        return Ok(());
+    };
+    println!("{}", markdown(&section));
+    let path = workspace_root().join(format!("target/bench/{name}.json"));
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&section)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn estimate_s(args: &BenchArgs) -> f64 {
