@@ -45,17 +45,13 @@ impl Watching {
         Self::with(filters, Thresholds::default())
     }
 
-    /// Watches `port` with the liveness audit on: connections idle for `idle_grace_s` are
-    /// asked for their settings, as `watch` does.
+    /// Watches `port` with a short liveness audit grace: connections idle for `idle_grace_s`
+    /// are asked for their settings.
     pub fn auditing(port: u16, idle_grace_s: u64) -> Self {
         let filters = Filters { ports: vec![port], ..Filters::default() };
         let thresholds =
             Thresholds { idle_grace_ns: idle_grace_s * 1_000_000_000, ..TEST_THRESHOLDS };
-        let mut watching = Self::with(filters, thresholds);
-        let correlator =
-            std::mem::replace(&mut watching.correlator, Correlator::new(thresholds, 1));
-        watching.correlator = correlator.with_prober(Box::new(PidfdProber));
-        watching
+        Self::with(filters, thresholds)
     }
 
     /// Feeds events until the liveness audit has asked `sockets` sockets for their settings.
@@ -75,7 +71,10 @@ impl Watching {
     fn with(filters: Filters, thresholds: Thresholds) -> Self {
         Self {
             session: Session::start(LoadOptions { filters, ..LoadOptions::default() }),
-            correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS),
+            // As `watch` runs it: sockets can be asked for their settings (the liveness audit,
+            // half-open-write's give-up time).
+            correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS)
+                .with_prober(Box::new(PidfdProber)),
             findings: Vec::new(),
             fed: 0,
         }

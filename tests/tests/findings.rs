@@ -148,6 +148,10 @@ fn half_open_write_names_the_client_writing_into_the_void() {
     let finding = s.expect_only(Kind::HalfOpenWrite, cpid);
     let measures = finding.measures.expect("retransmissions, time, bytes");
     assert!(measures.retransmits >= 3 && measures.unacked_bytes > 0, "{measures:?}");
+    // When the kernel would give up, from the socket's own settings (no TCP_USER_TIMEOUT:
+    // tcp_retries2).
+    let note = finding.notes.first().expect("the give-up time");
+    assert!(note.contains("gives up") && note.contains("tcp_retries2"), "{note}");
 }
 
 #[test]
