@@ -92,18 +92,6 @@ pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, started_ns: u
     true
 }
 
-/// After a look at the socket: whether routine calls by `owner_tgid` may skip the next looks.
-#[inline(always)]
-pub fn trust(sk: u64, healthy: bool, owner_tgid: u32) {
-    if let Some(io) = IO_STATE.get_ptr_mut(&sk) {
-        // SAFETY: a valid map value pointer.
-        unsafe {
-            (*io).trusted = healthy as u8;
-            (*io).owner_tgid = owner_tgid;
-        }
-    }
-}
-
 /// Whether the socket is trusted (its routine calls skip the look).
 #[inline(always)]
 pub fn trusted(sk: u64) -> bool {
@@ -131,7 +119,8 @@ fn select(io: &mut IoState, path: Path) -> &mut IoTally {
 }
 
 /// Tallies one call of `bytes` made at `started_ns`; returns what is due, or `None` when the
-/// call was folded into the tally.
+/// call was folded into the tally. `healthy_now`, when given, is what the caller just read of
+/// the socket: it decides whether the caller's next routine calls may take the fast path.
 #[inline(always)]
 pub fn tally(
     sk: u64,
@@ -141,6 +130,7 @@ pub fn tally(
     state: u8,
     signature: u32,
     started_ns: u64,
+    healthy_now: Option<bool>,
 ) -> Option<Due> {
     let now = now();
     let single = Span { calls: 1, bytes, first_ns: started_ns, last_ns: now };
@@ -156,6 +146,11 @@ pub fn tally(
     };
     // SAFETY: a valid map value pointer; tallies of one socket race only with themselves.
     let io = unsafe { &mut *io };
+    if let Some(healthy) = healthy_now {
+        // The caller is the owner from now on (it touches the socket).
+        io.trusted = healthy as u8;
+        io.owner_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    }
     let tally = select(io, path);
     let changed = notable || tally.last_state != state || tally.last_signature != signature;
     let interval = now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS;

@@ -139,9 +139,8 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let failed = ret < 0 && ret != EAGAIN;
     let notable = eof || failed || policy::notable_socket(ends.state, &health);
     let bytes = if ret > 0 { ret as u64 } else { 0 };
-    let due = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns);
+    let due = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns, Some(healthy_now));
     let info = owner::touch(sk);
-    policy::trust(sk, healthy_now, info.owner.tgid);
     let Some(due) = due else {
         return;
     };

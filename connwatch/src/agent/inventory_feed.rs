@@ -172,19 +172,7 @@ impl InventoryFeed {
 }
 
 fn take(at_start: bool) -> Result<Update, inventory::InventoryError> {
-    let namespaces = inventory::netns::all();
-    let mut sockets = Vec::new();
-    for ns in &namespaces {
-        // A namespace whose last process exits meanwhile cannot be entered: skip it.
-        if let Ok(found) =
-            inventory::netns::within(ns, || inventory::sock_diag::tcp_sockets(ns.inode))
-        {
-            sockets.extend(found);
-        } else if ns.path.starts_with("/proc/self") {
-            // The agent's own namespace must work; anything else is a real problem.
-            inventory::netns::within(ns, || inventory::sock_diag::tcp_sockets(ns.inode))?;
-        }
-    }
+    let inventory::Look { namespaces, sockets } = inventory::look()?;
     let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut close_wait_cookies = Vec::new();
     for s in &sockets {
@@ -203,5 +191,5 @@ fn take(at_start: bool) -> Result<Update, inventory::InventoryError> {
             }
         }
     }
-    Ok(Update { namespaces: namespaces.len(), by_state, close_wait_cookies, at_start: found })
+    Ok(Update { namespaces, by_state, close_wait_cookies, at_start: found })
 }

@@ -90,6 +90,8 @@ struct Counted {
     evicted: u64,
     withheld: u64,
     bytes_taken: u64,
+    /// When the counters were last brought up to date.
+    at_ns: u64,
 }
 
 struct Agent<'a> {
@@ -161,8 +163,15 @@ impl Agent<'_> {
             }
             _ => {}
         }
-        let event = self.joined(event);
-        for finding in self.correlator.ingest(&event) {
+        let aliased;
+        let event = match self.joined(event) {
+            Some(sock) => {
+                aliased = Event { sock, ..event.clone() };
+                &aliased
+            }
+            None => event,
+        };
+        for finding in self.correlator.ingest(event) {
             self.report(finding)?;
         }
         if ends_connection(&event.detail) {
@@ -175,17 +184,16 @@ impl Agent<'_> {
     /// older than the agent is known by its endpoints until the kernel reports it, and the
     /// kernel meets it mid-life, under an adopted (odd) birth. A new connection that happens to
     /// reuse the endpoints has a birth the kernel saw, and stays its own.
-    fn joined(&mut self, event: &Event) -> Event {
-        let mut joined = event.clone();
+    fn joined(&mut self, event: &Event) -> Option<SockId> {
         if let Some(alias) = self.aliases.get(&event.sock) {
-            joined.sock = *alias;
-        } else if event.sock.birth_ns & BIRTH_ADOPTED != 0
-            && let Some((_, seen)) = self.seen_at_start.get(&(event.local, event.remote))
-        {
-            self.aliases.insert(event.sock, *seen);
-            joined.sock = *seen;
+            return Some(*alias);
         }
-        joined
+        if event.sock.birth_ns & BIRTH_ADOPTED == 0 {
+            return None;
+        }
+        let (_, seen) = *self.seen_at_start.get(&(event.local, event.remote))?;
+        self.aliases.insert(event.sock, seen);
+        Some(seen)
     }
 
     fn report(&mut self, mut finding: Finding) -> io::Result<()> {
@@ -307,6 +315,17 @@ impl Consumer for Agent<'_> {
     }
 
     fn account(&mut self, tracer: &Tracer) {
+        // What this drain took is how full the ring buffer was: measured every drain.
+        let taken = tracer.bytes_taken();
+        let used = taken - self.counted.bytes_taken;
+        self.metrics.ring_buffer_used_bytes.set(used as i64);
+        self.counted.bytes_taken = taken;
+        // The other counters serve scrapes, not every 50 ms drain: once a second is plenty.
+        let now = monotonic_ns();
+        if now < self.counted.at_ns + 1_000_000_000 {
+            return;
+        }
+        self.counted.at_ns = now;
         let summary = tracer.summary(std::time::Duration::ZERO);
         for (name, total) in summary.events {
             add_total(&self.metrics.events, &mut self.counted.events, name, total);
@@ -315,10 +334,6 @@ impl Consumer for Agent<'_> {
             add_total(&self.metrics.events_lost, &mut self.counted.lost, name, total);
         }
         self.metrics.tracked_sockets.set(self.correlator.tracked() as i64);
-        let taken = tracer.bytes_taken();
-        let used = taken - self.counted.bytes_taken;
-        self.metrics.ring_buffer_used_bytes.set(used as i64);
-        self.counted.bytes_taken = taken;
         let evicted = self.correlator.evicted();
         self.metrics.sockets_evicted.inc_by(evicted - self.counted.evicted);
         self.counted.evicted = evicted;

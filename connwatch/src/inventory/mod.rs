@@ -40,9 +40,26 @@ pub struct SeenSocket {
 
 /// Every TCP socket in every network namespace, read now.
 pub fn sockets() -> Result<Vec<SeenSocket>, InventoryError> {
-    let mut all = Vec::new();
-    for ns in netns::all() {
-        all.extend(netns::within(&ns, || sock_diag::tcp_sockets(ns.inode))?);
+    look().map(|look| look.sockets)
+}
+
+/// One look at the host: how many network namespaces, and their TCP sockets.
+pub struct Look {
+    pub namespaces: usize,
+    pub sockets: Vec<SeenSocket>,
+}
+
+pub fn look() -> Result<Look, InventoryError> {
+    let namespaces = netns::all();
+    let mut sockets = Vec::new();
+    for ns in &namespaces {
+        match netns::within(ns, || sock_diag::tcp_sockets(ns.inode)) {
+            Ok(found) => sockets.extend(found),
+            // The agent's own namespace must work: anything else there is a real problem.
+            Err(e) if ns.path.starts_with("/proc/self") => return Err(e),
+            // A namespace whose last process exits meanwhile cannot be entered: skip it.
+            Err(_) => {}
+        }
     }
-    Ok(all)
+    Ok(Look { namespaces: namespaces.len(), sockets })
 }
