@@ -2,9 +2,10 @@
 //! records counted. The binary and the integration tests both drive exactly this.
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya_log::EbpfLogger;
@@ -30,6 +31,32 @@ pub struct Tracer {
     /// Ring-buffer bytes taken so far (records with their 8-byte headers, 8-byte aligned).
     bytes_taken: u64,
     ring_buffer_bytes: u32,
+    skips: RefCell<KernelSkips>,
+}
+
+/// The kernel's per-hook count of hits it skipped, read at most every [`KernelSkips::EVERY`]
+/// (one fdinfo read per program) and once more at detach.
+#[derive(Default)]
+struct KernelSkips {
+    by_hook: BTreeMap<String, u64>,
+    read_at: Option<Instant>,
+}
+
+impl KernelSkips {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn refresh(&mut self, probes: &Probes) {
+        self.by_hook = probes.kernel_skips().into_iter().filter(|(_, n)| *n > 0).collect();
+        self.read_at = Some(Instant::now());
+    }
+
+    fn current(&mut self, probes: &Probes) -> &BTreeMap<String, u64> {
+        let stale = self.read_at.is_none_or(|at| at.elapsed() >= Self::EVERY);
+        if stale && !probes.attached.is_empty() {
+            self.refresh(probes);
+        }
+        &self.by_hook
+    }
 }
 
 impl Tracer {
@@ -65,6 +92,7 @@ impl Tracer {
             malformed: 0,
             bytes_taken: 0,
             ring_buffer_bytes: options.ring_buffer_bytes,
+            skips: RefCell::default(),
         })
     }
 
@@ -123,12 +151,20 @@ impl Tracer {
 
     /// Detaches every program; what is queued can still be polled.
     pub fn detach(&mut self) {
+        self.skips.get_mut().refresh(&self.probes);
         self.probes.detach();
     }
 
-    /// Events lost so far (all kinds); 0 if the counters cannot be read.
+    /// Events lost so far: those the ring buffer had no room for (0 if the counters cannot be
+    /// read) and hits the kernel skipped.
     pub fn lost_total(&self) -> u64 {
-        self.loss.read().map(|lost| lost.total()).unwrap_or(0)
+        let skipped: u64 = self.kernel_skips().values().sum();
+        self.loss.read().map(|lost| lost.total()).unwrap_or(0) + skipped
+    }
+
+    /// Hits the kernel skipped so far, by hook (only hooks with skips; see `probes::skips`).
+    pub fn kernel_skips(&self) -> BTreeMap<String, u64> {
+        self.skips.borrow_mut().current(&self.probes).clone()
     }
 
     pub fn summary(&self, duration: Duration) -> Summary {
@@ -150,6 +186,7 @@ impl Tracer {
             malformed: self.malformed,
             readiness_unexamined: folded.readiness_unexamined,
             io_summarised: folded.io_summarised,
+            skipped: self.kernel_skips(),
             watch: None,
         }
     }

@@ -26,11 +26,29 @@ impl Session {
 
     /// Collects events until `done` holds for all collected so far.
     pub fn wait_until(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) {
+        self.wait(what, None, done);
+    }
+
+    /// Like [`Self::wait_until`], but gives up (returning false) once the kernel has skipped a
+    /// hit of `hook`: the awaited event may have been that hit (see `connwatch::probes::skips`).
+    pub fn wait_until_unless_skipped(
+        &mut self,
+        what: &str,
+        hook: &str,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> bool {
+        self.wait(what, Some(hook), done)
+    }
+
+    fn wait(&mut self, what: &str, hook: Option<&str>, done: impl Fn(&[Event]) -> bool) -> bool {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
             self.tracer.poll(&mut self.events);
             if done(&self.events) {
-                return;
+                return true;
+            }
+            if hook.is_some_and(|hook| self.tracer.kernel_skips().contains_key(hook)) {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,

@@ -75,9 +75,27 @@ fn has_transitions(
 
 /// Every state change of a connection's three sockets (client, accepted child, listener), each
 /// named with its own process.
+///
+/// The kernel skips a classic tracepoint's program while another BPF program runs on that CPU
+/// (the client's FIN_WAIT2 comes in a softirq that may interrupt one) and counts the skip; an
+/// attempt in which the state hook was skipped is repeated, at most [`ATTEMPTS`] times.
 fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
     require_root();
     let topology = Topology::new(tag);
+    for attempt in 1..=ATTEMPTS {
+        if lifecycle_once(&topology, server_addr, port, attach) {
+            return;
+        }
+        eprintln!("attempt {attempt}: the kernel skipped {STATE_HOOK} hits; trying again");
+    }
+    panic!("the kernel skipped {STATE_HOOK} hits in each of {ATTEMPTS} attempts");
+}
+
+const ATTEMPTS: u32 = 3;
+const STATE_HOOK: &str = "sock:inet_sock_set_state";
+
+/// One connection's lifecycle, checked; false if the kernel skipped state-change hits.
+fn lifecycle_once(topology: &Topology, server_addr: &str, port: u16, attach: AttachMode) -> bool {
     let mut server = Peer::spawn(&topology.server);
     let mut client = Peer::spawn(&topology.client);
     let (spid, cpid) = (server.pid(), client.pid());
@@ -94,16 +112,24 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
     server.ok("read-eof");
     // The server closes only once the client has seen its FIN acknowledged, so the client
     // passes through FIN_WAIT2 on every run.
-    session.wait_until("client FIN_WAIT2", |evs| {
+    if !session.wait_until_unless_skipped("client FIN_WAIT2", STATE_HOOK, |evs| {
         has_transitions(evs, CLIENT_STATES[0], cpid, &CLIENT_STATES[..4])
-    });
+    }) {
+        return false;
+    }
     server.ok("close");
     server.ok("close-listener");
-    session.wait_until("every state change of the three sockets", |evs| {
-        has_transitions(evs, CLIENT_STATES[0], cpid, CLIENT_STATES)
-            && has_transitions(evs, SERVER_STATES[0], spid, SERVER_STATES)
-            && has_transitions(evs, LISTENER_STATES[0], spid, LISTENER_STATES)
-    });
+    if !session.wait_until_unless_skipped(
+        "every state change of the three sockets",
+        STATE_HOOK,
+        |evs| {
+            has_transitions(evs, CLIENT_STATES[0], cpid, CLIENT_STATES)
+                && has_transitions(evs, SERVER_STATES[0], spid, SERVER_STATES)
+                && has_transitions(evs, LISTENER_STATES[0], spid, LISTENER_STATES)
+        },
+    ) {
+        return false;
+    }
 
     let events = &session.events;
     for (name, first, pid, expected) in [
@@ -142,8 +168,11 @@ fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
         (client_addr.to_string(), client_port)
     );
 
+    // Skips after the waits are of other sockets' hits (every one is counted, not filtered).
     let summary = session.finish();
-    assert_eq!((summary.total_lost(), summary.malformed), (0, 0));
+    let ring_lost: u64 = summary.lost.values().sum();
+    assert_eq!((ring_lost, summary.malformed), (0, 0), "{summary}");
+    true
 }
 
 #[test]

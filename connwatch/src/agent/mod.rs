@@ -31,7 +31,9 @@ use crate::{
         Sink,
         attribution::{Attribution, AttributionCache, LabelCap},
         clock::monotonic_ns,
-        metrics::{FindingLabels, Metrics, ProcessLabels, ResetLabels, StateLabels, TypeLabels},
+        metrics::{
+            FindingLabels, HookLabels, Metrics, ProcessLabels, ResetLabels, StateLabels, TypeLabels,
+        },
         summary::WatchSummary,
     },
     trace::{output, quiet_broken_pipe},
@@ -87,6 +89,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
 struct Counted {
     events: HashMap<&'static str, u64>,
     lost: HashMap<&'static str, u64>,
+    skipped: HashMap<String, u64>,
     evicted: u64,
     withheld: u64,
     bytes_taken: u64,
@@ -332,6 +335,12 @@ impl Consumer for Agent<'_> {
         }
         for (name, total) in summary.lost {
             add_total(&self.metrics.events_lost, &mut self.counted.lost, name, total);
+        }
+        for (hook, total) in summary.skipped {
+            let before = self.counted.skipped.get(&hook).copied().unwrap_or(0);
+            let labels = HookLabels { hook: hook.clone() };
+            self.metrics.events_skipped.get_or_create(&labels).inc_by(total - before);
+            self.counted.skipped.insert(hook, total);
         }
         self.metrics.tracked_sockets.set(self.correlator.tracked() as i64);
         let evicted = self.correlator.evicted();

@@ -8,6 +8,7 @@ pub mod btf;
 pub mod hooks;
 pub mod layouts;
 pub mod privileges;
+mod skips;
 pub mod tracefs;
 
 use aya::{
@@ -129,6 +130,11 @@ impl Probes {
         let (attached, skipped) =
             attach::attach_all(&mut ebpf, options.attach, &layouts, &options.left_out)?;
         Ok(Self { ebpf, attached, skipped })
+    }
+
+    /// `(hook, hits the kernel skipped)` for every attached hook (see [`skips`]).
+    pub fn kernel_skips(&self) -> Vec<(String, u64)> {
+        skips::read(&self.ebpf, &self.attached)
     }
 
     /// Detaches every program now (the maps stay readable for a final drain).

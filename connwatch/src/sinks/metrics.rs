@@ -47,6 +47,11 @@ pub struct TypeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
 }
@@ -64,6 +69,7 @@ pub const EXPORTED: &[&str] = &[
     "connwatch_connection_duration_seconds",
     "connwatch_events_total",
     "connwatch_events_lost_total",
+    "connwatch_events_skipped_total",
     "connwatch_tracked_sockets",
     "connwatch_sockets_evicted_total",
     "connwatch_findings_withheld_total",
@@ -85,6 +91,7 @@ pub struct Metrics {
     pub duration: Family<ProcessLabels, Histogram, fn() -> Histogram>,
     pub events: Family<TypeLabels, Counter>,
     pub events_lost: Family<TypeLabels, Counter>,
+    pub events_skipped: Family<HookLabels, Counter>,
     pub tracked_sockets: Gauge,
     pub sockets_evicted: Counter,
     pub findings_withheld: Counter,
@@ -112,6 +119,7 @@ impl Metrics {
             }),
             events: Family::default(),
             events_lost: Family::default(),
+            events_skipped: Family::default(),
             tracked_sockets: Gauge::default(),
             sockets_evicted: Counter::default(),
             findings_withheld: Counter::default(),
@@ -148,6 +156,12 @@ impl Metrics {
         );
         r.register("events", "Kernel records delivered, by type", m.events);
         r.register("events_lost", "Kernel records lost (ring buffer full), by type", m.events_lost);
+        r.register(
+            "events_skipped",
+            "Hook hits the kernel skipped because a BPF program was already running on that CPU \
+             (events lost), by hook",
+            m.events_skipped,
+        );
         r.register("tracked_sockets", "Sockets the correlator tracks now", m.tracked_sockets);
         r.register(
             "sockets_evicted",
@@ -211,6 +225,9 @@ mod tests {
         m.duration.get_or_create(&p()).observe(2.0);
         m.events.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
         m.events_lost.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
+        m.events_skipped
+            .get_or_create(&HookLabels { hook: "sock:inet_sock_set_state".into() })
+            .inc();
         let (_, page) = expose(&registry, None);
         let mut names: Vec<&str> = page
             .lines()

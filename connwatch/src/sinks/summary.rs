@@ -11,6 +11,9 @@ pub struct Summary {
     pub events: BTreeMap<&'static str, u64>,
     /// Events the kernel could not queue (ring buffer full), by type; every type listed.
     pub lost: BTreeMap<&'static str, u64>,
+    /// Hook hits the kernel skipped (a BPF program was already running on that CPU), by hook;
+    /// only hooks with skips. Each is an event lost.
+    pub skipped: BTreeMap<String, u64>,
     /// Records that failed decoding.
     pub malformed: u64,
     /// Ready entries of epoll_wait/poll/select results beyond the per-call bound (not reported).
@@ -34,8 +37,9 @@ impl Summary {
         self.events.values().sum()
     }
 
+    /// Events lost: no room in the ring buffer, or skipped by the kernel.
     pub fn total_lost(&self) -> u64 {
-        self.lost.values().sum()
+        self.lost.values().sum::<u64>() + self.skipped.values().sum::<u64>()
     }
 
     pub fn to_json(&self) -> Value {
@@ -44,6 +48,7 @@ impl Summary {
             "duration_s": self.duration.as_secs_f64(),
             "events": self.events,
             "lost": self.lost,
+            "skipped": self.skipped,
             "malformed": self.malformed,
             "readiness_unexamined": self.readiness_unexamined,
             "io_summarised": self.io_summarised,
@@ -57,7 +62,7 @@ impl Summary {
     }
 }
 
-fn counts(map: &BTreeMap<&'static str, u64>) -> String {
+fn counts<K: fmt::Display>(map: &BTreeMap<K, u64>) -> String {
     let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
     if parts.is_empty() { "none".into() } else { parts.join(", ") }
 }
@@ -66,13 +71,14 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connwatch: {} events in {:.1} s ({}); lost {} ({}); malformed {}; \
-             readiness unexamined {}; I/O calls summarised {}",
+            "connwatch: {} events in {:.1} s ({}); lost {} ({}; skipped by the kernel: {}); \
+             malformed {}; readiness unexamined {}; I/O calls summarised {}",
             self.total_events(),
             self.duration.as_secs_f64(),
             counts(&self.events),
             self.total_lost(),
             counts(&self.lost),
+            counts(&self.skipped),
             self.malformed,
             self.readiness_unexamined,
             self.io_summarised

@@ -136,9 +136,11 @@ impl Tally {
                 tally.findings += 1;
             } else if line.starts_with("{\"type\":\"summary\"") {
                 let summary: serde_json::Value = serde_json::from_str(&line)?;
-                tally.lost = summary["lost"]
-                    .as_object()
-                    .map_or(0, |lost| lost.values().filter_map(|v| v.as_u64()).sum());
+                tally.lost = ["lost", "skipped"]
+                    .iter()
+                    .filter_map(|key| summary[key].as_object())
+                    .flat_map(|counts| counts.values().filter_map(|v| v.as_u64()))
+                    .sum();
             } else if let (Some(sock), Some(sport), Some(dport)) =
                 (field(&line, "sock"), field(&line, "sport"), field(&line, "dport"))
             {

@@ -203,9 +203,13 @@ impl TracerTotals {
     pub fn of(config: Config, samples: &[&TracerSample]) -> Self {
         let connwatch = config.is_connwatch();
         let watch = config == Config::ConnwatchWatch;
-        let sum = |key: &str| samples.iter().map(|s| summary_total(&s.last_line, key)).sum();
-        let events_lost =
-            if connwatch { sum("lost") } else { samples.iter().map(|s| s.lost_on_stderr).sum() };
+        let sum =
+            |key: &str| -> u64 { samples.iter().map(|s| summary_total(&s.last_line, key)).sum() };
+        let events_lost = if connwatch {
+            sum("lost") + sum("skipped")
+        } else {
+            samples.iter().map(|s| s.lost_on_stderr).sum()
+        };
 
         let mut findings = BTreeMap::new();
         for sample in samples {
