@@ -75,13 +75,9 @@ pub fn tp_sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Attached to `sys_exit_accept` as well.
 #[tracepoint]
 pub fn tp_sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    on_accept(&ctx)
-}
-
-#[tracepoint]
-pub fn tp_sys_exit_accept(ctx: TracePointContext) -> u32 {
     on_accept(&ctx)
 }
 

@@ -2,6 +2,10 @@
 //! of `epoll_wait`/`epoll_pwait`/`epoll_pwait2`), `poll`/`ppoll` and `select`/`pselect6`, from
 //! `syscalls:sys_enter_*`/`sys_exit_*` (checked against 6.1 and 6.18). Results are examined up
 //! to `READINESS_PER_CALL` entries per call; the rest are counted, not silently dropped.
+//!
+//! Each program serves a family of calls (the userspace loader attaches `tp_sys_exit_poll` to
+//! `sys_exit_ppoll` too, and so on): their records agree on every field read, and the verifier
+//! then checks each loop once rather than once per call.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -74,16 +78,6 @@ pub fn tp_sys_enter_epoll_wait(ctx: TracePointContext) -> u32 {
     keep_wait(&ctx)
 }
 
-#[tracepoint]
-pub fn tp_sys_enter_epoll_pwait(ctx: TracePointContext) -> u32 {
-    keep_wait(&ctx)
-}
-
-#[tracepoint]
-pub fn tp_sys_enter_epoll_pwait2(ctx: TracePointContext) -> u32 {
-    keep_wait(&ctx)
-}
-
 #[inline(always)]
 fn keep_wait(ctx: &TracePointContext) -> u32 {
     if !syscall::from_agent() {
@@ -101,16 +95,6 @@ fn keep_wait(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
-    on_epoll_result(&ctx)
-}
-
-#[tracepoint]
-pub fn tp_sys_exit_epoll_pwait(ctx: TracePointContext) -> u32 {
-    on_epoll_result(&ctx)
-}
-
-#[tracepoint]
-pub fn tp_sys_exit_epoll_pwait2(ctx: TracePointContext) -> u32 {
     on_epoll_result(&ctx)
 }
 
@@ -159,11 +143,6 @@ pub fn tp_sys_enter_poll(ctx: TracePointContext) -> u32 {
     keep_poll(&ctx)
 }
 
-#[tracepoint]
-pub fn tp_sys_enter_ppoll(ctx: TracePointContext) -> u32 {
-    keep_poll(&ctx)
-}
-
 #[inline(always)]
 fn keep_poll(ctx: &TracePointContext) -> u32 {
     if !syscall::from_agent() {
@@ -175,11 +154,6 @@ fn keep_poll(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
-    on_poll_result(&ctx)
-}
-
-#[tracepoint]
-pub fn tp_sys_exit_ppoll(ctx: TracePointContext) -> u32 {
     on_poll_result(&ctx)
 }
 
@@ -224,11 +198,6 @@ pub fn tp_sys_enter_select(ctx: TracePointContext) -> u32 {
     keep_select(&ctx)
 }
 
-#[tracepoint]
-pub fn tp_sys_enter_pselect6(ctx: TracePointContext) -> u32 {
-    keep_select(&ctx)
-}
-
 #[inline(always)]
 fn keep_select(ctx: &TracePointContext) -> u32 {
     if !syscall::from_agent() {
@@ -246,11 +215,6 @@ fn keep_select(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sys_exit_select(ctx: TracePointContext) -> u32 {
-    on_select_result(&ctx)
-}
-
-#[tracepoint]
-pub fn tp_sys_exit_pselect6(ctx: TracePointContext) -> u32 {
     on_select_result(&ctx)
 }
 

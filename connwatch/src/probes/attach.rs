@@ -102,7 +102,7 @@ fn attach_one(
     match variant.mechanism {
         Mechanism::RawTracepoint => {
             let program: &mut RawTracePoint = program.try_into().map_err(describe)?;
-            program.load().map_err(describe)?;
+            load_once(program.fd().is_ok(), || program.load())?;
             program.attach(hook.name).map(Link::Raw).map_err(describe)
         }
         Mechanism::Tracepoint => {
@@ -110,10 +110,16 @@ fn attach_one(
                 return Err(problem.to_string());
             }
             let program: &mut TracePoint = program.try_into().map_err(describe)?;
-            program.load().map_err(describe)?;
+            load_once(program.fd().is_ok(), || program.load())?;
             program.attach(hook.category, hook.name).map(Link::Tracepoint).map_err(describe)
         }
     }
+}
+
+/// Loads a program unless an earlier hook of its family did (one verification, several
+/// attachments).
+fn load_once(loaded: bool, load: impl FnOnce() -> Result<(), ProgramError>) -> Result<(), String> {
+    if loaded { Ok(()) } else { load().map_err(describe) }
 }
 
 pub fn detach(ebpf: &mut Ebpf, attached: Attached) {

@@ -90,27 +90,30 @@ impl Hook {
     }
 }
 
-/// A syscall tracepoint, whose program is `tp_<name>`: classic only (raw tracepoints exist
+/// A syscall tracepoint, whose program is `tp_<name>` unless named: classic only (raw tracepoints exist
 /// just for all syscalls at once, which would run on every syscall in the system).
 macro_rules! syscall {
     ($name:literal) => {
-        syscall!($name, None)
+        syscall!($name, concat!("tp_", $name), None)
+    };
+    // A call of a family served by one program (`program`, loaded once, attached to each).
+    ($name:literal, program = $program:literal) => {
+        syscall!($name, $program, None)
     };
     ($name:literal, $instead_of:expr) => {
+        syscall!($name, concat!("tp_", $name), $instead_of)
+    };
+    ($name:literal, $program:expr, $instead_of:expr) => {
         Hook {
             category: "syscalls",
             name: $name,
             role: Role::Observation,
-            variants: &[Variant {
-                mechanism: Mechanism::Tracepoint,
-                program: concat!("tp_", $name),
-            }],
+            variants: &[Variant { mechanism: Mechanism::Tracepoint, program: $program }],
             instead_of: $instead_of,
         }
     };
 }
 
-/// Reads and writes from syscalls, where the socket layer's tracepoints are missing (< 6.4).
 const RECV: Option<&str> = Some("sock:sock_recv_length");
 const SEND: Option<&str> = Some("sock:sock_send_length");
 
@@ -187,7 +190,7 @@ pub static HOOKS: &[Hook] = &[
         instead_of: None,
     },
     syscall!("sys_exit_accept4"),
-    syscall!("sys_exit_accept"),
+    syscall!("sys_exit_accept", program = "tp_sys_exit_accept4"),
     syscall!("sys_enter_connect"),
     syscall!("sys_exit_connect"),
     syscall!("sys_enter_close"),
@@ -196,18 +199,18 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_enter_epoll_ctl"),
     syscall!("sys_enter_epoll_wait"),
     syscall!("sys_exit_epoll_wait"),
-    syscall!("sys_enter_epoll_pwait"),
-    syscall!("sys_exit_epoll_pwait"),
-    syscall!("sys_enter_epoll_pwait2"),
-    syscall!("sys_exit_epoll_pwait2"),
+    syscall!("sys_enter_epoll_pwait", program = "tp_sys_enter_epoll_wait"),
+    syscall!("sys_exit_epoll_pwait", program = "tp_sys_exit_epoll_wait"),
+    syscall!("sys_enter_epoll_pwait2", program = "tp_sys_enter_epoll_wait"),
+    syscall!("sys_exit_epoll_pwait2", program = "tp_sys_exit_epoll_wait"),
     syscall!("sys_enter_poll"),
     syscall!("sys_exit_poll"),
-    syscall!("sys_enter_ppoll"),
-    syscall!("sys_exit_ppoll"),
+    syscall!("sys_enter_ppoll", program = "tp_sys_enter_poll"),
+    syscall!("sys_exit_ppoll", program = "tp_sys_exit_poll"),
     syscall!("sys_enter_select"),
     syscall!("sys_exit_select"),
-    syscall!("sys_enter_pselect6"),
-    syscall!("sys_exit_pselect6"),
+    syscall!("sys_enter_pselect6", program = "tp_sys_enter_select"),
+    syscall!("sys_exit_pselect6", program = "tp_sys_exit_select"),
     syscall!("sys_enter_read", RECV),
     syscall!("sys_exit_read", RECV),
     syscall!("sys_enter_recvfrom", RECV),

@@ -9,10 +9,13 @@ use aya::Ebpf;
 
 use super::Attached;
 
-/// `(hook, hits skipped)` for every attached hook, read from the programs' fdinfo.
+/// `(hook, hits skipped)` for every attached program, read from its fdinfo. A program that
+/// serves a family of hooks counts for them all under the first one's name.
 pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
+    let mut programs = std::collections::HashSet::new();
     attached
         .iter()
+        .filter(|a| programs.insert(a.variant.program))
         .filter_map(|a| {
             let fd = ebpf.program(a.variant.program)?.fd().ok()?.as_fd().as_raw_fd();
             let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
