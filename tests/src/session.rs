@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use connwatch::{
     Tracer,
     decode::{Detail, Event},
-    probes::LoadOptions,
+    probes::{AttachMode, LoadOptions, hooks::Mechanism},
     sinks::Summary,
 };
 
@@ -19,7 +19,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(options: LoadOptions) -> Self {
+    pub fn start(mut options: LoadOptions) -> Self {
+        if options.attach == AttachMode::Auto {
+            options.attach = attach_from_env();
+        }
         let tracer = Tracer::start(&options).unwrap_or_else(|e| panic!("starting connwatch: {e}"));
         Self { tracer, events: Vec::new(), started: Instant::now() }
     }
@@ -68,6 +71,20 @@ impl Session {
 
     pub fn dump(&self) -> String {
         self.events.iter().map(|e| format!("  {}\n", describe(e))).collect()
+    }
+}
+
+/// `CONNWATCH_TEST_ATTACH=tracepoint` (set by `cargo xtask vm-test`) runs every session that
+/// does not choose a mechanism itself with classic tracepoints; unset or `auto`, with each
+/// hook's own choice.
+fn attach_from_env() -> AttachMode {
+    match std::env::var("CONNWATCH_TEST_ATTACH").as_deref() {
+        Err(_) | Ok("auto") => AttachMode::Auto,
+        Ok("tracepoint") => AttachMode::Prefer(Mechanism::Tracepoint),
+        Ok("raw-tracepoint") => AttachMode::Prefer(Mechanism::RawTracepoint),
+        Ok(other) => {
+            panic!("CONNWATCH_TEST_ATTACH={other}: expected auto, tracepoint or raw-tracepoint")
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod prereqs;
 mod run;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the integration tests inside Debian's 6.1 kernel under QEMU, once per attach mode.
+    VmTest(vm::VmArgs),
     /// Measure connwatch against no tracer and libbpf-tools' tcpstates (not run in CI).
     Bench(bench::BenchArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run::run(&args),
         Command::Test { args } => run::test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,143 @@
+//! Booting the guest and reading its serial console: every line is shown as it arrives and
+//! kept in a log; the `cw-vm:` lines and libtest's own summaries make the outcome.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub memory_mib: u32,
+    pub log: &'a Path,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub kernel: Option<String>,
+    /// The ready line of `connwatch trace --attach <mode>`: each hook's mechanism.
+    pub hooks: Vec<(String, String)>,
+    pub passed: u64,
+    pub failed: u64,
+    /// `mode test-file` for each test executable that exited non-zero.
+    pub failures: Vec<String>,
+    /// The guest reached the end of its script.
+    pub finished: bool,
+}
+
+pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Outcome> {
+    let accel = if kvm_works() { "kvm" } else { "tcg,thread=multi" };
+    println!("xtask: booting {} under QEMU ({accel})", boot.kernel.display());
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    let mut child = Command::new("timeout")
+        .args(["--signal=KILL", &boot.timeout.as_secs().to_string(), "qemu-system-x86_64"])
+        .args(["-machine", "q35", "-accel", accel, "-smp", &cpus.to_string()])
+        .args(["-m", &boot.memory_mib.to_string(), "-nographic", "-no-reboot"])
+        .args(["-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(boot.kernel)
+        .arg("-initrd")
+        .arg(boot.initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let mut log = File::create(boot.log)?;
+    let mut outcome = Outcome::default();
+    let console = BufReader::new(child.stdout.take().expect("piped"));
+    for line in console.split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).trim_end_matches('\r').to_string();
+        writeln!(log, "{line}")?;
+        println!("  | {line}");
+        read_line(&line, &mut outcome);
+    }
+    child.wait()?;
+    Ok(outcome)
+}
+
+fn read_line(line: &str, outcome: &mut Outcome) {
+    if let Some(marker) = line.strip_prefix("cw-vm: ") {
+        let mut words = marker.splitn(3, ' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("kernel"), Some(release), _) => outcome.kernel = Some(release.to_string()),
+            (Some("hooks"), Some(mode), Some(ready)) => {
+                outcome.hooks.push((mode.to_string(), mechanisms(ready)))
+            }
+            (Some("exit"), Some(mode), Some(rest)) => {
+                if let Some((test, code)) = rest.rsplit_once(' ')
+                    && code != "0"
+                {
+                    outcome.failures.push(format!("{mode} {test} (exit {code})"));
+                }
+            }
+            (Some("done"), _, _) => outcome.finished = true,
+            _ => {}
+        }
+    } else if let Some(result) = line.trim().strip_prefix("test result: ") {
+        // "ok. 12 passed; 0 failed; 0 ignored; ..."
+        for part in result.split(';') {
+            let mut words = part.split_whitespace().rev();
+            if let (Some(what), Some(count)) = (words.next(), words.next())
+                && let Ok(count) = count.parse::<u64>()
+            {
+                match what {
+                    "passed" => outcome.passed += count,
+                    "failed" => outcome.failed += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// "raw_tracepoint 9, tracepoint 22" from a ready line's `hooks` object.
+fn mechanisms(ready: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(ready) else {
+        return format!("no ready line ({ready})");
+    };
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for mechanism in
+        value["hooks"].as_object().into_iter().flatten().filter_map(|(_, m)| m.as_str())
+    {
+        *counts.entry(mechanism.to_string()).or_default() += 1;
+    }
+    let degraded = value["degraded"].as_object().map_or(0, |d| d.len());
+    let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    format!("{} hooks ({}); {degraded} unavailable", counts.values().sum::<u32>(), parts.join(", "))
+}
+
+fn kvm_works() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_markers_and_libtest_summaries() {
+        let mut outcome = Outcome::default();
+        for line in [
+            "cw-vm: kernel 6.1.0-56-amd64",
+            "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+            "cw-vm: exit auto kernel_events 0",
+            "cw-vm: exit tracepoint findings 101",
+            "cw-vm: done",
+        ] {
+            read_line(line, &mut outcome);
+        }
+        assert_eq!(outcome.kernel.as_deref(), Some("6.1.0-56-amd64"));
+        assert_eq!((outcome.passed, outcome.failed), (15, 2));
+        assert_eq!(outcome.failures, ["tracepoint findings (exit 101)"]);
+        assert!(outcome.finished);
+    }
+}

@@ -1,0 +1,201 @@
+//! `cargo xtask vm-test`: the integration tests inside a Debian 6.1 kernel under QEMU, once per
+//! attach mode, so a kernel other than the host's is tested on every run (the host here runs
+//! 6.18; production fleets run 5.15, 6.1 and 6.6).
+//!
+//! The guest's whole world is an initramfs (see [`initramfs`]): no disk image, no network
+//! beyond the namespaces the tests make. KVM is used when /dev/kvm works, TCG otherwise.
+
+mod console;
+mod initramfs;
+mod kernel;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{
+    prereqs,
+    run::{cargo, workspace_root},
+};
+
+/// What the VM needs on the host: QEMU, cpio for the initramfs, a static busybox for the guest's
+/// shell, binutils to strip the test executables, and the tools the tests call (ip, nft).
+const VM_PACKAGES: &[&str] =
+    &["qemu-system-x86", "cpio", "busybox-static", "binutils", "iproute2", "nftables"];
+
+/// Modules the tests load: veth pairs between namespaces, nftables for black holes.
+const MODULES: &[&str] = &["veth", "nf_tables"];
+
+#[derive(Args, Debug)]
+pub struct VmArgs {
+    /// Integration test files (tests/tests/*.rs) to run in the guest.
+    #[arg(long, value_delimiter = ',', default_value = "kernel_events,app_observations,findings")]
+    tests: Vec<String>,
+    /// Attach modes to run them in (`connwatch --attach` values).
+    #[arg(long, value_delimiter = ',', default_value = "auto,tracepoint")]
+    modes: Vec<String>,
+    /// Only tests whose name contains this (libtest's filter).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 3072)]
+    memory: u32,
+    /// Give up on the guest after this many minutes.
+    #[arg(long, default_value_t = 80)]
+    timeout_min: u64,
+}
+
+pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+    for mode in &args.modes {
+        if !["auto", "tracepoint", "raw-tracepoint"].contains(&mode.as_str()) {
+            bail!(
+                "--modes {mode}: this connwatch attaches with auto, tracepoint or raw-tracepoint"
+            );
+        }
+    }
+    prereqs::ensure_build()?;
+    prereqs::ensure_packages(VM_PACKAGES)?;
+    let cache = workspace_root().join("target/vm");
+    let kernel = kernel::fetch(&cache)?;
+    println!("xtask: guest kernel package {}", kernel.release);
+    let tests = build(&args.tests)?;
+
+    let mut root = initramfs::Root::new(&cache.join("root"))?;
+    root.place(&PathBuf::from("/bin/busybox"), &PathBuf::from("/bin/busybox"))?;
+    let binaries = tests.binaries.iter().chain(&tests.executables);
+    for binary in binaries.chain(GUEST_TOOLS.iter().map(PathBuf::from).collect::<Vec<_>>().iter()) {
+        root.executable(binary)?;
+    }
+    let modules = initramfs::modules_in_order(&kernel.modules, MODULES)?;
+    for module in &modules {
+        let guest = PathBuf::from("/modules").join(module.file_name().expect("a module file"));
+        root.place(module, &guest)?;
+    }
+    root.write("/init", &init_script(args, &tests, &modules), 0o755)?;
+    let initrd = cache.join("initramfs.cpio");
+    root.archive(&initrd)?;
+
+    let outcome = console::boot(&console::Boot {
+        kernel: &kernel.image,
+        initrd: &initrd,
+        memory_mib: args.memory,
+        log: &cache.join("console.log"),
+        timeout: std::time::Duration::from_secs(args.timeout_min * 60),
+    })?;
+    println!("xtask: guest kernel {}", outcome.kernel.as_deref().unwrap_or("unknown"));
+    for (mode, hooks) in &outcome.hooks {
+        println!("xtask: --attach {mode}: {hooks}");
+    }
+    for failure in &outcome.failures {
+        println!("xtask: failed: {failure}");
+    }
+    println!("xtask: {} passed, {} failed", outcome.passed, outcome.failed);
+    if !outcome.finished {
+        bail!(
+            "the guest did not finish (console: {}); see its last lines above",
+            cache.join("console.log").display()
+        );
+    }
+    if outcome.failed > 0 || !outcome.failures.is_empty() {
+        bail!("tests failed in the 6.1 guest (console: {})", cache.join("console.log").display());
+    }
+    Ok(())
+}
+
+/// Host tools the tests run inside the guest.
+const GUEST_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/nft"];
+
+struct Built {
+    /// Test executables, by test file name.
+    executables: Vec<PathBuf>,
+    /// connwatch and the test helper binaries (cw-peer, ...), next to the executables' deps/.
+    binaries: Vec<PathBuf>,
+}
+
+/// Builds connwatch, the helper binaries and the chosen test executables (debug, as the
+/// tests run on the host).
+fn build(tests: &[String]) -> anyhow::Result<Built> {
+    prereqs::run(cargo().args([
+        "build",
+        "--package",
+        "connwatch",
+        "--package",
+        "connwatch-tests",
+    ]))?;
+    let mut command = cargo();
+    command.args(["test", "--no-run", "--message-format=json", "--package", "connwatch-tests"]);
+    for test in tests {
+        command.args(["--test", test]);
+    }
+    let output = command.output().context("running cargo test --no-run")?;
+    if !output.status.success() {
+        bail!("building the tests failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut executables = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test =
+            message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(path)) = (is_test, message["executable"].as_str()) {
+            executables.push(PathBuf::from(path));
+        }
+    }
+    if executables.len() != tests.len() {
+        bail!("expected {} test executables, cargo built {}", tests.len(), executables.len());
+    }
+    let debug = workspace_root().join("target/debug");
+    let binaries = ["connwatch", "cw-peer", "cw-churner"].iter().map(|b| debug.join(b)).collect();
+    Ok(Built { executables, binaries })
+}
+
+/// The guest's PID 1: mounts, modules, then every test executable once per mode, each
+/// bracketed by `cw-vm:` lines the host reads.
+fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
+    let connwatch = &tests.binaries[0];
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod /modules/{}\n", m.file_name().unwrap().to_string_lossy()))
+        .collect();
+    let filter = args.filter.as_deref().map(|f| format!(" '{f}'")).unwrap_or_default();
+    let mut runs = String::new();
+    for mode in &args.modes {
+        runs.push_str(&format!(
+            "echo \"cw-vm: hooks {mode} $({} trace --attach {mode} --duration 1 --json 2>/dev/null | grep -m1 '\"ready\"')\"\n",
+            connwatch.display()
+        ));
+        for test in &tests.executables {
+            let name = test_name(test);
+            runs.push_str(&format!(
+                "echo \"cw-vm: run {mode} {name}\"\n\
+                 CONNWATCH_TEST_ATTACH={mode} {} --test-threads=2{filter}\n\
+                 echo \"cw-vm: exit {mode} {name} $?\"\n",
+                test.display()
+            ));
+        }
+    }
+    format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 HOME=/tmp\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sys /sys\n\
+         mount -t devtmpfs dev /dev\n\
+         mount -t tmpfs tmp /tmp\n\
+         mount -t tmpfs run /run\n\
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
+         mkdir -p /var && ln -s /run /var/run\n\
+         {insmods}\
+         ip link set lo up\n\
+         echo \"cw-vm: kernel $(uname -r)\"\n\
+         {runs}\
+         echo cw-vm: done\n\
+         poweroff -f\n"
+    )
+}
+
+/// `kernel_events` from `target/debug/deps/kernel_events-0123abcd`.
+fn test_name(executable: &std::path::Path) -> String {
+    let file = executable.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    file.rsplit_once('-').map_or(file.clone(), |(name, _)| name.to_string())
+}
