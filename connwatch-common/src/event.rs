@@ -146,6 +146,13 @@ pub struct SockSnapshot {
 }
 assert_size!(SockSnapshot, 16);
 
+impl SockSnapshot {
+    /// A socket known only by its state (healthy otherwise), built field by field.
+    pub const fn of_state(state: u8) -> Self {
+        Self { state, rto_retransmits: 0, _pad: [0; 2], sk_err: 0, unacked_bytes: 0, srtt_us: 0 }
+    }
+}
+
 /// An application's observation on a socket: `KIND_SO_ERROR` .. `KIND_ACCEPT`.
 ///
 /// `header.ts_ns` is when the (last) call ended; `started_ns` when the (first) call began.

@@ -143,7 +143,7 @@ impl Observation {
             bytes: span.bytes,
             calls: span.calls,
             via,
-            snapshot: SockSnapshot { state, ..SockSnapshot::default() },
+            snapshot: SockSnapshot::of_state(state),
             started_ns: span.first_ns,
             ended_ns: span.last_ns,
         }
@@ -170,7 +170,7 @@ pub fn observed_as(sk: u64, ends: &Endpoints, obs: &Observation, info: &SocketIn
         event.bytes = obs.bytes;
         event.calls = obs.calls;
         event.via = obs.via;
-        event._pad = [0; 3];
+        crate::zero::zero(&mut event._pad);
         event.started_ns = obs.started_ns;
         event.header.ts_ns = obs.ended_ns;
     });

@@ -14,6 +14,7 @@ mod policy;
 mod probes;
 mod sock;
 mod syscall;
+mod zero;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -118,6 +118,13 @@ fn select(io: &mut IoState, path: Path) -> &mut IoTally {
     }
 }
 
+/// A new socket's tallies, copied by the map update from read-only memory: an
+/// `IoState::default()` on the stack is zeroed by a byte loop (the BPF target has no memset)
+/// that the verifier walks byte by byte on every path, which put the readiness programs over
+/// Linux 6.1's limit of a million instructions.
+#[unsafe(no_mangle)]
+static ZERO_IO_STATE: IoState = unsafe { core::mem::zeroed() };
+
 /// Tallies one call of `bytes` made at `started_ns`; returns what is due, or `None` when the
 /// call was folded into the tally. `healthy_now`, when given, is what the caller just read of
 /// the socket: it decides whether the caller's next routine calls may take the fast path.
@@ -140,7 +147,7 @@ pub fn tally(
     let io = match IO_STATE.get_ptr_mut(&sk) {
         Some(io) => io,
         None => {
-            let _ = IO_STATE.insert(&sk, &IoState::default(), 0);
+            let _ = IO_STATE.insert(&sk, &ZERO_IO_STATE, 0);
             IO_STATE.get_ptr_mut(&sk)?
         }
     };
@@ -183,15 +190,14 @@ pub fn tally(
         };
         Due { earlier: None, this: folded }
     };
-    *tally = IoTally {
-        last_report_ns: now,
-        first_ns: 0,
-        last_ns: 0,
-        bytes: 0,
-        calls: 0,
-        last_signature: signature,
-        last_state: state,
-        _pad: [0; 7],
-    };
+    // Field by field: a struct assignment would be zeroed through a memset loop (see `zero`).
+    tally.last_report_ns = now;
+    tally.first_ns = 0;
+    tally.last_ns = 0;
+    tally.bytes = 0;
+    tally.calls = 0;
+    tally.last_signature = signature;
+    tally.last_state = state;
+    crate::zero::zero(&mut tally._pad);
     Some(due)
 }

@@ -7,7 +7,7 @@ use connwatch_common::{
     tcp::{AF_INET, AF_INET6, IPPROTO_TCP, S_IFMT, S_IFSOCK, SOCK_STREAM},
 };
 
-use crate::config::conf;
+use crate::{config::conf, zero::zero};
 
 /// Reads a `T` at `base + offset`; a faulting address is an error, never a crash.
 #[inline(always)]
@@ -72,8 +72,8 @@ pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
 /// Copies the socket's addresses into a reserved header.
 #[inline(always)]
 pub fn fill_addresses(sk: u64, ends: &Endpoints, header: &mut EventHeader) {
-    header.saddr = [0; 16];
-    header.daddr = [0; 16];
+    zero(&mut header.saddr);
+    zero(&mut header.daddr);
     if ends.family == AF_INET {
         header.saddr[..4].copy_from_slice(&ends.saddr4);
         header.daddr[..4].copy_from_slice(&ends.daddr4);

@@ -26,7 +26,7 @@ pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
         let state = ends.state;
         emit::emit(KIND_DESTROY, sk, &info, &ends, |event: &mut DestroyEvent| {
             event.state = state;
-            event._pad = [0; 7];
+            crate::zero::zero(&mut event._pad);
         });
     }
     owner::forget(sk);

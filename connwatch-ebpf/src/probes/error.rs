@@ -27,7 +27,7 @@ pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
         emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {
             event.errno = errno;
             event.state = state;
-            event._pad = [0; 3];
+            crate::zero::zero(&mut event._pad);
         });
     }
     0

@@ -82,7 +82,7 @@ pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     }
     // A trusted socket is ESTABLISHED with no error and no timeout: nothing to read.
     let snapshot = if policy::trusted(sk) {
-        SockSnapshot { state: TCP_ESTABLISHED, ..SockSnapshot::default() }
+        SockSnapshot::of_state(TCP_ESTABLISHED)
     } else {
         let Some(ends) = sock::tcp_endpoints(sk) else {
             return 0;

@@ -57,7 +57,7 @@ fn on_reset(sk: u64, direction: u8) {
         emit::emit(KIND_RESET, sk, &info, &ends, |event: &mut ResetEvent| {
             event.direction = direction;
             event.state = state;
-            event._pad = [0; 6];
+            crate::zero::zero(&mut event._pad);
         });
     }
 }

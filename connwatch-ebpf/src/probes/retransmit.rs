@@ -37,7 +37,7 @@ fn on_retransmit(sk: u64) {
         let state = ends.state;
         emit::emit(KIND_RETRANSMIT, sk, &info, &ends, |event: &mut RetransmitEvent| {
             event.state = state;
-            event._pad = [0; 7];
+            crate::zero::zero(&mut event._pad);
         });
     }
 }

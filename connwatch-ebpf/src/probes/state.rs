@@ -55,7 +55,7 @@ fn on_state_change(sk: u64, old: i32, new: i32) {
         emit::emit(KIND_STATE, sk, &info, &ends, |event: &mut StateEvent| {
             event.old_state = old;
             event.new_state = new;
-            event._pad = [0; 6];
+            crate::zero::zero(&mut event._pad);
         });
     }
 }

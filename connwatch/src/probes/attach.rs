@@ -14,6 +14,7 @@ use super::{
     AttachMode, ProbeError,
     hooks::{HOOKS, Hook, Mechanism, Role, Variant},
     layouts::Layouts,
+    tracefs,
 };
 
 /// A hook that is live in the kernel.
@@ -45,6 +46,9 @@ pub fn attach_all(
 ) -> Result<(Vec<Attached>, Vec<Skipped>), ProbeError> {
     let mut attached: Vec<Attached> = Vec::new();
     let mut skipped = Vec::new();
+    // Programs the kernel refused: a family's other hooks do not ask again (a refusal can
+    // cost the verifier seconds).
+    let mut refused: Vec<(&'static str, String)> = Vec::new();
     for hook in HOOKS {
         if let Some(primary) = hook.instead_of
             && attached.iter().any(|a| a.hook.id() == primary)
@@ -56,16 +60,29 @@ pub fn attach_all(
         let variants = if left_out.contains(&hook.id()) {
             reasons.push("left out by request".to_string());
             Vec::new()
+        } else if !tracefs::exists(hook.category, hook.name) {
+            reasons.push(format!("this kernel has no {} tracepoint", hook.id()));
+            Vec::new()
         } else {
             preference(hook, mode)
         };
         for variant in variants {
+            if let Some((_, reason)) = refused.iter().find(|(p, _)| *p == variant.program) {
+                reasons.push(format!("{}: {reason}", variant.mechanism));
+                continue;
+            }
             match attach_one(ebpf, hook, variant, layouts) {
                 Ok(link) => {
                     live = Some(Attached { hook, variant, link });
                     break;
                 }
-                Err(reason) => reasons.push(format!("{}: {reason}", variant.mechanism)),
+                Err(Failure::Load(reason)) => {
+                    reasons.push(format!("{}: {reason}", variant.mechanism));
+                    refused.push((variant.program, reason));
+                }
+                Err(Failure::Attach(reason)) => {
+                    reasons.push(format!("{}: {reason}", variant.mechanism))
+                }
             }
         }
         match (live, hook.role) {
@@ -74,7 +91,15 @@ pub fn attach_all(
                 return Err(ProbeError::Attach { hook: hook.id(), reasons: reasons.join("; ") });
             }
             (None, Role::Observation | Role::Precision(_)) => {
-                skipped.push(Skipped { hook, reason: reasons.join("; ") })
+                let stand_ins = HOOKS.iter().filter(|h| h.instead_of == Some(&hook.id())).count();
+                let consequence = match stand_ins {
+                    0 => format!("without it, {}", hook.role.without()),
+                    n => format!("{n} syscall hooks stand in for it"),
+                };
+                skipped.push(Skipped {
+                    hook,
+                    reason: format!("{} ({consequence})", reasons.join("; ")),
+                })
             }
         }
     }
@@ -90,36 +115,44 @@ fn preference(hook: &Hook, mode: AttachMode) -> Vec<Variant> {
     variants
 }
 
+/// Why a variant did not attach: the program was refused (by the verifier, say), or it loaded
+/// and this hook would not take it.
+enum Failure {
+    Load(String),
+    Attach(String),
+}
+
 fn attach_one(
     ebpf: &mut Ebpf,
     hook: &Hook,
     variant: Variant,
     layouts: &Layouts,
-) -> Result<Link, String> {
-    let program = ebpf
-        .program_mut(variant.program)
-        .ok_or_else(|| format!("program {} missing from connwatch-ebpf", variant.program))?;
+) -> Result<Link, Failure> {
+    let program = ebpf.program_mut(variant.program).ok_or_else(|| {
+        Failure::Load(format!("program {} missing from connwatch-ebpf", variant.program))
+    })?;
+    let attach = |e| Failure::Attach(describe(e));
     match variant.mechanism {
         Mechanism::RawTracepoint => {
-            let program: &mut RawTracePoint = program.try_into().map_err(describe)?;
+            let program: &mut RawTracePoint = program.try_into().map_err(attach)?;
             load_once(program.fd().is_ok(), || program.load())?;
-            program.attach(hook.name).map(Link::Raw).map_err(describe)
+            program.attach(hook.name).map(Link::Raw).map_err(attach)
         }
         Mechanism::Tracepoint => {
             if let Some(problem) = layouts.problem(&hook.id()) {
-                return Err(problem.to_string());
+                return Err(Failure::Attach(problem.to_string()));
             }
-            let program: &mut TracePoint = program.try_into().map_err(describe)?;
+            let program: &mut TracePoint = program.try_into().map_err(attach)?;
             load_once(program.fd().is_ok(), || program.load())?;
-            program.attach(hook.category, hook.name).map(Link::Tracepoint).map_err(describe)
+            program.attach(hook.category, hook.name).map(Link::Tracepoint).map_err(attach)
         }
     }
 }
 
 /// Loads a program unless an earlier hook of its family did (one verification, several
 /// attachments).
-fn load_once(loaded: bool, load: impl FnOnce() -> Result<(), ProgramError>) -> Result<(), String> {
-    if loaded { Ok(()) } else { load().map_err(describe) }
+fn load_once(loaded: bool, load: impl FnOnce() -> Result<(), ProgramError>) -> Result<(), Failure> {
+    if loaded { Ok(()) } else { load().map_err(|e| Failure::Load(describe(e))) }
 }
 
 pub fn detach(ebpf: &mut Ebpf, attached: Attached) {

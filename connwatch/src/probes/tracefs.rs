@@ -60,6 +60,11 @@ pub struct Field {
     pub size: u32,
 }
 
+/// Whether this kernel has the tracepoint `category:name` (raw or classic alike).
+pub fn exists(category: &str, name: &str) -> bool {
+    Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
+}
+
 /// A tracepoint's record layout.
 #[derive(Clone, Debug)]
 pub struct Format {
