@@ -42,6 +42,10 @@ const EPOLL_EVENT: (u64, u64) = (12, 4);
 #[cfg(not(bpf_target_arch = "x86_64"))]
 const EPOLL_EVENT: (u64, u64) = (16, 8);
 const POLLFD_SIZE: u64 = 8;
+/// The bound of the smaller variants the loader falls back to where the verifier refuses the
+/// full one (Linux 6.1 counts a million instructions for the 16-entry loops that 6.18 checks
+/// in 60k); entries beyond any bound are counted in `COUNTER_READINESS_UNEXAMINED`.
+const FEW: u64 = 4;
 
 #[tracepoint]
 pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
@@ -95,11 +99,21 @@ fn keep_wait(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
-    on_epoll_result(&ctx)
+    on_epoll_result::<{ READINESS_PER_CALL as u64 }>(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_epoll_wait_few(ctx: TracePointContext) -> u32 {
+    on_epoll_result::<FEW>(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_epoll_wait_one(ctx: TracePointContext) -> u32 {
+    on_epoll_result::<1>(&ctx)
 }
 
 #[inline(always)]
-fn on_epoll_result(ctx: &TracePointContext) -> u32 {
+fn on_epoll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
     let Some(call) = syscall::take(CALL_EPOLL_WAIT) else {
         return 0;
     };
@@ -108,7 +122,7 @@ fn on_epoll_result(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    for i in 0..READINESS_PER_CALL as u64 {
+    for i in 0..BOUND {
         if i >= ready as u64 {
             break;
         }
@@ -134,7 +148,7 @@ fn on_epoll_result(ctx: &TracePointContext) -> u32 {
             }
         }
     }
-    unexamined((ready as u64).saturating_sub(READINESS_PER_CALL as u64));
+    unexamined((ready as u64).saturating_sub(BOUND));
     0
 }
 
@@ -154,11 +168,21 @@ fn keep_poll(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
-    on_poll_result(&ctx)
+    on_poll_result::<{ READINESS_PER_CALL as u64 }>(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_poll_few(ctx: TracePointContext) -> u32 {
+    on_poll_result::<FEW>(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_poll_one(ctx: TracePointContext) -> u32 {
+    on_poll_result::<1>(&ctx)
 }
 
 #[inline(always)]
-fn on_poll_result(ctx: &TracePointContext) -> u32 {
+fn on_poll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
     let Some(call) = syscall::take(CALL_POLL) else {
         return 0;
     };
@@ -169,7 +193,7 @@ fn on_poll_result(ctx: &TracePointContext) -> u32 {
     // Each ready entry is resolved where it is found: the verifier's work stays linear in the
     // bound (an array of found entries, indexed by their count, multiplied it).
     let mut seen: u64 = 0;
-    for i in 0..READINESS_PER_CALL as u64 {
+    for i in 0..BOUND {
         // Not also stopped once `ready` entries were seen: comparing that count made the
         // verifier tell every iteration's states apart (685k instructions checked, not 104k).
         if i >= call.aux {
@@ -214,12 +238,22 @@ fn keep_select(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_sys_exit_select(ctx: TracePointContext) -> u32 {
-    on_select_result(&ctx)
+    on_select_result::<{ READINESS_PER_CALL as u64 }>(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_select_few(ctx: TracePointContext) -> u32 {
+    on_select_result::<FEW>(&ctx)
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_select_one(ctx: TracePointContext) -> u32 {
+    on_select_result::<1>(&ctx)
 }
 
 /// The first word of each set the kernel rewrote: descriptors below 64 (`SELECT_FDS`).
 #[inline(always)]
-fn on_select_result(ctx: &TracePointContext) -> u32 {
+fn on_select_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
     let Some(call) = syscall::take(CALL_SELECT) else {
         return 0;
     };
@@ -236,7 +270,7 @@ fn on_select_result(ctx: &TracePointContext) -> u32 {
     // per descriptor would multiply the verifier's work.
     let (mut read, mut write, mut except) = (read, write, except);
     let mut seen: u64 = 0;
-    for _ in 0..READINESS_PER_CALL {
+    for _ in 0..BOUND {
         let any = read | write | except;
         if any == 0 {
             break;

@@ -31,10 +31,11 @@ enum Link {
     Tracepoint(TracePointLinkId),
 }
 
-/// An optional hook this kernel could not attach.
+/// An optional hook this kernel could not attach, or attached only in a reduced variant.
 #[derive(Debug)]
 pub struct Skipped {
     pub hook: &'static Hook,
+    /// "unavailable: why (and what goes missing)" or "reduced: what it gives up (why)".
     pub reason: String,
 }
 
@@ -86,7 +87,13 @@ pub fn attach_all(
             }
         }
         match (live, hook.role) {
-            (Some(live), _) => attached.push(live),
+            (Some(live), _) => {
+                if let Some(gives_up) = live.variant.gives_up {
+                    let reason = format!("reduced: {gives_up} ({})", reasons.join("; "));
+                    skipped.push(Skipped { hook, reason });
+                }
+                attached.push(live)
+            }
             (None, Role::Events) => {
                 return Err(ProbeError::Attach { hook: hook.id(), reasons: reasons.join("; ") });
             }
@@ -98,7 +105,7 @@ pub fn attach_all(
                 };
                 skipped.push(Skipped {
                     hook,
-                    reason: format!("{} ({consequence})", reasons.join("; ")),
+                    reason: format!("unavailable: {} ({consequence})", reasons.join("; ")),
                 })
             }
         }
@@ -168,15 +175,14 @@ pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
 
 /// An error with its causes, and the verifier's last words when it rejected the program.
 fn describe(error: ProgramError) -> String {
-    let mut text = error.to_string();
-    if let ProgramError::LoadError { verifier_log, .. } = &error {
+    if let ProgramError::LoadError { io_error, verifier_log } = &error {
+        // The whole log can run to thousands of lines: its last ones say why.
         let log = verifier_log.to_string();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        text.push_str(&format!(
-            " (verifier: {})",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
+        let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(4).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return format!("the verifier refused it ({io_error}): {}", tail.join(" | "));
     }
+    let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));

@@ -36,14 +36,21 @@ pub struct Variant {
     pub mechanism: Mechanism,
     /// Program (function) name in connwatch-ebpf.
     pub program: &'static str,
+    /// What this variant does not do that the first one does (a smaller bound, say).
+    pub gives_up: Option<&'static str>,
 }
 
 const fn raw(program: &'static str) -> Variant {
-    Variant { mechanism: Mechanism::RawTracepoint, program }
+    Variant { mechanism: Mechanism::RawTracepoint, program, gives_up: None }
 }
 
 const fn tp(program: &'static str) -> Variant {
-    Variant { mechanism: Mechanism::Tracepoint, program }
+    Variant { mechanism: Mechanism::Tracepoint, program, gives_up: None }
+}
+
+/// A smaller classic-tracepoint variant, for kernels whose verifier refuses the full one.
+const fn tp_reduced(program: &'static str, gives_up: &'static str) -> Variant {
+    Variant { mechanism: Mechanism::Tracepoint, program, gives_up: Some(gives_up) }
 }
 
 /// What a hook contributes; decides whether connwatch can run without it.
@@ -108,8 +115,34 @@ macro_rules! syscall {
             category: "syscalls",
             name: $name,
             role: Role::Observation,
-            variants: &[Variant { mechanism: Mechanism::Tracepoint, program: $program }],
+            variants: &[tp($program)],
             instead_of: $instead_of,
+        }
+    };
+}
+
+/// A readiness result (`sys_exit_*` of epoll_wait, poll, select and their siblings): the full
+/// program, then smaller bounds where a kernel's verifier refuses it.
+macro_rules! readiness {
+    ($name:literal, $program:literal) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[
+                tp($program),
+                tp_reduced(
+                    concat!($program, "_few"),
+                    "examines 4 ready entries per call, not 16 (the rest are counted in \
+                     readiness_unexamined)",
+                ),
+                tp_reduced(
+                    concat!($program, "_one"),
+                    "examines 1 ready entry per call, not 16 (the rest are counted in \
+                     readiness_unexamined)",
+                ),
+            ],
+            instead_of: None,
         }
     };
 }
@@ -198,19 +231,19 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_exit_getsockopt"),
     syscall!("sys_enter_epoll_ctl"),
     syscall!("sys_enter_epoll_wait"),
-    syscall!("sys_exit_epoll_wait"),
+    readiness!("sys_exit_epoll_wait", "tp_sys_exit_epoll_wait"),
     syscall!("sys_enter_epoll_pwait", program = "tp_sys_enter_epoll_wait"),
-    syscall!("sys_exit_epoll_pwait", program = "tp_sys_exit_epoll_wait"),
+    readiness!("sys_exit_epoll_pwait", "tp_sys_exit_epoll_wait"),
     syscall!("sys_enter_epoll_pwait2", program = "tp_sys_enter_epoll_wait"),
-    syscall!("sys_exit_epoll_pwait2", program = "tp_sys_exit_epoll_wait"),
+    readiness!("sys_exit_epoll_pwait2", "tp_sys_exit_epoll_wait"),
     syscall!("sys_enter_poll"),
-    syscall!("sys_exit_poll"),
+    readiness!("sys_exit_poll", "tp_sys_exit_poll"),
     syscall!("sys_enter_ppoll", program = "tp_sys_enter_poll"),
-    syscall!("sys_exit_ppoll", program = "tp_sys_exit_poll"),
+    readiness!("sys_exit_ppoll", "tp_sys_exit_poll"),
     syscall!("sys_enter_select"),
-    syscall!("sys_exit_select"),
+    readiness!("sys_exit_select", "tp_sys_exit_select"),
     syscall!("sys_enter_pselect6", program = "tp_sys_enter_select"),
-    syscall!("sys_exit_pselect6", program = "tp_sys_exit_select"),
+    readiness!("sys_exit_pselect6", "tp_sys_exit_select"),
     syscall!("sys_enter_read", RECV),
     syscall!("sys_exit_read", RECV),
     syscall!("sys_enter_recvfrom", RECV),

@@ -22,7 +22,7 @@ impl<W: Write> HumanSink<W> {
 impl<W: Write> Sink for HumanSink<W> {
     fn ready(&mut self, ready: &Ready) -> io::Result<()> {
         for (hook, reason) in &ready.degraded {
-            eprintln!("connwatch: warning: optional hook {hook} unavailable: {reason}");
+            eprintln!("connwatch: warning: optional hook {hook} {reason}");
         }
         let doing = if self.events { "tracing" } else { "watching for misjudged liveness" };
         eprintln!("connwatch: {doing} with {} hooks; Ctrl-C to stop", ready.hooks.len());

@@ -113,18 +113,26 @@ struct Built {
     binaries: Vec<PathBuf>,
 }
 
-/// Builds connwatch, the helper binaries and the chosen test executables (debug, as the
-/// tests run on the host).
+/// Builds connwatch, the helper binaries and the chosen test executables, optimised: under
+/// emulation, a debug build's userspace (reading the kernel's BTF) takes minutes per test.
 fn build(tests: &[String]) -> anyhow::Result<Built> {
     prereqs::run(cargo().args([
         "build",
+        "--release",
         "--package",
         "connwatch",
         "--package",
         "connwatch-tests",
     ]))?;
     let mut command = cargo();
-    command.args(["test", "--no-run", "--message-format=json", "--package", "connwatch-tests"]);
+    command.args([
+        "test",
+        "--release",
+        "--no-run",
+        "--message-format=json",
+        "--package",
+        "connwatch-tests",
+    ]);
     for test in tests {
         command.args(["--test", test]);
     }
@@ -144,8 +152,8 @@ fn build(tests: &[String]) -> anyhow::Result<Built> {
     if executables.len() != tests.len() {
         bail!("expected {} test executables, cargo built {}", tests.len(), executables.len());
     }
-    let debug = workspace_root().join("target/debug");
-    let binaries = ["connwatch", "cw-peer", "cw-churner"].iter().map(|b| debug.join(b)).collect();
+    let release = workspace_root().join("target/release");
+    let binaries = ["connwatch", "cw-peer", "cw-churner"].iter().map(|b| release.join(b)).collect();
     Ok(Built { executables, binaries })
 }
 
