@@ -31,6 +31,10 @@ enum Command {
     },
     /// Install prerequisites and test packages, then run every test (integration tests need root).
     Test {
+        /// Skip the smoke run in Debian's 6.1 kernel under QEMU (`cargo xtask vm-test`) that
+        /// follows the host's tests.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -46,7 +50,10 @@ fn main() -> ExitCode {
         Command::Prereqs => prereqs::ensure_build(),
         Command::Build => run::build_release().map(drop),
         Command::Run { args } => run::run(&args),
-        Command::Test { args } => run::test(&args),
+        Command::Test { no_vm, args } => run::test(&args).and_then(|()| match no_vm {
+            true => Ok(()),
+            false => vm::run(&vm::VmArgs::smoke()),
+        }),
         Command::Bench(args) => bench::run(&args),
         Command::VmTest(args) => vm::run(&args),
     };

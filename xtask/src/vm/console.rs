@@ -109,13 +109,32 @@ fn mechanisms(ready: &str) -> String {
     {
         *counts.entry(mechanism.to_string()).or_default() += 1;
     }
-    let degraded = value["degraded"].as_object().map_or(0, |d| d.len());
+    let degraded: Vec<&str> = value["degraded"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, r)| r.as_str())
+        .collect();
+    let reduced = degraded.iter().filter(|r| r.starts_with("reduced")).count();
     let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{m} {n}")).collect();
-    format!("{} hooks ({}); {degraded} unavailable", counts.values().sum::<u32>(), parts.join(", "))
+    format!(
+        "{} hooks ({}), {reduced} of them reduced; {} unavailable",
+        counts.values().sum::<u32>(),
+        parts.join(", "),
+        degraded.len() - reduced
+    )
 }
 
+/// /dev/kvm opens and the CPU offers hardware virtualisation (a VM without nested
+/// virtualisation can have the first without the second, and a guest then never boots).
 fn kvm_works() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    let device = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virtualisation = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    device && virtualisation
 }
 
 #[cfg(test)]

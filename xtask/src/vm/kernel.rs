@@ -45,6 +45,10 @@ pub fn fetch(cache: &Path) -> anyhow::Result<Kernel> {
         fs::remove_file(&deb)?;
     }
     let modules = unpacked.join(format!("lib/modules/{release}"));
+    if !modules.join("modules.dep").exists() {
+        // The package leaves modules.dep to depmod at install time.
+        prereqs::run(Command::new("depmod").arg("-b").arg(&unpacked).arg(&release))?;
+    }
     Ok(Kernel { release, image, modules })
 }
 

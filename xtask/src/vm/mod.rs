@@ -22,10 +22,11 @@ use crate::{
 /// What the VM needs on the host: QEMU, cpio for the initramfs, a static busybox for the guest's
 /// shell, binutils to strip the test executables, and the tools the tests call (ip, nft).
 const VM_PACKAGES: &[&str] =
-    &["qemu-system-x86", "cpio", "busybox-static", "binutils", "iproute2", "nftables"];
+    &["qemu-system-x86", "cpio", "busybox-static", "binutils", "kmod", "iproute2", "nftables"];
 
-/// Modules the tests load: veth pairs between namespaces, nftables for black holes.
-const MODULES: &[&str] = &["veth", "nf_tables"];
+/// Modules the tests load: veth pairs between namespaces, nftables for black holes (with the
+/// crc32c that libcrc32c asks the crypto API for, a soft dependency modules.dep leaves out).
+const MODULES: &[&str] = &["veth", "crc32c_generic", "nf_tables"];
 
 #[derive(Args, Debug)]
 pub struct VmArgs {
@@ -44,6 +45,21 @@ pub struct VmArgs {
     /// Give up on the guest after this many minutes.
     #[arg(long, default_value_t = 80)]
     timeout_min: u64,
+}
+
+impl VmArgs {
+    /// What `cargo xtask test` runs in the guest: one connection's whole lifecycle, every
+    /// state change with its owner, in each attach mode (each load of connwatch's programs
+    /// takes minutes under emulation, so the full suite is `cargo xtask vm-test`'s).
+    pub fn smoke() -> Self {
+        Self {
+            tests: vec!["kernel_events".into()],
+            modes: vec!["auto".into(), "tracepoint".into()],
+            filter: Some("lifecycle_names_each_side_with_its_own_process".into()),
+            memory: 3072,
+            timeout_min: 40,
+        }
+    }
 }
 
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
