@@ -64,7 +64,8 @@ pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Outcome> {
 }
 
 fn read_line(line: &str, outcome: &mut Outcome) {
-    if let Some(marker) = line.strip_prefix("cw-vm: ") {
+    // The firmware clears the screen without a newline: a marker may follow escape codes.
+    if let Some(marker) = line.find("cw-vm: ").map(|at| &line[at + "cw-vm: ".len()..]) {
         let mut words = marker.splitn(3, ' ');
         match (words.next(), words.next(), words.next()) {
             (Some("kernel"), Some(release), _) => outcome.kernel = Some(release.to_string()),
@@ -145,7 +146,7 @@ mod tests {
     fn reads_markers_and_libtest_summaries() {
         let mut outcome = Outcome::default();
         for line in [
-            "cw-vm: kernel 6.1.0-56-amd64",
+            "\u{1b}c\u{1b}[?7l\u{1b}[2Jcw-vm: kernel 6.1.0-56-amd64",
             "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
             "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
             "cw-vm: exit auto kernel_events 0",
