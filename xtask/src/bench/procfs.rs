@@ -83,7 +83,7 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
 pub struct Program {
     pub prog_id: u32,
     pub prog_type: String,
-    /// The tracepoint a link of the process attaches it to (`tp_name` in the link's fdinfo).
+    /// The tracepoints the process's links attach it to (`tp_name` in each link's fdinfo).
     pub hook: Option<String>,
     pub run_cnt: u64,
     pub run_time_ns: u64,
@@ -129,7 +129,7 @@ pub fn bpf_programs(pid: u32) -> anyhow::Result<Vec<Program>> {
         let prog_id = number("prog_id")? as u32;
         if kind == "anon_inode:bpf_link" {
             if let Some(tp_name) = fields.get("tp_name") {
-                hooks.insert(prog_id, (*tp_name).to_owned());
+                hooks.entry(prog_id).or_insert_with(Vec::new).push((*tp_name).to_owned());
             }
             continue;
         }
@@ -144,8 +144,12 @@ pub fn bpf_programs(pid: u32) -> anyhow::Result<Vec<Program>> {
             run_time_ns: number("run_time_ns")?,
         });
     }
+    // A program serving a family of hooks (poll and ppoll, say) is named after all of them.
     for program in &mut programs {
-        program.hook = hooks.remove(&program.prog_id);
+        program.hook = hooks.remove(&program.prog_id).map(|mut names| {
+            names.sort();
+            names.join(" / ")
+        });
     }
     programs.sort_by_key(|p| p.prog_id);
     Ok(programs)

@@ -174,7 +174,8 @@ fn build(tests: &[String]) -> anyhow::Result<Built> {
 }
 
 /// The guest's PID 1: mounts, modules, then every test executable once per mode, each
-/// bracketed by `cw-vm:` lines the host reads.
+/// bracketed by `cw-vm:` lines the host reads. Nothing is mounted over /tmp: a checkout there
+/// (CI's is) has its executables at their host paths inside the initramfs.
 fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
     let connwatch = &tests.binaries[0];
     let insmods: String = modules
@@ -205,7 +206,6 @@ fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmp /tmp\n\
          mount -t tmpfs run /run\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          mkdir -p /var && ln -s /run /var/run\n\
