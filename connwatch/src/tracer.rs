@@ -158,7 +158,7 @@ impl Tracer {
     /// Events lost so far: those the ring buffer had no room for (0 if the counters cannot be
     /// read) and hits the kernel skipped.
     pub fn lost_total(&self) -> u64 {
-        let skipped: u64 = self.kernel_skips().values().sum();
+        let skipped: u64 = self.skips.borrow_mut().current(&self.probes).values().sum();
         self.loss.read().map(|lost| lost.total()).unwrap_or(0) + skipped
     }
 

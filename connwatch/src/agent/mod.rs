@@ -331,16 +331,16 @@ impl Consumer for Agent<'_> {
         self.counted.at_ns = now;
         let summary = tracer.summary(std::time::Duration::ZERO);
         for (name, total) in summary.events {
-            add_total(&self.metrics.events, &mut self.counted.events, name, total);
+            let labels = TypeLabels { r#type: name.to_string() };
+            add_total(&self.metrics.events, &mut self.counted.events, name, labels, total);
         }
         for (name, total) in summary.lost {
-            add_total(&self.metrics.events_lost, &mut self.counted.lost, name, total);
+            let labels = TypeLabels { r#type: name.to_string() };
+            add_total(&self.metrics.events_lost, &mut self.counted.lost, name, labels, total);
         }
         for (hook, total) in summary.skipped {
-            let before = self.counted.skipped.get(&hook).copied().unwrap_or(0);
             let labels = HookLabels { hook: hook.clone() };
-            self.metrics.events_skipped.get_or_create(&labels).inc_by(total - before);
-            self.counted.skipped.insert(hook, total);
+            add_total(&self.metrics.events_skipped, &mut self.counted.skipped, hook, labels, total);
         }
         self.metrics.tracked_sockets.set(self.correlator.tracked() as i64);
         let evicted = self.correlator.evicted();
@@ -376,17 +376,16 @@ impl Agent<'_> {
 }
 
 /// Adds what a running total grew by since last time to a counter.
-fn add_total(
+fn add_total<K: std::hash::Hash + Eq, L: Clone + std::hash::Hash + Eq>(
     family: &prometheus_client::metrics::family::Family<
-        TypeLabels,
+        L,
         prometheus_client::metrics::counter::Counter,
     >,
-    counted: &mut HashMap<&'static str, u64>,
-    name: &'static str,
+    counted: &mut HashMap<K, u64>,
+    key: K,
+    labels: L,
     total: u64,
 ) {
-    let before = counted.insert(name, total).unwrap_or(0);
-    family
-        .get_or_create(&TypeLabels { r#type: name.to_string() })
-        .inc_by(total.saturating_sub(before));
+    let before = counted.insert(key, total).unwrap_or(0);
+    family.get_or_create(&labels).inc_by(total.saturating_sub(before));
 }

@@ -79,9 +79,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 
     let mut root = initramfs::Root::new(&cache.join("root"))?;
     root.place(&PathBuf::from("/bin/busybox"), &PathBuf::from("/bin/busybox"))?;
-    let binaries = tests.binaries.iter().chain(&tests.executables);
-    for binary in binaries.chain(GUEST_TOOLS.iter().map(PathBuf::from).collect::<Vec<_>>().iter()) {
+    for binary in tests.binaries.iter().chain(&tests.executables) {
         root.executable(binary)?;
+    }
+    for tool in GUEST_TOOLS {
+        root.executable(std::path::Path::new(tool))?;
     }
     let modules = initramfs::modules_in_order(&kernel.modules, MODULES)?;
     for module in &modules {
@@ -127,6 +129,7 @@ struct Built {
     executables: Vec<PathBuf>,
     /// connwatch and the test helper binaries (cw-peer, ...), next to the executables' deps/.
     binaries: Vec<PathBuf>,
+    connwatch: PathBuf,
 }
 
 /// Builds connwatch, the helper binaries and the chosen test executables, optimised: under
@@ -170,14 +173,14 @@ fn build(tests: &[String]) -> anyhow::Result<Built> {
     }
     let release = workspace_root().join("target/release");
     let binaries = ["connwatch", "cw-peer", "cw-churner"].iter().map(|b| release.join(b)).collect();
-    Ok(Built { executables, binaries })
+    Ok(Built { executables, binaries, connwatch: release.join("connwatch") })
 }
 
 /// The guest's PID 1: mounts, modules, then every test executable once per mode, each
 /// bracketed by `cw-vm:` lines the host reads. Nothing is mounted over /tmp: a checkout there
 /// (CI's is) has its executables at their host paths inside the initramfs.
 fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
-    let connwatch = &tests.binaries[0];
+    let connwatch = &tests.connwatch;
     let insmods: String = modules
         .iter()
         .map(|m| format!("insmod /modules/{}\n", m.file_name().unwrap().to_string_lossy()))
