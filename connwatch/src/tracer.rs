@@ -105,6 +105,7 @@ impl Tracer {
                 .map(|a| (a.hook.id(), a.variant.mechanism.name()))
                 .collect(),
             degraded: self.probes.skipped.iter().map(|s| (s.hook.id(), s.reason.clone())).collect(),
+            uncounted_skips: self.probes.uncounted_skips(),
             ring_buffer_bytes: self.ring_buffer_bytes,
         }
     }

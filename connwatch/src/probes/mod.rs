@@ -137,6 +137,11 @@ impl Probes {
         skips::read(&self.ebpf, &self.attached)
     }
 
+    /// Attached hooks whose skipped hits this kernel does not count (see [`skips::uncounted`]).
+    pub fn uncounted_skips(&self) -> Vec<String> {
+        skips::uncounted(&self.attached)
+    }
+
     /// Detaches every program now (the maps stay readable for a final drain).
     pub fn detach(&mut self) {
         for attached in self.attached.drain(..) {

@@ -1,13 +1,17 @@
 //! Hits the kernel did not run a program for: it skips a classic tracepoint (or kprobe) program
 //! while any other BPF program runs on that CPU (a softirq that interrupts one, say), and a raw
 //! tracepoint program that interrupts itself. Each skip is an event never seen, counted by the
-//! kernel per program as `recursion_misses` in the program's fdinfo.
+//! kernel per program as `recursion_misses` in the program's fdinfo. Linux counts a classic
+//! tracepoint's skips only from 6.7 on: before, they go unseen (see [`uncounted`]).
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::Ebpf;
 
-use super::Attached;
+use super::{Attached, hooks::Mechanism};
+
+/// The first release whose classic tracepoint (and kprobe) skips are counted.
+const COUNTS_CLASSIC_SKIPS: (u32, u32) = (6, 7);
 
 /// `(hook, hits skipped)` for every attached program, read from its fdinfo. A program that
 /// serves a family of hooks counts for them all under the first one's name.
@@ -22,6 +26,31 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
             Some((a.hook.id(), recursion_misses(&fdinfo)?))
         })
         .collect()
+}
+
+/// The attached hooks whose skipped hits this kernel does not count: classic tracepoints before
+/// Linux 6.7. Raw tracepoints either never skip or count it (the check and the count came
+/// together, in 6.2).
+pub fn uncounted(attached: &[Attached]) -> Vec<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if release_at_least(&release, COUNTS_CLASSIC_SKIPS) {
+        return Vec::new();
+    }
+    attached
+        .iter()
+        .filter(|a| a.variant.mechanism == Mechanism::Tracepoint)
+        .map(|a| a.hook.id())
+        .collect()
+}
+
+/// Whether a release string such as `6.1.0-56-amd64` is `(major, minor)` or newer; an
+/// unreadable one is taken as older, the cautious answer.
+fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// The `recursion_misses` line of a BPF program's fdinfo (Linux 5.12 on; absent before).
@@ -39,5 +68,15 @@ mod tests {
             "pos:\t0\nprog_type:\t5\nrun_cnt:\t12\nrecursion_misses:\t3\nverified_insns:\t9\n";
         assert_eq!(recursion_misses(fdinfo), Some(3));
         assert_eq!(recursion_misses("prog_type:\t5\nrun_cnt:\t12\n"), None);
+    }
+
+    #[test]
+    fn classic_skips_are_counted_from_linux_6_7() {
+        assert!(!release_at_least("6.1.0-56-amd64", COUNTS_CLASSIC_SKIPS));
+        assert!(!release_at_least("5.15.0", COUNTS_CLASSIC_SKIPS));
+        assert!(release_at_least("6.7.0", COUNTS_CLASSIC_SKIPS));
+        assert!(release_at_least("6.18.1-cloud", COUNTS_CLASSIC_SKIPS));
+        assert!(release_at_least("7.0-rc1", COUNTS_CLASSIC_SKIPS));
+        assert!(!release_at_least("garbage", COUNTS_CLASSIC_SKIPS));
     }
 }

@@ -24,6 +24,14 @@ impl<W: Write> Sink for HumanSink<W> {
         for (hook, reason) in &ready.degraded {
             eprintln!("connwatch: warning: optional hook {hook} {reason}");
         }
+        if !ready.uncounted_skips.is_empty() {
+            eprintln!(
+                "connwatch: warning: this kernel does not count the hits it skips on classic \
+                 tracepoints ({} hooks; Linux 6.7 and later count them): events lost there go \
+                 unreported",
+                ready.uncounted_skips.len()
+            );
+        }
         let doing = if self.events { "tracing" } else { "watching for misjudged liveness" };
         eprintln!("connwatch: {doing} with {} hooks; Ctrl-C to stop", ready.hooks.len());
         if !self.events {

@@ -142,6 +142,7 @@ pub fn ready_json(ready: &Ready) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "hooks": hooks,
         "degraded": degraded,
+        "uncounted_skips": ready.uncounted_skips,
         "ring_buffer_bytes": ready.ring_buffer_bytes,
     })
 }

@@ -24,6 +24,9 @@ pub struct Ready {
     pub hooks: Vec<(String, &'static str)>,
     /// `(hook, reason)` for optional hooks this kernel could not attach.
     pub degraded: Vec<(String, String)>,
+    /// Hooks whose hits the kernel may skip without counting them (classic tracepoints before
+    /// Linux 6.7): losses there go unreported.
+    pub uncounted_skips: Vec<String>,
     pub ring_buffer_bytes: u32,
 }
 
