@@ -57,12 +57,29 @@ pub struct Due {
     pub this: Span,
 }
 
+/// Who makes a call and when: read once per syscall, however many sockets it covers.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub tgid: u32,
+    pub now: u64,
+    /// When the call began, if it was seen beginning (0: unknown, `now` stands in).
+    pub started_ns: u64,
+}
+
+impl Caller {
+    #[inline(always)]
+    pub fn current(started_ns: u64) -> Self {
+        Self { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, now: now(), started_ns }
+    }
+}
+
 /// The fast path: a routine call on a trusted socket, by its owner, whose tally is not due, is
-/// tallied after one map lookup, without reading the socket. Returns whether it was. Not
-/// inlined: the readiness loops call it per entry, and as a subprogram it converges at one
-/// return instead of multiplying the verifier's paths.
+/// tallied after one map lookup, without reading the socket. Returns whether it was; the caller
+/// adds what it tallied to `COUNTER_IO_SUMMARISED` (once per syscall). Not inlined: the
+/// readiness loops call it per entry, and as a subprogram it converges at one return instead
+/// of multiplying the verifier's paths.
 #[inline(never)]
-pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, started_ns: u64) -> bool {
+pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, by: &Caller) -> bool {
     if conf!(flags) & FLAG_ALL_IO != 0 {
         return false;
     }
@@ -71,24 +88,22 @@ pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, started_ns: u
     };
     // SAFETY: a valid map value pointer; tallies of one socket race only with themselves.
     let io = unsafe { &mut *io };
-    if io.trusted == 0 || io.owner_tgid != (bpf_get_current_pid_tgid() >> 32) as u32 {
+    if io.trusted == 0 || io.owner_tgid != by.tgid {
         return false;
     }
     let tally = select(io, path);
-    let now = now();
     if tally.last_state != TCP_ESTABLISHED
         || tally.last_signature != signature
-        || now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS
+        || by.now.wrapping_sub(tally.last_report_ns) >= IO_REPORT_INTERVAL_NS
     {
         return false;
     }
     if tally.calls == 0 {
-        tally.first_ns = if started_ns != 0 { started_ns } else { now };
+        tally.first_ns = if by.started_ns != 0 { by.started_ns } else { by.now };
     }
     tally.calls += 1;
     tally.bytes += bytes;
-    tally.last_ns = now;
-    emit::count(COUNTER_IO_SUMMARISED, 1);
+    tally.last_ns = by.now;
     true
 }
 

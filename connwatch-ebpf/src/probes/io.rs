@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use connwatch_common::{
-    event::{KIND_RECV, KIND_SEND, SockSnapshot},
+    event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND, SockSnapshot},
     socket::SendStart,
     tcp::TCP_ESTABLISHED,
 };
@@ -19,7 +19,7 @@ use crate::{
     emit::{self, Observation},
     maps::SEND_START,
     owner,
-    policy::{self, Path},
+    policy::{self, Caller, Path},
     sock::{self, Health},
 };
 
@@ -114,7 +114,8 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     };
     // Routine: data moved. EOF, errors and EAGAIN take the full look.
     let started = start.map_or(0, |s| s.started_ns);
-    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, started) {
+    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, &Caller::current(started)) {
+        emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
     }
     let Some(mut ends) = sock::tcp_endpoints(sk) else {

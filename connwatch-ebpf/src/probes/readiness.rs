@@ -14,18 +14,19 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     event::{
-        COUNTER_READINESS_UNEXAMINED, KIND_READINESS, SELECT_EXCEPT, SELECT_READ, SELECT_WRITE,
-        VIA_EPOLL, VIA_POLL, VIA_SELECT,
+        COUNTER_IO_SUMMARISED, COUNTER_READINESS_UNEXAMINED, KIND_READINESS, SELECT_EXCEPT,
+        SELECT_READ, SELECT_WRITE, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
     names::READINESS_PER_CALL,
     socket::{CALL_EPOLL_WAIT, CALL_POLL, CALL_SELECT, EpollKey, EpollTarget, PendingCall},
 };
 
 use crate::{
+    config::conf,
     emit::{self, Observation},
     maps::EPOLL_WATCH,
     owner,
-    policy::{self, Path},
+    policy::{self, Caller, Path},
     sock,
     syscall::{self, arg, ret},
 };
@@ -35,12 +36,18 @@ const EPOLL_CTL_MOD: u64 = 3;
 /// EPOLLERR, EPOLLHUP, EPOLLRDHUP (the same bits as POLLERR, POLLHUP, POLLRDHUP).
 const HANGUP_OR_ERROR: i32 = 0x008 | 0x010 | 0x2000;
 
-// `struct epoll_event` is packed on x86-64 (data right after the 4-byte mask) and naturally
-// aligned elsewhere.
-#[cfg(bpf_target_arch = "x86_64")]
-const EPOLL_EVENT: (u64, u64) = (12, 4);
-#[cfg(not(bpf_target_arch = "x86_64"))]
-const EPOLL_EVENT: (u64, u64) = (16, 8);
+/// `struct epoll_event`: packed on x86-64 (data right after the 4-byte mask), naturally
+/// aligned elsewhere. Read whole, one helper call per entry.
+#[cfg_attr(bpf_target_arch = "x86_64", repr(C, packed))]
+#[cfg_attr(not(bpf_target_arch = "x86_64"), repr(C))]
+#[derive(Clone, Copy)]
+struct EpollEvent {
+    events: u32,
+    data: u64,
+}
+const EPOLL_EVENT_SIZE: u64 = core::mem::size_of::<EpollEvent>() as u64;
+/// Where `data` sits in an `epoll_event`.
+const EPOLL_DATA: u64 = EPOLL_EVENT_SIZE - 8;
 const POLLFD_SIZE: u64 = 8;
 /// The bound of the smaller variants the loader falls back to where the verifier refuses the
 /// full one (Linux 6.1 counts a million instructions for the 16-entry loops that 6.18 checks
@@ -50,15 +57,19 @@ const FEW: u64 = 4;
 #[tracepoint]
 pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     let op = arg(&ctx, 1);
-    if syscall::from_agent() || (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD) {
+    if op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == conf!(self_tgid) {
         return 0;
     }
     let (epfd, fd, event) = (arg(&ctx, 0) as i32, arg(&ctx, 2) as i32, arg(&ctx, 3));
     // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-    let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_EVENT.1) as *const u64) }) else {
+    let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_DATA) as *const u64) }) else {
         return 0;
     };
-    let key = EpollKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, epfd, data };
+    let key = EpollKey { tgid, epfd, data };
     // A MOD that keeps the data word (servers re-arm write interest on every reply) changes
     // nothing this map knows: one lookup and out. ADD always resolves the fd afresh.
     if op == EPOLL_CTL_MOD
@@ -121,32 +132,35 @@ fn on_epoll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
     if ready <= 0 {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let caller = Caller::current(0);
+    let mut tallied = 0;
     for i in 0..BOUND {
         if i >= ready as u64 {
             break;
         }
-        let entry = call.ptr + i * EPOLL_EVENT.0;
         // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-        let (Ok(mask), Ok(data)) = (unsafe {
-            (
-                bpf_probe_read_user(entry as *const u32),
-                bpf_probe_read_user((entry + EPOLL_EVENT.1) as *const u64),
-            )
+        let Ok(entry) = (unsafe {
+            bpf_probe_read_user((call.ptr + i * EPOLL_EVENT_SIZE) as *const EpollEvent)
         }) else {
             break;
         };
-        let key = EpollKey { tgid, epfd: call.fd, data };
+        let (mask, data) = (entry.events as i32, entry.data);
+        let key = EpollKey { tgid: caller.tgid, epfd: call.fd, data };
         if let Some(target) = EPOLL_WATCH.get_ptr(&key) {
             // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
             let target = unsafe { *target };
             // Busy event loops: a trusted socket's routine readiness is one more lookup.
-            let routine = mask as i32 & HANGUP_OR_ERROR == 0;
-            if !(routine && policy::fast_tally(target.sk, Path::Readiness, 0, VIA_EPOLL as u32, 0))
-            {
-                on_ready(target.sk, target.fd, mask as i32, VIA_EPOLL);
+            let routine = mask & HANGUP_OR_ERROR == 0;
+            let signature = VIA_EPOLL as u32;
+            if routine && policy::fast_tally(target.sk, Path::Readiness, 0, signature, &caller) {
+                tallied += 1;
+            } else {
+                on_ready(target.sk, target.fd, mask, VIA_EPOLL);
             }
         }
+    }
+    if tallied > 0 {
+        emit::count(COUNTER_IO_SUMMARISED, tallied);
     }
     unexamined((ready as u64).saturating_sub(BOUND));
     0
