@@ -10,10 +10,10 @@ use connwatch_common::{
         MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
         MAX_PENDING_CALLS, MAX_SOCKETS,
     },
-    socket::{
-        EpollKey, EpollTarget, IoState, ListenerKey, Owner, PendingCall, SendStart, SocketInfo,
-    },
+    socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, SendStart, SocketInfo},
 };
+
+use crate::syscall::KeptCall;
 
 /// Every event, in order. The loader resizes it (`--ring-buffer-size`).
 #[map(name = "EVENTS")]
@@ -56,8 +56,7 @@ pub static EPOLL_WATCH: LruHashMap<EpollKey, EpollTarget> =
 
 /// Syscall arguments kept from entry to exit, per thread.
 #[map(name = "PENDING")]
-pub static PENDING: LruHashMap<u64, PendingCall> =
-    LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+pub static PENDING: LruHashMap<u64, KeptCall> = LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
 
 /// The socket as the send running on this CPU found it at its start (one slot per CPU).
 #[map(name = "SEND_START")]

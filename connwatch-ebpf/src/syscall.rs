@@ -28,17 +28,46 @@ pub fn from_agent() -> bool {
     (bpf_get_current_pid_tgid() >> 32) as u32 == conf!(self_tgid)
 }
 
-#[inline(always)]
-pub fn keep(call: PendingCall) {
-    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &call, 0);
+/// A thread's kept arguments, with the thread they belong to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KeptCall {
+    /// The `pid_tgid` that kept them: an element the LRU map evicted and gave to another thread
+    /// while this one wrote it is then not taken as that thread's.
+    thread: u64,
+    call: PendingCall,
 }
 
-/// The arguments this thread's `call` kept at entry, removed from the map.
+/// Keeps this thread's arguments for its exit. The thread's element is written in place once it
+/// exists: a map update allocates a new element and takes a bucket lock every time, and event
+/// loops enter epoll_wait for every batch of work.
+#[inline(always)]
+pub fn keep(call: PendingCall) {
+    let thread = bpf_get_current_pid_tgid();
+    let kept = KeptCall { thread, call };
+    match PENDING.get_ptr_mut(&thread) {
+        // SAFETY: a valid map value pointer; only this thread writes its element.
+        Some(slot) => unsafe { *slot = kept },
+        None => {
+            let _ = PENDING.insert(&thread, &kept, 0);
+        }
+    }
+}
+
+/// The arguments this thread's `call` kept at entry, marked taken (the element stays for the
+/// thread's next call; threads that are gone age out of the LRU map).
 #[inline(always)]
 pub fn take(call: u32) -> Option<PendingCall> {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: a valid map value pointer; PendingCall is Copy and read whole.
-    let pending = unsafe { *PENDING.get_ptr(&key)? };
-    let _ = PENDING.remove(&key);
-    (pending.call == call).then_some(pending)
+    let thread = bpf_get_current_pid_tgid();
+    let slot = PENDING.get_ptr_mut(&thread)?;
+    // SAFETY: a valid map value pointer; only this thread writes its element.
+    let kept = unsafe {
+        let kept = *slot;
+        (*slot).call.call = CALL_TAKEN;
+        kept
+    };
+    (kept.thread == thread && kept.call.call == call).then_some(kept.call)
 }
+
+/// No call's arguments: `CALL_*` codes start at 1.
+const CALL_TAKEN: u32 = 0;
