@@ -19,9 +19,12 @@ pub const MAX_FILTER_PORTS: u32 = 64;
 pub const MAX_PENDING_CALLS: u32 = 16_384;
 pub const MAX_EPOLL_REGISTRATIONS: u32 = 65_536;
 
-/// How many entries of one epoll_wait/poll/select result the programs examine; the rest are
-/// counted in `COUNTER_READINESS_UNEXAMINED`.
+/// How many entries of one epoll_wait/poll/select result the unrolled programs examine; the
+/// rest are counted in `COUNTER_READINESS_UNEXAMINED`.
 pub const READINESS_PER_CALL: u32 = 16;
+/// How many entries of one epoll_wait result the `bpf_loop` program (Linux 5.17 on) examines:
+/// the verifier checks its step once, whatever the count.
+pub const READINESS_PER_CALL_LOOPED: u32 = 1_024;
 /// select() sets are examined for descriptors below this.
 pub const SELECT_FDS: u32 = 64;
 /// With summarising, a busy socket reports recv, send and readiness at most this often.

@@ -8,7 +8,8 @@
 //! then checks each loop once rather than once per call.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    cty::c_void,
+    helpers::{bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -17,7 +18,7 @@ use connwatch_common::{
         COUNTER_IO_SUMMARISED, COUNTER_READINESS_UNEXAMINED, KIND_READINESS, SELECT_EXCEPT,
         SELECT_READ, SELECT_WRITE, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
-    names::READINESS_PER_CALL,
+    names::{READINESS_PER_CALL, READINESS_PER_CALL_LOOPED},
     socket::{CALL_EPOLL_WAIT, CALL_POLL, CALL_SELECT, EpollKey, EpollTarget, PendingCall},
 };
 
@@ -108,8 +109,37 @@ fn keep_wait(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// Every ready entry, up to `READINESS_PER_CALL_LOOPED`, one `bpf_loop` step each (Linux 5.17
+/// on; the loader falls back to the unrolled variants below where the helper is missing).
 #[tracepoint]
 pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
+    let Some(call) = syscall::take(CALL_EPOLL_WAIT) else {
+        return 0;
+    };
+    let ready = ret(&ctx);
+    if ready <= 0 {
+        return 0;
+    }
+    let mut scan = EpollScan {
+        events: call.ptr,
+        caller: Caller::current(0),
+        epfd: call.fd,
+        _pad: 0,
+        examined: 0,
+        tallied: 0,
+    };
+    let steps = (ready as u64).min(READINESS_PER_CALL_LOOPED as u64) as u32;
+    // SAFETY: the step is a static function of the helper's callback type; `scan` outlives the
+    // call.
+    unsafe {
+        bpf_loop(steps, epoll_step as *mut c_void, &mut scan as *mut EpollScan as *mut c_void, 0)
+    };
+    finish_epoll(ready as u64, scan.examined, scan.tallied);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_epoll_wait_unrolled(ctx: TracePointContext) -> u32 {
     on_epoll_result::<{ READINESS_PER_CALL as u64 }>(&ctx)
 }
 
@@ -123,6 +153,31 @@ pub fn tp_sys_exit_epoll_wait_one(ctx: TracePointContext) -> u32 {
     on_epoll_result::<1>(&ctx)
 }
 
+/// One epoll_wait result as the `bpf_loop` steps walk it.
+#[repr(C)]
+struct EpollScan {
+    events: u64,
+    caller: Caller,
+    epfd: i32,
+    _pad: u32,
+    examined: u64,
+    tallied: u64,
+}
+
+/// One `bpf_loop` step: entry `index`; returns 1 (stop) where the entry cannot be read.
+#[inline(never)]
+extern "C" fn epoll_step(index: u32, scan: *mut c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes back the pointer the program gave it, to its live `EpollScan`.
+    let scan = unsafe { &mut *(scan as *mut EpollScan) };
+    match epoll_entry(scan.events, index as u64, scan.epfd, &scan.caller) {
+        Entry::Unreadable => return 1,
+        Entry::Tallied => scan.tallied += 1,
+        Entry::Examined => {}
+    }
+    scan.examined += 1;
+    0
+}
+
 #[inline(always)]
 fn on_epoll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
     let Some(call) = syscall::take(CALL_EPOLL_WAIT) else {
@@ -133,37 +188,63 @@ fn on_epoll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let caller = Caller::current(0);
-    let mut tallied = 0;
+    let (mut examined, mut tallied) = (0, 0);
     for i in 0..BOUND {
         if i >= ready as u64 {
             break;
         }
-        // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-        let Ok(entry) = (unsafe {
-            bpf_probe_read_user((call.ptr + i * EPOLL_EVENT_SIZE) as *const EpollEvent)
-        }) else {
-            break;
-        };
-        let (mask, data) = (entry.events as i32, entry.data);
-        let key = EpollKey { tgid: caller.tgid, epfd: call.fd, data };
-        if let Some(target) = EPOLL_WATCH.get_ptr(&key) {
-            // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
-            let target = unsafe { *target };
-            // Busy event loops: a trusted socket's routine readiness is one more lookup.
-            let routine = mask & HANGUP_OR_ERROR == 0;
-            let signature = VIA_EPOLL as u32;
-            if routine && policy::fast_tally(target.sk, Path::Readiness, 0, signature, &caller) {
-                tallied += 1;
-            } else {
-                on_ready(target.sk, target.fd, mask, VIA_EPOLL);
-            }
+        match epoll_entry(call.ptr, i, call.fd, &caller) {
+            Entry::Unreadable => break,
+            Entry::Tallied => tallied += 1,
+            Entry::Examined => {}
         }
+        examined += 1;
     }
+    finish_epoll(ready as u64, examined, tallied);
+    0
+}
+
+/// What became of one ready entry.
+enum Entry {
+    Unreadable,
+    /// A trusted socket's routine readiness, tallied on the fast path.
+    Tallied,
+    /// Looked at in full (or not a watched TCP socket).
+    Examined,
+}
+
+/// Ready entry `index` of the result array at `events`.
+#[inline(always)]
+fn epoll_entry(events: u64, index: u64, epfd: i32, caller: &Caller) -> Entry {
+    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+    let Ok(entry) =
+        (unsafe { bpf_probe_read_user((events + index * EPOLL_EVENT_SIZE) as *const EpollEvent) })
+    else {
+        return Entry::Unreadable;
+    };
+    let (mask, data) = (entry.events as i32, entry.data);
+    let key = EpollKey { tgid: caller.tgid, epfd, data };
+    let Some(target) = EPOLL_WATCH.get_ptr(&key) else {
+        return Entry::Examined;
+    };
+    // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
+    let target = unsafe { *target };
+    // Busy event loops: a trusted socket's routine readiness is one more lookup.
+    let routine = mask & HANGUP_OR_ERROR == 0;
+    if routine && policy::fast_tally(target.sk, Path::Readiness, 0, VIA_EPOLL as u32, caller) {
+        return Entry::Tallied;
+    }
+    on_ready(target.sk, target.fd, mask, VIA_EPOLL);
+    Entry::Examined
+}
+
+/// Counts what one epoll result's walk tallied and what it left unexamined.
+#[inline(always)]
+fn finish_epoll(ready: u64, examined: u64, tallied: u64) {
     if tallied > 0 {
         emit::count(COUNTER_IO_SUMMARISED, tallied);
     }
-    unexamined((ready as u64).saturating_sub(BOUND));
-    0
+    unexamined(ready.saturating_sub(examined));
 }
 
 #[tracepoint]

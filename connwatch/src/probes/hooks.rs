@@ -147,6 +147,36 @@ macro_rules! readiness {
     };
 }
 
+/// epoll results: every entry (up to 1,024) with `bpf_loop` (Linux 5.17 on), else unrolled.
+macro_rules! epoll_readiness {
+    ($name:literal) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[
+                tp("tp_sys_exit_epoll_wait"),
+                tp_reduced(
+                    "tp_sys_exit_epoll_wait_unrolled",
+                    "examines 16 ready entries per call, not 1,024 (without bpf_loop; the \
+                     rest are counted in readiness_unexamined)",
+                ),
+                tp_reduced(
+                    "tp_sys_exit_epoll_wait_few",
+                    "examines 4 ready entries per call, not 1,024 (the rest are counted in \
+                     readiness_unexamined)",
+                ),
+                tp_reduced(
+                    "tp_sys_exit_epoll_wait_one",
+                    "examines 1 ready entry per call, not 1,024 (the rest are counted in \
+                     readiness_unexamined)",
+                ),
+            ],
+            instead_of: None,
+        }
+    };
+}
+
 const RECV: Option<&str> = Some("sock:sock_recv_length");
 const SEND: Option<&str> = Some("sock:sock_send_length");
 
@@ -231,11 +261,11 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_exit_getsockopt"),
     syscall!("sys_enter_epoll_ctl"),
     syscall!("sys_enter_epoll_wait"),
-    readiness!("sys_exit_epoll_wait", "tp_sys_exit_epoll_wait"),
+    epoll_readiness!("sys_exit_epoll_wait"),
     syscall!("sys_enter_epoll_pwait", program = "tp_sys_enter_epoll_wait"),
-    readiness!("sys_exit_epoll_pwait", "tp_sys_exit_epoll_wait"),
+    epoll_readiness!("sys_exit_epoll_pwait"),
     syscall!("sys_enter_epoll_pwait2", program = "tp_sys_enter_epoll_wait"),
-    readiness!("sys_exit_epoll_pwait2", "tp_sys_exit_epoll_wait"),
+    epoll_readiness!("sys_exit_epoll_pwait2"),
     syscall!("sys_enter_poll"),
     readiness!("sys_exit_poll", "tp_sys_exit_poll"),
     syscall!("sys_enter_ppoll", program = "tp_sys_enter_poll"),

@@ -10,7 +10,9 @@
 //! (a child process that shares the connection, writes one byte on it and holds it until this
 //! peer dies), `keepalive IDLE INTVL CNT` (seconds, probes), `echo COUNT` (answer COUNT
 //! one-byte requests), `ping-every MS COUNT` (a heartbeat: one byte out, its echo back, a
-//! pause), `exit`.
+//! pause), `epoll-crowd ADDR PORT COUNT` (COUNT connections to this peer's own listener, each
+//! with a byte to read, the last one's client closed, all in one epoll set; waits until one
+//! epoll_wait returns them all with the last one's EPOLLRDHUP), `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -19,7 +21,8 @@ use std::{
 };
 
 fn main() {
-    let mut peer = Peer { listener: -1, conn: -1, epoll: -1, token: Box::new(0) };
+    let mut peer =
+        Peer { listener: -1, conn: -1, epoll: -1, token: Box::new(0), crowd: Vec::new() };
     let stdin = io::stdin();
     for line in stdin.lock().lines() {
         let line = line.expect("stdin");
@@ -44,6 +47,8 @@ struct Peer {
     epoll: i32,
     /// A heap object whose address serves as epoll user data (`epoll-add ptr`).
     token: Box<u64>,
+    /// Both ends of every `epoll-crowd` connection, held open until the peer exits.
+    crowd: Vec<i32>,
 }
 
 type Reply = Result<String, io::Error>;
@@ -160,6 +165,9 @@ impl Peer {
                     libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_ADD, self.conn, &mut event)
                 })?;
                 Ok(format!("data {data}"))
+            }
+            ["epoll-crowd", addr, port, count] => {
+                self.epoll_crowd(&sockaddr(addr, port), count.parse().expect("count"))
             }
             ["epoll-wait"] => {
                 let mut event = libc::epoll_event { events: 0, u64: 0 };
@@ -333,6 +341,46 @@ impl Peer {
             }
             other => panic!("unknown command {other:?}"),
         }
+    }
+}
+
+impl Peer {
+    /// See `epoll-crowd` above; replies with the last connection's accepted fd and where it
+    /// stood in the result.
+    fn epoll_crowd(&mut self, addr: &SocketAddr, count: usize) -> Reply {
+        let epoll = check(unsafe { libc::epoll_create1(0) })?;
+        let mut last = (-1, -1);
+        for _ in 0..count {
+            let client = socket_for(addr)?;
+            with_sockaddr(addr, |sa, len| check(unsafe { libc::connect(client, sa, len) }))?;
+            let accepted = check(unsafe {
+                libc::accept(self.listener, std::ptr::null_mut(), std::ptr::null_mut())
+            })?;
+            check_len(unsafe { libc::send(client, b"x".as_ptr().cast(), 1, 0) })?;
+            let mut event = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                u64: accepted as u64,
+            };
+            check(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, accepted, &mut event) })?;
+            self.crowd.extend([client, accepted]);
+            last = (client, accepted);
+        }
+        check(unsafe { libc::close(last.0) })?;
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; count];
+        // Every connection has a byte to read, so each call returns them all; the FIN may
+        // land after the first.
+        for _ in 0..100 {
+            let n = check(unsafe {
+                libc::epoll_wait(epoll, events.as_mut_ptr(), count as i32, 10_000)
+            })? as usize;
+            let found = events[..n].iter().position(|e| e.u64 == last.1 as u64);
+            if let Some(index) = found
+                && events[index].events & libc::EPOLLRDHUP as u32 != 0
+            {
+                return Ok(format!("fd {} index {index} of {n}", last.1));
+            }
+        }
+        Err(io::Error::other("no EPOLLRDHUP in 100 calls"))
     }
 }
 
