@@ -131,33 +131,41 @@ fn epoll_sees_eof(tag: &str, server_addr: &str, port: u16, data: &str) {
     );
 }
 
-/// One epoll_wait that returns 40 sockets: the one whose peer closed, 40th in the result, is
-/// reported with its EPOLLRDHUP, and no entry goes unexamined (the unrolled programs stop at
-/// 16 and count the rest).
-#[test]
-fn epoll_results_are_examined_past_the_sixteenth_entry() {
+/// One call that reports 40 sockets: the one whose peer closed, the 40th, is reported with its
+/// RDHUP, and no entry goes unexamined (the unrolled programs stop at 16 and count the rest).
+fn crowd_examined_past_the_sixteenth(how: &str, via: Via, rdhup: &str, tag: &str, port: u16) {
     require_root();
-    let topology = Topology::new("epcrowd");
+    let topology = Topology::new(tag);
     let mut server = Peer::spawn(&topology.server);
     let spid = server.pid();
     let mut session = Session::start(traced(&[spid]));
     let addr = Topology::SERVER_V4;
-    server.ok(&format!("listen {addr} 22014"));
-    let reply = server.ok(&format!("epoll-crowd {addr} 22014 40"));
+    server.ok(&format!("listen {addr} {port}"));
+    let reply = server.ok(&format!("crowd {how} {addr} {port} 40"));
     let words: Vec<&str> = reply.split_whitespace().collect();
     let (fd, index): (i32, usize) = (words[1].parse().unwrap(), words[3].parse().unwrap());
     assert!(index >= 16, "the closed connection came {index}th: {reply}");
     let told = |e: &Event| match &e.detail {
-        Detail::Readiness { fd: seen, via: Via::Epoll, mask, .. } => {
-            *seen == fd && readiness_names(Via::Epoll, *mask).contains(&"EPOLLRDHUP".into())
+        Detail::Readiness { fd: seen, via: seen_via, mask, .. } => {
+            *seen == fd && *seen_via == via && readiness_names(via, *mask).contains(&rdhup.into())
         }
         _ => false,
     };
-    session.wait_until("the crowd's EPOLLRDHUP", |evs| {
+    session.wait_until(&format!("the crowd's {rdhup}"), |evs| {
         evs.iter().any(|e| pid_of(e) == Some(spid) && told(e))
     });
     let summary = session.finish();
     assert_eq!(summary.readiness_unexamined, 0, "{summary}");
+}
+
+#[test]
+fn epoll_results_are_examined_past_the_sixteenth_entry() {
+    crowd_examined_past_the_sixteenth("epoll", Via::Epoll, "EPOLLRDHUP", "epcrowd", 22014);
+}
+
+#[test]
+fn poll_results_are_examined_past_the_sixteenth_entry() {
+    crowd_examined_past_the_sixteenth("poll", Via::Poll, "POLLRDHUP", "pocrowd", 22015);
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! What the application was told was ready: epoll (registrations learnt at `epoll_ctl`, results
 //! of `epoll_wait`/`epoll_pwait`/`epoll_pwait2`), `poll`/`ppoll` and `select`/`pselect6`, from
-//! `syscalls:sys_enter_*`/`sys_exit_*` (checked against 6.1 and 6.18). Results are examined up
-//! to `READINESS_PER_CALL` entries per call; the rest are counted, not silently dropped.
+//! `syscalls:sys_enter_*`/`sys_exit_*` (checked against 6.1 and 6.18). Results are walked with
+//! `bpf_loop` (Linux 5.17 on), up to `READINESS_PER_CALL_LOOPED` entries per call (select: its
+//! 64 descriptors); the unrolled variants, for kernels without it, stop at smaller bounds. What
+//! is not examined is counted, never silently dropped.
 //!
 //! Each program serves a family of calls (the userspace loader attaches `tp_sys_exit_poll` to
 //! `sys_exit_ppoll` too, and so on): their records agree on every field read, and the verifier
@@ -18,7 +20,7 @@ use connwatch_common::{
         COUNTER_IO_SUMMARISED, COUNTER_READINESS_UNEXAMINED, KIND_READINESS, SELECT_EXCEPT,
         SELECT_READ, SELECT_WRITE, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
-    names::{READINESS_PER_CALL, READINESS_PER_CALL_LOOPED},
+    names::{READINESS_PER_CALL, READINESS_PER_CALL_LOOPED, SELECT_FDS},
     socket::{CALL_EPOLL_WAIT, CALL_POLL, CALL_SELECT, EpollKey, EpollTarget, PendingCall},
 };
 
@@ -261,9 +263,62 @@ fn keep_poll(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// Every descriptor of the array, up to `READINESS_PER_CALL_LOOPED`, one `bpf_loop` step each.
 #[tracepoint]
 pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
+    let Some(call) = syscall::take(CALL_POLL) else {
+        return 0;
+    };
+    let ready = ret(&ctx);
+    if ready <= 0 {
+        return 0;
+    }
+    let mut scan = PollScan { fds: call.ptr, seen: 0 };
+    let steps = call.aux.min(READINESS_PER_CALL_LOOPED as u64) as u32;
+    // SAFETY: the step is a static function of the helper's callback type; `scan` outlives the
+    // call.
+    unsafe {
+        bpf_loop(steps, poll_step as *mut c_void, &mut scan as *mut PollScan as *mut c_void, 0)
+    };
+    unexamined((ready as u64).saturating_sub(scan.seen));
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_poll_unrolled(ctx: TracePointContext) -> u32 {
     on_poll_result::<{ READINESS_PER_CALL as u64 }>(&ctx)
+}
+
+/// One poll result as the `bpf_loop` steps walk it.
+#[repr(C)]
+struct PollScan {
+    fds: u64,
+    seen: u64,
+}
+
+/// One `bpf_loop` step: descriptor `index`; returns 1 (stop) where the array cannot be read.
+/// It does not stop once every ready descriptor was seen: comparing that count would make the
+/// verifier tell every step's states apart (the program was refused at a million instructions).
+#[inline(never)]
+extern "C" fn poll_step(index: u32, scan: *mut c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes back the pointer the program gave it, to its live `PollScan`.
+    let scan = unsafe { &mut *(scan as *mut PollScan) };
+    let Some((fd, revents)) = pollfd(scan.fds, index as u64) else {
+        return 1;
+    };
+    if revents != 0 && fd >= 0 {
+        on_ready_fd(fd, revents as i32, VIA_POLL);
+        scan.seen += 1;
+    }
+    0
+}
+
+/// `struct pollfd { int fd; short events; short revents; }` number `index`: its fd and revents.
+#[inline(always)]
+fn pollfd(fds: u64, index: u64) -> Option<(i32, i16)> {
+    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+    let pollfd = unsafe { bpf_probe_read_user((fds + index * POLLFD_SIZE) as *const u64) }.ok()?;
+    Some((pollfd as u32 as i32, (pollfd >> 48) as u16 as i16))
 }
 
 #[tracepoint]
@@ -294,14 +349,9 @@ fn on_poll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
         if i >= call.aux {
             break;
         }
-        // struct pollfd { int fd; short events; short revents; }
-        // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-        let Ok(pollfd) =
-            (unsafe { bpf_probe_read_user((call.ptr + i * POLLFD_SIZE) as *const u64) })
-        else {
+        let Some((fd, revents)) = pollfd(call.ptr, i) else {
             break;
         };
-        let (fd, revents) = (pollfd as u32 as i32, (pollfd >> 48) as u16 as i16);
         if revents != 0 && fd >= 0 {
             on_ready_fd(fd, revents as i32, VIA_POLL);
             seen += 1;
@@ -331,8 +381,29 @@ fn keep_select(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// Every descriptor below 64 in the three sets, one `bpf_loop` step each.
 #[tracepoint]
 pub fn tp_sys_exit_select(ctx: TracePointContext) -> u32 {
+    let Some((ready, mut sets)) = select_result(&ctx) else {
+        return 0;
+    };
+    // SAFETY: the step is a static function of the helper's callback type; `sets` outlives
+    // the call.
+    unsafe {
+        bpf_loop(
+            SELECT_FDS,
+            select_step as *mut c_void,
+            &mut sets as *mut SelectSets as *mut c_void,
+            0,
+        )
+    };
+    // select returns the number of set bits in all three sets, up to its nfds.
+    unexamined(ready.saturating_sub(sets.seen));
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_select_unrolled(ctx: TracePointContext) -> u32 {
     on_select_result::<{ READINESS_PER_CALL as u64 }>(&ctx)
 }
 
@@ -346,42 +417,81 @@ pub fn tp_sys_exit_select_one(ctx: TracePointContext) -> u32 {
     on_select_result::<1>(&ctx)
 }
 
-/// The first word of each set the kernel rewrote: descriptors below 64 (`SELECT_FDS`).
+/// The first word of each set the kernel rewrote (descriptors below 64, `SELECT_FDS`), and how
+/// many descriptors were reported so far.
+#[repr(C)]
+struct SelectSets {
+    read: u64,
+    write: u64,
+    except: u64,
+    seen: u64,
+}
+
+impl SelectSets {
+    /// Reports the lowest descriptor still set and clears it; false once none is. Visits set
+    /// bits only, without branching on each bit: unrolled, a branch per descriptor would
+    /// multiply the verifier's work.
+    #[inline(always)]
+    fn report_next(&mut self) -> bool {
+        let any = self.read | self.write | self.except;
+        if any == 0 {
+            return false;
+        }
+        let lowest = any & any.wrapping_neg();
+        let fd = (lowest - 1).count_ones() as u64;
+        let bit = |set: u64, flag: i32| ((set >> fd) & 1) as i32 * flag;
+        let mask = bit(self.read, SELECT_READ)
+            | bit(self.write, SELECT_WRITE)
+            | bit(self.except, SELECT_EXCEPT);
+        on_ready_fd(fd as i32, mask, VIA_SELECT);
+        self.read &= !lowest;
+        self.write &= !lowest;
+        self.except &= !lowest;
+        self.seen += 1;
+        true
+    }
+}
+
+/// One `bpf_loop` step: the next set descriptor; returns 1 (stop) once none is left.
+#[inline(never)]
+extern "C" fn select_step(_index: u32, sets: *mut c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes back the pointer the program gave it, to its live `SelectSets`.
+    let sets = unsafe { &mut *(sets as *mut SelectSets) };
+    !sets.report_next() as i64
+}
+
+/// The call's `ready` count and its sets, if it reported any.
 #[inline(always)]
-fn on_select_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
-    let Some(call) = syscall::take(CALL_SELECT) else {
-        return 0;
-    };
+fn select_result(ctx: &TracePointContext) -> Option<(u64, SelectSets)> {
+    let call = syscall::take(CALL_SELECT)?;
     let ready = ret(ctx);
     if ready <= 0 {
-        return 0;
+        return None;
     }
     let word = |ptr: u64| -> u64 {
         // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
         if ptr == 0 { 0 } else { unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0) }
     };
-    let (read, write, except) = (word(call.ptr), word(call.aux), word(call.aux2));
-    // Visits set bits only, lowest first, without branching on each bit: unrolled, a branch
-    // per descriptor would multiply the verifier's work.
-    let (mut read, mut write, mut except) = (read, write, except);
-    let mut seen: u64 = 0;
+    let sets = SelectSets {
+        read: word(call.ptr),
+        write: word(call.aux),
+        except: word(call.aux2),
+        seen: 0,
+    };
+    Some((ready as u64, sets))
+}
+
+#[inline(always)]
+fn on_select_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
+    let Some((ready, mut sets)) = select_result(ctx) else {
+        return 0;
+    };
     for _ in 0..BOUND {
-        let any = read | write | except;
-        if any == 0 {
+        if !sets.report_next() {
             break;
         }
-        let lowest = any & any.wrapping_neg();
-        let fd = (lowest - 1).count_ones() as u64;
-        let bit = |set: u64, flag: i32| ((set >> fd) & 1) as i32 * flag;
-        let mask = bit(read, SELECT_READ) | bit(write, SELECT_WRITE) | bit(except, SELECT_EXCEPT);
-        on_ready_fd(fd as i32, mask, VIA_SELECT);
-        read &= !lowest;
-        write &= !lowest;
-        except &= !lowest;
-        seen += 1;
     }
-    // select returns the number of set bits in all three sets, up to its nfds.
-    unexamined((ready as u64).saturating_sub(seen));
+    unexamined(ready.saturating_sub(sets.seen));
     0
 }
 

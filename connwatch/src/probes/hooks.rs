@@ -121,10 +121,11 @@ macro_rules! syscall {
     };
 }
 
-/// A readiness result (`sys_exit_*` of epoll_wait, poll, select and their siblings): the full
-/// program, then smaller bounds where a kernel's verifier refuses it.
+/// A readiness result (`sys_exit_*` of epoll_wait, poll, select and their siblings): the
+/// `bpf_loop` program that examines `$all` entries (Linux 5.17 on), then unrolled loops with
+/// smaller bounds where a kernel lacks the helper or its verifier refuses them.
 macro_rules! readiness {
-    ($name:literal, $program:literal) => {
+    ($name:literal, $program:literal, $all:literal) => {
         Hook {
             category: "syscalls",
             name: $name,
@@ -132,44 +133,28 @@ macro_rules! readiness {
             variants: &[
                 tp($program),
                 tp_reduced(
+                    concat!($program, "_unrolled"),
+                    concat!(
+                        "examines 16 ready entries per call, not ",
+                        $all,
+                        " (without bpf_loop; the rest are counted in readiness_unexamined)"
+                    ),
+                ),
+                tp_reduced(
                     concat!($program, "_few"),
-                    "examines 4 ready entries per call, not 16 (the rest are counted in \
-                     readiness_unexamined)",
+                    concat!(
+                        "examines 4 ready entries per call, not ",
+                        $all,
+                        " (the rest are counted in readiness_unexamined)"
+                    ),
                 ),
                 tp_reduced(
                     concat!($program, "_one"),
-                    "examines 1 ready entry per call, not 16 (the rest are counted in \
-                     readiness_unexamined)",
-                ),
-            ],
-            instead_of: None,
-        }
-    };
-}
-
-/// epoll results: every entry (up to 1,024) with `bpf_loop` (Linux 5.17 on), else unrolled.
-macro_rules! epoll_readiness {
-    ($name:literal) => {
-        Hook {
-            category: "syscalls",
-            name: $name,
-            role: Role::Observation,
-            variants: &[
-                tp("tp_sys_exit_epoll_wait"),
-                tp_reduced(
-                    "tp_sys_exit_epoll_wait_unrolled",
-                    "examines 16 ready entries per call, not 1,024 (without bpf_loop; the \
-                     rest are counted in readiness_unexamined)",
-                ),
-                tp_reduced(
-                    "tp_sys_exit_epoll_wait_few",
-                    "examines 4 ready entries per call, not 1,024 (the rest are counted in \
-                     readiness_unexamined)",
-                ),
-                tp_reduced(
-                    "tp_sys_exit_epoll_wait_one",
-                    "examines 1 ready entry per call, not 1,024 (the rest are counted in \
-                     readiness_unexamined)",
+                    concat!(
+                        "examines 1 ready entry per call, not ",
+                        $all,
+                        " (the rest are counted in readiness_unexamined)"
+                    ),
                 ),
             ],
             instead_of: None,
@@ -261,19 +246,19 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_exit_getsockopt"),
     syscall!("sys_enter_epoll_ctl"),
     syscall!("sys_enter_epoll_wait"),
-    epoll_readiness!("sys_exit_epoll_wait"),
+    readiness!("sys_exit_epoll_wait", "tp_sys_exit_epoll_wait", "1,024"),
     syscall!("sys_enter_epoll_pwait", program = "tp_sys_enter_epoll_wait"),
-    epoll_readiness!("sys_exit_epoll_pwait"),
+    readiness!("sys_exit_epoll_pwait", "tp_sys_exit_epoll_wait", "1,024"),
     syscall!("sys_enter_epoll_pwait2", program = "tp_sys_enter_epoll_wait"),
-    epoll_readiness!("sys_exit_epoll_pwait2"),
+    readiness!("sys_exit_epoll_pwait2", "tp_sys_exit_epoll_wait", "1,024"),
     syscall!("sys_enter_poll"),
-    readiness!("sys_exit_poll", "tp_sys_exit_poll"),
+    readiness!("sys_exit_poll", "tp_sys_exit_poll", "1,024"),
     syscall!("sys_enter_ppoll", program = "tp_sys_enter_poll"),
-    readiness!("sys_exit_ppoll", "tp_sys_exit_poll"),
+    readiness!("sys_exit_ppoll", "tp_sys_exit_poll", "1,024"),
     syscall!("sys_enter_select"),
-    readiness!("sys_exit_select", "tp_sys_exit_select"),
+    readiness!("sys_exit_select", "tp_sys_exit_select", "64"),
     syscall!("sys_enter_pselect6", program = "tp_sys_enter_select"),
-    readiness!("sys_exit_pselect6", "tp_sys_exit_select"),
+    readiness!("sys_exit_pselect6", "tp_sys_exit_select", "64"),
     syscall!("sys_enter_read", RECV),
     syscall!("sys_exit_read", RECV),
     syscall!("sys_enter_recvfrom", RECV),

@@ -10,9 +10,9 @@
 //! (a child process that shares the connection, writes one byte on it and holds it until this
 //! peer dies), `keepalive IDLE INTVL CNT` (seconds, probes), `echo COUNT` (answer COUNT
 //! one-byte requests), `ping-every MS COUNT` (a heartbeat: one byte out, its echo back, a
-//! pause), `epoll-crowd ADDR PORT COUNT` (COUNT connections to this peer's own listener, each
-//! with a byte to read, the last one's client closed, all in one epoll set; waits until one
-//! epoll_wait returns them all with the last one's EPOLLRDHUP), `exit`.
+//! pause), `crowd epoll|poll ADDR PORT COUNT` (COUNT connections to this peer's own listener,
+//! each with a byte to read, the last one's client closed; waits until one epoll_wait or poll
+//! reports them all, the last one with its RDHUP), `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -166,8 +166,14 @@ impl Peer {
                 })?;
                 Ok(format!("data {data}"))
             }
-            ["epoll-crowd", addr, port, count] => {
-                self.epoll_crowd(&sockaddr(addr, port), count.parse().expect("count"))
+            ["crowd", how, addr, port, count] => {
+                let count = count.parse().expect("count");
+                let accepted = self.crowd(&sockaddr(addr, port), count)?;
+                match *how {
+                    "epoll" => epoll_all(&accepted),
+                    "poll" => poll_all(&accepted),
+                    other => panic!("crowd {other}: epoll or poll"),
+                }
             }
             ["epoll-wait"] => {
                 let mut event = libc::epoll_event { events: 0, u64: 0 };
@@ -345,43 +351,67 @@ impl Peer {
 }
 
 impl Peer {
-    /// See `epoll-crowd` above; replies with the last connection's accepted fd and where it
-    /// stood in the result.
-    fn epoll_crowd(&mut self, addr: &SocketAddr, count: usize) -> Reply {
-        let epoll = check(unsafe { libc::epoll_create1(0) })?;
-        let mut last = (-1, -1);
+    /// `count` connections to this peer's own listener, each with a byte to read, the last
+    /// one's client closed; returns the accepted fds.
+    fn crowd(&mut self, addr: &SocketAddr, count: usize) -> io::Result<Vec<i32>> {
+        let mut accepted = Vec::with_capacity(count);
+        let mut client = -1;
         for _ in 0..count {
-            let client = socket_for(addr)?;
+            client = socket_for(addr)?;
             with_sockaddr(addr, |sa, len| check(unsafe { libc::connect(client, sa, len) }))?;
-            let accepted = check(unsafe {
+            let fd = check(unsafe {
                 libc::accept(self.listener, std::ptr::null_mut(), std::ptr::null_mut())
             })?;
             check_len(unsafe { libc::send(client, b"x".as_ptr().cast(), 1, 0) })?;
-            let mut event = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-                u64: accepted as u64,
-            };
-            check(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, accepted, &mut event) })?;
-            self.crowd.extend([client, accepted]);
-            last = (client, accepted);
+            self.crowd.extend([client, fd]);
+            accepted.push(fd);
         }
-        check(unsafe { libc::close(last.0) })?;
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; count];
-        // Every connection has a byte to read, so each call returns them all; the FIN may
-        // land after the first.
-        for _ in 0..100 {
-            let n = check(unsafe {
-                libc::epoll_wait(epoll, events.as_mut_ptr(), count as i32, 10_000)
-            })? as usize;
-            let found = events[..n].iter().position(|e| e.u64 == last.1 as u64);
-            if let Some(index) = found
-                && events[index].events & libc::EPOLLRDHUP as u32 != 0
-            {
-                return Ok(format!("fd {} index {index} of {n}", last.1));
-            }
-        }
-        Err(io::Error::other("no EPOLLRDHUP in 100 calls"))
+        check(unsafe { libc::close(client) })?;
+        Ok(accepted)
     }
+}
+
+/// Each call reports every fd (each has a byte to read); the FIN may land after the first.
+const CROWD_CALLS: usize = 100;
+
+/// `fd F index I of N`: the last fd, once one epoll_wait reported it with EPOLLRDHUP.
+fn epoll_all(fds: &[i32]) -> Reply {
+    let epoll = check(unsafe { libc::epoll_create1(0) })?;
+    for &fd in fds {
+        let mut event =
+            libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: fd as u64 };
+        check(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) })?;
+    }
+    let last = *fds.last().expect("a crowd");
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; fds.len()];
+    for _ in 0..CROWD_CALLS {
+        let n = check(unsafe {
+            libc::epoll_wait(epoll, events.as_mut_ptr(), fds.len() as i32, 10_000)
+        })? as usize;
+        let found = events[..n].iter().position(|e| e.u64 == last as u64);
+        if let Some(index) = found
+            && events[index].events & libc::EPOLLRDHUP as u32 != 0
+        {
+            return Ok(format!("fd {last} index {index} of {n}"));
+        }
+    }
+    Err(io::Error::other("no EPOLLRDHUP"))
+}
+
+/// `fd F index I of N`: the last fd, once one poll reported it with POLLRDHUP.
+fn poll_all(fds: &[i32]) -> Reply {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 })
+        .collect();
+    let index = fds.len() - 1;
+    for _ in 0..CROWD_CALLS {
+        let n = check(unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as _, 10_000) })?;
+        if polled[index].revents & libc::POLLRDHUP != 0 {
+            return Ok(format!("fd {} index {index} of {n}", fds[index]));
+        }
+    }
+    Err(io::Error::other("no POLLRDHUP"))
 }
 
 fn sockaddr(addr: &str, port: &str) -> SocketAddr {
