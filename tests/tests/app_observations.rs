@@ -397,6 +397,39 @@ fn all_io_reports_every_call() {
     assert_eq!(summary.total_lost(), 0);
 }
 
+/// Without the socket-layer tracepoints (and tcp_sendmsg_locked, 6.10+), a write is still
+/// judged by the state it began in: its entry keeps the socket as it found it. A write into
+/// CLOSE_WAIT provokes the RST that closes the socket before the call returns.
+#[test]
+fn without_socket_layer_tracepoints_a_write_is_judged_at_its_start() {
+    require_root();
+    let topology = Topology::new("iosyswr");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let left_out = ["sock:sock_recv_length", "sock:sock_send_length", "tcp:tcp_sendmsg_locked"];
+    let left_out = left_out.map(String::from).to_vec();
+    let mut session = Session::start(LoadOptions { left_out, ..traced(&[spid, cpid]) });
+    server.ok(&format!("listen {} 22082", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 22082", Topology::SERVER_V4));
+    server.ok("accept");
+    client.ok("close");
+    assert_eq!(server.ok("recv"), "received 0");
+    assert_eq!(server.ok("write 10"), "wrote 10");
+    session.wait_until("the server's write", |evs| {
+        evs.iter().any(|e| {
+            pid_of(e) == Some(spid)
+                && matches!(e.detail, Detail::Send { io: Io { last: Ok(10), .. }, .. })
+        })
+    });
+    let send = session
+        .events
+        .iter()
+        .find(|e| pid_of(e) == Some(spid) && e.detail.type_name() == "send")
+        .unwrap();
+    assert_eq!(kstate(send), "CLOSE_WAIT", "{}", describe(send));
+}
+
 /// Kernels before 6.4 lack sock:sock_recv_length/sock_send_length: reads and writes then come
 /// from the syscalls (here the socket-layer hooks are left out to stand for such a kernel).
 #[test]

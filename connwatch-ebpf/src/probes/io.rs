@@ -71,26 +71,38 @@ pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
 pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: this CPU's slot, read once.
+    let kept = SEND_START.get_ptr(0).map(|slot| unsafe { ((*slot).sk, (*slot).pid_tgid) });
+    if kept == Some((sk, bpf_get_current_pid_tgid())) {
+        return 0; // A later segment of the same call.
+    }
+    keep_send_start(sk);
+    0
+}
+
+/// Keeps `sk` as the current thread's send finds it, in this CPU's slot, for the send's end
+/// (`take_send_start`) to judge the call by; false if `sk` is not a TCP socket. Called from
+/// `tcp_sendmsg_locked`, or from the send syscalls' entry where that tracepoint is missing
+/// (a send that sleeps and wakes on another CPU is then judged by its end, as without either).
+#[inline(always)]
+pub(super) fn keep_send_start(sk: u64) -> bool {
     let Some(slot) = SEND_START.get_ptr_mut(0) else {
-        return 0;
+        return false;
     };
     // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
     let slot = unsafe { &mut *slot };
-    if slot.sk == sk && slot.pid_tgid == pid_tgid {
-        return 0; // A later segment of the same call.
-    }
     // A trusted socket is ESTABLISHED with no error and no timeout: nothing to read.
     let snapshot = if policy::trusted(sk) {
         SockSnapshot::of_state(TCP_ESTABLISHED)
     } else {
         let Some(ends) = sock::tcp_endpoints(sk) else {
-            return 0;
+            return false;
         };
         sock::snapshot(sk, ends.state, sock::health(sk))
     };
-    *slot = SendStart { pid_tgid, sk, started_ns: owner::now(), snapshot };
-    0
+    *slot =
+        SendStart { pid_tgid: bpf_get_current_pid_tgid(), sk, started_ns: owner::now(), snapshot };
+    true
 }
 
 /// The start this CPU kept for the current thread's send on `sk`, taken (cleared).
