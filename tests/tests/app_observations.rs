@@ -18,11 +18,22 @@ fn traced(pids: &[u32]) -> LoadOptions {
 
 /// A connected pair: (topology, server peer, client peer, server's accepted fd).
 fn connected(tag: &str, server_addr: &str, port: u16) -> (Topology, Peer, Peer, Session, i32) {
+    connected_without(tag, server_addr, port, &[])
+}
+
+/// [`connected`], traced with `left_out` hooks left out (to stand for a kernel without them).
+fn connected_without(
+    tag: &str,
+    server_addr: &str,
+    port: u16,
+    left_out: &[&str],
+) -> (Topology, Peer, Peer, Session, i32) {
     require_root();
     let topology = Topology::new(tag);
     let mut server = Peer::spawn(&topology.server);
     let mut client = Peer::spawn(&topology.client);
-    let session = Session::start(traced(&[server.pid(), client.pid()]));
+    let left_out = left_out.iter().map(|h| h.to_string()).collect();
+    let session = Session::start(LoadOptions { left_out, ..traced(&[server.pid(), client.pid()]) });
     server.ok(&format!("listen {server_addr} {port}"));
     client.ok(&format!("connect {server_addr} {port}"));
     let fd = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
@@ -402,17 +413,10 @@ fn all_io_reports_every_call() {
 /// CLOSE_WAIT provokes the RST that closes the socket before the call returns.
 #[test]
 fn without_socket_layer_tracepoints_a_write_is_judged_at_its_start() {
-    require_root();
-    let topology = Topology::new("iosyswr");
-    let mut server = Peer::spawn(&topology.server);
-    let mut client = Peer::spawn(&topology.client);
-    let (spid, cpid) = (server.pid(), client.pid());
     let left_out = ["sock:sock_recv_length", "sock:sock_send_length", "tcp:tcp_sendmsg_locked"];
-    let left_out = left_out.map(String::from).to_vec();
-    let mut session = Session::start(LoadOptions { left_out, ..traced(&[spid, cpid]) });
-    server.ok(&format!("listen {} 22082", Topology::SERVER_V4));
-    client.ok(&format!("connect {} 22082", Topology::SERVER_V4));
-    server.ok("accept");
+    let (_t, mut server, mut client, mut session, _) =
+        connected_without("iosyswr", Topology::SERVER_V4, 22082, &left_out);
+    let spid = server.pid();
     client.ok("close");
     assert_eq!(server.ok("recv"), "received 0");
     assert_eq!(server.ok("write 10"), "wrote 10");
@@ -434,13 +438,10 @@ fn without_socket_layer_tracepoints_a_write_is_judged_at_its_start() {
 /// from the syscalls (here the socket-layer hooks are left out to stand for such a kernel).
 #[test]
 fn without_socket_layer_tracepoints_reads_and_writes_come_from_syscalls() {
-    require_root();
-    let topology = Topology::new("iosys");
-    let mut server = Peer::spawn(&topology.server);
-    let mut client = Peer::spawn(&topology.client);
+    let left_out = ["sock:sock_recv_length", "sock:sock_send_length"];
+    let (_t, mut server, mut client, mut session, _) =
+        connected_without("iosys", Topology::SERVER_V4, 22081, &left_out);
     let (spid, cpid) = (server.pid(), client.pid());
-    let left_out = vec!["sock:sock_recv_length".to_string(), "sock:sock_send_length".to_string()];
-    let mut session = Session::start(LoadOptions { left_out, ..traced(&[spid, cpid]) });
     let ready = session.tracer.ready();
     let hooks: Vec<&str> = ready.hooks.iter().map(|(hook, _)| hook.as_str()).collect();
     assert!(
@@ -448,9 +449,6 @@ fn without_socket_layer_tracepoints_reads_and_writes_come_from_syscalls() {
             && hooks.contains(&"syscalls:sys_exit_sendto")
     );
     assert!(!hooks.contains(&"sock:sock_recv_length"), "{hooks:?}");
-    server.ok(&format!("listen {} 22081", Topology::SERVER_V4));
-    client.ok(&format!("connect {} 22081", Topology::SERVER_V4));
-    server.ok("accept");
     client.ok("write 10");
     assert_eq!(server.ok("recv"), "received 10");
     client.ok("close");
