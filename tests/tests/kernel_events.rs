@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use connwatch::{
     decode::{Detail, Event, Family, SockId},
-    probes::{AttachMode, Filters, LoadOptions, hooks::Mechanism, tracefs},
+    probes::{AttachMode, Filters, LoadOptions, hooks::Mechanism, kernel_at_least, tracefs},
 };
 use connwatch_tests::{
     Netns, Peer, Session, Topology,
@@ -454,11 +454,8 @@ fn every_hook_attaches_on_this_kernel() {
     require_root();
     let session = Session::start(LoadOptions::default());
     let ready = session.tracer.ready();
+    let before_6_18 = !kernel_at_least((6, 18));
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let before_6_18 = {
-        let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (6, 18)
-    };
     for (hook, why) in &ready.degraded {
         let (category, name) = hook.split_once(':').unwrap();
         let brief: String = why.chars().take(300).collect();

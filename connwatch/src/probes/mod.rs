@@ -28,6 +28,7 @@ pub use attach::{Attached, Skipped};
 use btf::{BtfError, KernelBtf};
 use hooks::Mechanism;
 use privileges::NotPrivileged;
+pub use skips::kernel_at_least;
 use tracefs::TracefsError;
 
 /// The compiled connwatch-ebpf object, built by build.rs through aya-build.

@@ -32,8 +32,7 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
 /// Linux 6.7. Raw tracepoints either never skip or count it (the check and the count came
 /// together, in 6.2).
 pub fn uncounted(attached: &[Attached]) -> Vec<String> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if release_at_least(&release, COUNTS_CLASSIC_SKIPS) {
+    if kernel_at_least(COUNTS_CLASSIC_SKIPS) {
         return Vec::new();
     }
     attached
@@ -41,6 +40,12 @@ pub fn uncounted(attached: &[Attached]) -> Vec<String> {
         .filter(|a| a.variant.mechanism == Mechanism::Tracepoint)
         .map(|a| a.hook.id())
         .collect()
+}
+
+/// Whether the running kernel is `(major, minor)` or newer (`/proc/sys/kernel/osrelease`).
+pub fn kernel_at_least(version: (u32, u32)) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, version)
 }
 
 /// Whether a release string such as `6.1.0-56-amd64` is `(major, minor)` or newer; an
