@@ -3,9 +3,13 @@
 //! the socket's identity and tallies go with it, so nothing carries over to the next socket
 //! allocated at the same address. When no holder's close() was seen (the process exited or was
 //! killed, and the kernel closed its descriptors), the end is reported: the application let go
-//! all the same. Raw only: the socket address is all it needs.
+//! all the same. Raw only among tracepoints: the socket address is all it needs. Or the function
+//! that fires it, `tcp_v4_destroy_sock(struct sock *sk)` (IPv6 sockets pass through it too).
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+};
 use connwatch_common::{
     event::{DestroyEvent, KIND_DESTROY},
     socket::SOCKET_APP_CLOSED,
@@ -15,7 +19,26 @@ use crate::{emit, maps::SOCKETS, owner, sock};
 
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
+    on_destroy(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn kp_tcp_destroy_sock(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_destroy(sk);
+    }
+    0
+}
+
+#[fentry(function = "tcp_v4_destroy_sock")]
+pub fn fentry_tcp_destroy_sock(ctx: FEntryContext) -> u32 {
+    on_destroy(ctx.arg(0));
+    0
+}
+
+#[inline(always)]
+fn on_destroy(sk: u64) {
     // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
     if let Some(info) = SOCKETS.get_ptr(&sk).map(|info| unsafe { *info })
         && info.flags & SOCKET_APP_CLOSED == 0
@@ -30,5 +53,4 @@ pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
         });
     }
     owner::forget(sk);
-    0
 }

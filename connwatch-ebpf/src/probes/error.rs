@@ -1,23 +1,46 @@
 //! Socket errors: `sock:inet_sk_error_report` (TP_PROTO(const struct sock *sk), Linux 5.14+;
 //! checked against 6.1 and 6.18). Raw tracepoint only: the classic record carries the error
-//! and the 4-tuple but no socket address, so it could not be joined to a socket.
+//! and the 4-tuple but no socket address, so it could not be joined to a socket. Or the function
+//! that fires it, `sk_error_report(struct sock *sk)` (5.14+), entered after the error is stored.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+};
 use connwatch_common::event::{ErrorEvent, KIND_ERROR};
 
 use crate::{emit, owner, policy, sock};
 
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
+    on_error_report(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn kp_sk_error_report(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_error_report(sk);
+    }
+    0
+}
+
+#[fentry(function = "sk_error_report")]
+pub fn fentry_sk_error_report(ctx: FEntryContext) -> u32 {
+    on_error_report(ctx.arg(0));
+    0
+}
+
+#[inline(always)]
+fn on_error_report(sk: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
-        return 0;
+        return;
     };
     // tcp_disconnect() (run when a failed connect() is unwound) reports even when no error
     // is stored: that is not an error the application can see.
     let errno = sock::error(sk);
     if errno == 0 {
-        return 0;
+        return;
     }
     // Whatever the kernel did, routine calls must look at the socket again.
     policy::distrust(sk);
@@ -30,5 +53,4 @@ pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
             crate::zero::zero(&mut event._pad);
         });
     }
-    0
 }

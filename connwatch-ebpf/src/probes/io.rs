@@ -5,8 +5,8 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use connwatch_common::{
     event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND, SockSnapshot},
@@ -70,14 +70,34 @@ pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
 /// record carries no socket address.
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
 pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
+    on_sendmsg_locked(ctx.arg(0));
+    0
+}
+
+/// The function itself, `tcp_sendmsg_locked(struct sock *sk, struct msghdr *msg, size_t size)`
+/// (every kernel connwatch runs on; entered once per call, before any data moves).
+#[kprobe]
+pub fn kp_tcp_sendmsg_locked(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_sendmsg_locked(sk);
+    }
+    0
+}
+
+#[fentry(function = "tcp_sendmsg_locked")]
+pub fn fentry_tcp_sendmsg_locked(ctx: FEntryContext) -> u32 {
+    on_sendmsg_locked(ctx.arg(0));
+    0
+}
+
+#[inline(always)]
+fn on_sendmsg_locked(sk: u64) {
     // SAFETY: this CPU's slot, read once.
     let kept = SEND_START.get_ptr(0).map(|slot| unsafe { ((*slot).sk, (*slot).pid_tgid) });
     if kept == Some((sk, bpf_get_current_pid_tgid())) {
-        return 0; // A later segment of the same call.
+        return; // A later segment of the same call, or its syscall's entry kept it already.
     }
     keep_send_start(sk);
-    0
 }
 
 /// Keeps `sk` as the current thread's send finds it, in this CPU's slot, for the send's end

@@ -2,10 +2,16 @@
 //! (TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, enum sk_rst_reason reason])).
 //! Only `skaddr` is read from the records: the address fields changed shape in 6.10, so
 //! addresses come from the socket itself. Checked against Linux 6.1 and 6.18.
+//!
+//! Or the functions that fire them: `tcp_reset(struct sock *sk, struct sk_buff *skb)` for a
+//! reset received; for one sent, `tcp_send_active_reset(struct sock *sk, ...)` and the static
+//! `tcp_v4_send_reset`/`tcp_v6_send_reset(const struct sock *sk, struct sk_buff *skb, ...)`.
+//! Those two are entered, and return at once, for the rare segment that must not be answered
+//! (a reset, or a stray one off-host): a sent reset is timeline evidence only, never a finding.
 
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use connwatch_common::event::{KIND_RESET, RESET_RX, RESET_TX, ResetEvent};
 
@@ -42,6 +48,43 @@ pub fn raw_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     on_reset(ctx.arg(0), RESET_TX);
     0
 }
+
+#[kprobe]
+pub fn kp_tcp_reset(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_reset(sk, RESET_RX);
+    }
+    0
+}
+
+#[fentry(function = "tcp_reset")]
+pub fn fentry_tcp_reset(ctx: FEntryContext) -> u32 {
+    on_reset(ctx.arg(0), RESET_RX);
+    0
+}
+
+/// The three reset senders: one kprobe program serves them (the socket is the first argument).
+#[kprobe]
+pub fn kp_tcp_send_reset(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_reset(sk, RESET_TX);
+    }
+    0
+}
+
+macro_rules! fentry_send_reset {
+    ($program:ident, $function:literal) => {
+        #[fentry(function = $function)]
+        pub fn $program(ctx: FEntryContext) -> u32 {
+            on_reset(ctx.arg(0), RESET_TX);
+            0
+        }
+    };
+}
+
+fentry_send_reset!(fentry_tcp_v4_send_reset, "tcp_v4_send_reset");
+fentry_send_reset!(fentry_tcp_v6_send_reset, "tcp_v6_send_reset");
+fentry_send_reset!(fentry_tcp_send_active_reset, "tcp_send_active_reset");
 
 /// `sk` is NULL for resets answering segments that match no socket: nothing to attribute.
 #[inline(always)]

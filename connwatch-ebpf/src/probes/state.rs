@@ -1,9 +1,12 @@
 //! TCP state changes: `sock:inet_sock_set_state` (TP_PROTO(const struct sock *sk, const int
-//! oldstate, const int newstate); record and arguments checked against Linux 6.1 and 6.18).
+//! oldstate, const int newstate); record and arguments checked against Linux 6.1 and 6.18), or
+//! the two functions that fire it, `inet_sk_state_store` and `inet_sk_set_state` (both
+//! `(struct sock *sk, int state)`, out of line in af_inet.c on 6.1 and 6.18), where the state
+//! before the change is still in the socket.
 
 use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use connwatch_common::{
     event::{KIND_STATE, StateEvent},
@@ -37,12 +40,44 @@ pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Both state-setting functions: one kprobe program serves them.
+#[kprobe]
+pub fn kp_inet_sk_state_store(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
+        on_state_store(sk, new);
+    }
+    0
+}
+
+#[fentry(function = "inet_sk_state_store")]
+pub fn fentry_inet_sk_state_store(ctx: FEntryContext) -> u32 {
+    on_state_store(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[fentry(function = "inet_sk_set_state")]
+pub fn fentry_inet_sk_set_state(ctx: FEntryContext) -> u32 {
+    on_state_store(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// A state about to be stored: the socket still holds the old one.
+#[inline(always)]
+fn on_state_store(sk: u64, new: i32) {
+    if let Some(ends) = sock::tcp_endpoints(sk) {
+        changed(sk, ends, ends.state, new as u8);
+    }
+}
+
 #[inline(always)]
 fn on_state_change(sk: u64, old: i32, new: i32) {
-    let Some(mut ends) = sock::tcp_endpoints(sk) else {
-        return;
-    };
-    let (old, new) = (old as u8, new as u8);
+    if let Some(ends) = sock::tcp_endpoints(sk) {
+        changed(sk, ends, old as u8, new as u8);
+    }
+}
+
+#[inline(always)]
+fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8) {
     // Whatever the kernel did, routine calls must look at the socket again.
     policy::distrust(sk);
     let info = identify(sk, old, new, ends.sport);
