@@ -72,7 +72,8 @@ pub struct CommonArgs {
     /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
-    /// Attach mechanism to prefer where a hook offers several.
+    /// How to attach to the kernel: auto picks, per hook, the cheapest mechanism this kernel
+    /// offers; any other value is required of every hook that has a variant of it.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
     pub attach: AttachChoice,
 }
@@ -157,6 +158,10 @@ pub enum AttachChoice {
     RawTracepoint,
     /// Classic tracepoints (record layouts from tracefs) where offered.
     Tracepoint,
+    /// kprobes on the kernel functions behind the kernel's own events (CONFIG_KPROBES).
+    Kprobe,
+    /// fentry programs on those functions (BPF trampolines, Linux 5.5+ with BTF).
+    Fentry,
 }
 
 impl CommonArgs {
@@ -166,6 +171,8 @@ impl CommonArgs {
                 AttachChoice::Auto => AttachMode::Auto,
                 AttachChoice::RawTracepoint => AttachMode::Prefer(Mechanism::RawTracepoint),
                 AttachChoice::Tracepoint => AttachMode::Prefer(Mechanism::Tracepoint),
+                AttachChoice::Kprobe => AttachMode::Prefer(Mechanism::Kprobe),
+                AttachChoice::Fentry => AttachMode::Prefer(Mechanism::Fentry),
             },
             ring_buffer_bytes: self.ring_buffer_size,
             filters: Filters {
@@ -342,7 +349,7 @@ mod tests {
             (&["trace", "--ring-buffer-size", "1000"], ErrorKind::ValueValidation),
             (&["trace", "--ring-buffer-size", "2K"], ErrorKind::ValueValidation),
             (&["trace", "--comm", "a-name-longer-than-15"], ErrorKind::ValueValidation),
-            (&["trace", "--attach", "kprobe"], ErrorKind::InvalidValue),
+            (&["trace", "--attach", "uprobe"], ErrorKind::InvalidValue),
             (&["bogus"], ErrorKind::InvalidSubcommand),
             (&["watch", "--retrans-threshold", "0"], ErrorKind::ValueValidation),
             (&["watch", "--max-sockets", "0"], ErrorKind::ValueValidation),

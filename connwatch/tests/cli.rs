@@ -46,6 +46,39 @@ fn watch_is_the_default_command() {
     );
 }
 
+/// An explicit mode is all or nothing: where the kernel offers it, every kernel event comes
+/// through it; where it does not (this host: no kprobes, fentry refused), connwatch stops at
+/// once, naming the hook, what the kernel lacks, and the way out.
+#[test]
+fn an_attach_mode_the_kernel_lacks_exits_1_naming_hook_and_cause() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads eBPF programs: run it as root (cargo xtask test)"
+    );
+    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    for (mode, mechanism) in [("kprobe", "kprobe"), ("fentry", "fentry")] {
+        let out = connwatch(&["trace", "--json", "--attach", mode, "--duration", "0.5"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let ready: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap())
+                .expect("the first line is the ready line");
+            assert_eq!(ready["hooks"]["sock:inet_sock_set_state"], mechanism, "{ready}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(1), "--attach {mode}: {stderr}");
+        for needed in [&format!("--attach {mode}"), "sock:inet_sock_set_state", "--attach auto"] {
+            assert!(stderr.contains(needed), "--attach {mode} should name {needed:?}: {stderr}");
+        }
+        if mode == "kprobe" {
+            assert!(!has_kprobes, "kprobes exist, yet --attach kprobe failed: {stderr}");
+            assert!(stderr.contains("CONFIG_KPROBES"), "{stderr}");
+        }
+    }
+}
+
 #[test]
 fn help_exits_0() {
     let out = connwatch(&["trace", "--help"]);

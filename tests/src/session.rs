@@ -84,18 +84,22 @@ impl Session {
     }
 }
 
-/// `CONNWATCH_TEST_ATTACH=tracepoint` (set by `cargo xtask vm-test`) runs every session that
-/// does not choose a mechanism itself with classic tracepoints; unset or `auto`, with each
-/// hook's own choice.
-fn attach_from_env() -> AttachMode {
-    match std::env::var("CONNWATCH_TEST_ATTACH").as_deref() {
-        Err(_) | Ok("auto") => AttachMode::Auto,
-        Ok("tracepoint") => AttachMode::Prefer(Mechanism::Tracepoint),
-        Ok("raw-tracepoint") => AttachMode::Prefer(Mechanism::RawTracepoint),
-        Ok(other) => {
-            panic!("CONNWATCH_TEST_ATTACH={other}: expected auto, tracepoint or raw-tracepoint")
-        }
-    }
+/// `CONNWATCH_TEST_ATTACH=<mode>` (set by `cargo xtask vm-test`) runs every session that does
+/// not choose a mechanism itself in that `--attach` mode; unset or `auto`, with each hook's own
+/// choice.
+pub fn attach_from_env() -> AttachMode {
+    let mechanism = match std::env::var("CONNWATCH_TEST_ATTACH").as_deref() {
+        Err(_) | Ok("auto") => return AttachMode::Auto,
+        Ok("tracepoint") => Mechanism::Tracepoint,
+        Ok("raw-tracepoint") => Mechanism::RawTracepoint,
+        Ok("kprobe") => Mechanism::Kprobe,
+        Ok("fentry") => Mechanism::Fentry,
+        Ok(other) => panic!(
+            "CONNWATCH_TEST_ATTACH={other}: expected auto, tracepoint, raw-tracepoint, kprobe or \
+             fentry"
+        ),
+    };
+    AttachMode::Prefer(mechanism)
 }
 
 /// One event on one line, for failure messages.

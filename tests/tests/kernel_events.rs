@@ -6,13 +6,17 @@ use std::collections::BTreeMap;
 
 use connwatch::{
     decode::{Detail, Event, Family, SockId},
-    probes::{AttachMode, Filters, LoadOptions, hooks::Mechanism, kernel_at_least, tracefs},
+    probes::{
+        AttachMode, Filters, LoadOptions,
+        hooks::{HOOKS, Hook, Mechanism},
+        kernel_at_least, tracefs,
+    },
 };
 use connwatch_tests::{
     Netns, Peer, Session, Topology,
     firewall::drop_tcp_input,
     require_root,
-    session::{describe, transition},
+    session::{attach_from_env, describe, transition},
 };
 
 const CLIENT_STATES: &[(&str, &str)] = &[
@@ -457,20 +461,41 @@ fn every_hook_attaches_on_this_kernel() {
     let before_6_18 = !kernel_at_least((6, 18));
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     for (hook, why) in &ready.degraded {
-        let (category, name) = hook.split_once(':').unwrap();
-        let brief: String = why.chars().take(300).collect();
-        let missing = why.starts_with("unavailable: this kernel has no");
+        let brief: String = why.chars().take(400).collect();
         let select = ["syscalls:sys_exit_select", "syscalls:sys_exit_pselect6"].contains(&&**hook);
         assert!(
-            (missing && !tracefs::exists(category, name))
-                || (before_6_18 && select && why.starts_with("reduced")),
+            kernel_lacks_every_way(why) || (before_6_18 && select && why.starts_with("reduced")),
             "{hook} did not attach in full on {}: {brief}",
             release.trim()
         );
     }
-    for hook in ["tcp:tcp_sendmsg_locked", "tcp:tcp_destroy_sock", "sock:sock_send_length"] {
-        let (category, name) = hook.split_once(':').unwrap();
-        let attached = ready.hooks.iter().any(|(h, _)| h == hook);
-        assert_eq!(attached, tracefs::exists(category, name), "{hook}: {:?}", ready.hooks);
+    for (category, name) in [("tcp", "tcp_destroy_sock"), ("sock", "sock_send_length")] {
+        let hook = format!("{category}:{name}");
+        if tracefs::exists(category, name) {
+            assert!(ready.hooks.iter().any(|(h, _)| *h == hook), "{hook}: {:?}", ready.hooks);
+        }
     }
+    // An explicit mode names its mechanism for every hook that has a variant of it (and that
+    // the kernel has: those it lacks were checked above).
+    if let AttachMode::Prefer(wanted) = attach_from_env() {
+        let offered = |h: &&Hook| h.variants.iter().any(|v| v.mechanism == wanted);
+        let present = |h: &&Hook| !ready.degraded.iter().any(|(d, _)| *d == h.id());
+        for hook in HOOKS.iter().filter(offered).filter(present) {
+            let got = ready.hooks.iter().find(|(h, _)| *h == hook.id()).map(|(_, m)| m.to_string());
+            assert_eq!(got.as_deref(), Some(wanted.name()), "{}: {:?}", hook.id(), ready.hooks);
+        }
+    }
+}
+
+/// Whether every clause of an unavailable hook's reason is something this kernel lacks: the
+/// tracepoint, the function, kprobes, or the program type itself (never a refusal of ours).
+fn kernel_lacks_every_way(why: &str) -> bool {
+    let Some(reasons) = why.strip_prefix("unavailable: ") else {
+        return false;
+    };
+    let reasons = reasons.rsplit_once(" (").map_or(reasons, |(r, _consequence)| r);
+    reasons.split("; ").all(|clause| {
+        clause.contains(": this kernel has no ")
+            || clause.starts_with("fentry: the kernel refused to load this program type")
+    })
 }

@@ -3,15 +3,15 @@
 use std::error::Error as _;
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     programs::{
-        ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        FEntry, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
+        kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 
 use super::{
-    AttachMode, ProbeError,
+    AttachMode, ProbeError, functions,
     hooks::{HOOKS, Hook, Mechanism, Role, Variant},
     layouts::Layouts,
     tracefs,
@@ -29,6 +29,10 @@ pub struct Attached {
 enum Link {
     Raw(RawTracePointLinkId),
     Tracepoint(TracePointLinkId),
+    /// One per function.
+    Kprobe(Vec<KProbeLinkId>),
+    /// `(program, link)` per function.
+    Fentry(Vec<(&'static str, FEntryLinkId)>),
 }
 
 /// An optional hook this kernel could not attach, or attached only in a reduced variant.
@@ -47,6 +51,7 @@ pub fn attach_all(
 ) -> Result<(Vec<Attached>, Vec<Skipped>), ProbeError> {
     let mut attached: Vec<Attached> = Vec::new();
     let mut skipped = Vec::new();
+    let mut kernel = Kernel { layouts, btf: None };
     // Programs the kernel refused: a family's other hooks do not ask again (a refusal can
     // cost the verifier seconds).
     let mut refused: Vec<(&'static str, String)> = Vec::new();
@@ -56,46 +61,66 @@ pub fn attach_all(
         {
             continue;
         }
-        let mut reasons = Vec::new();
+        let mut reasons: Vec<(Option<Mechanism>, String)> = Vec::new();
         let mut live = None;
         let variants = if left_out.contains(&hook.id()) {
-            reasons.push("left out by request".to_string());
-            Vec::new()
-        } else if !tracefs::exists(hook.category, hook.name) {
-            reasons.push(format!("this kernel has no {} tracepoint", hook.id()));
+            reasons.push((None, "left out by request".to_string()));
             Vec::new()
         } else {
             preference(hook, mode)
         };
+        // The kernel lacks what the wanted mechanism would attach to (not the mechanism).
+        let mut wanted_target_absent = false;
         for variant in variants {
-            if let Some((_, reason)) = refused.iter().find(|(p, _)| *p == variant.program) {
-                reasons.push(format!("{}: {reason}", variant.mechanism));
+            if let Some(absent) = missing(hook, &variant) {
+                if let (Absent::Target(_), AttachMode::Prefer(wanted)) = (&absent, mode) {
+                    wanted_target_absent |= variant.mechanism == wanted;
+                }
+                reasons.push((Some(variant.mechanism), absent.into_reason()));
                 continue;
             }
-            match attach_one(ebpf, hook, variant, layouts) {
+            if let Some((_, reason)) =
+                refused.iter().find(|(p, _)| variant.programs().any(|v| v == *p))
+            {
+                reasons.push((Some(variant.mechanism), reason.clone()));
+                continue;
+            }
+            match attach_one(ebpf, hook, variant, &mut kernel) {
                 Ok(link) => {
                     live = Some(Attached { hook, variant, link });
                     break;
                 }
-                Err(Failure::Load(reason)) => {
-                    reasons.push(format!("{}: {reason}", variant.mechanism));
-                    refused.push((variant.program, reason));
+                Err(Failure::Load(program, reason)) => {
+                    reasons.push((Some(variant.mechanism), reason.clone()));
+                    refused.push((program, reason));
                 }
-                Err(Failure::Attach(reason)) => {
-                    reasons.push(format!("{}: {reason}", variant.mechanism))
-                }
+                Err(Failure::Attach(reason)) => reasons.push((Some(variant.mechanism), reason)),
             }
+        }
+        if let AttachMode::Prefer(wanted) = mode
+            && live.as_ref().is_none_or(|l| l.variant.mechanism != wanted)
+            && hook.variants.iter().any(|v| v.mechanism == wanted)
+            && !left_out.contains(&hook.id())
+            && !wanted_target_absent
+        {
+            // An explicit mode is a promise: a hook that has a variant of it gets that one,
+            // unless this kernel lacks the hook's tracepoint or function altogether.
+            return Err(ProbeError::Mode {
+                mode: wanted.name().replace('_', "-"),
+                hook: hook.id(),
+                reasons: joined(&reasons),
+            });
         }
         match (live, hook.role) {
             (Some(live), _) => {
                 if let Some(gives_up) = live.variant.gives_up {
-                    let reason = format!("reduced: {gives_up} ({})", reasons.join("; "));
+                    let reason = format!("reduced: {gives_up} ({})", joined(&reasons));
                     skipped.push(Skipped { hook, reason });
                 }
                 attached.push(live)
             }
             (None, Role::Events) => {
-                return Err(ProbeError::Attach { hook: hook.id(), reasons: reasons.join("; ") });
+                return Err(ProbeError::Attach { hook: hook.id(), reasons: joined(&reasons) });
             }
             (None, Role::Observation | Role::Precision(_)) => {
                 let stand_ins = HOOKS.iter().filter(|h| h.instead_of == Some(&hook.id())).count();
@@ -105,12 +130,30 @@ pub fn attach_all(
                 };
                 skipped.push(Skipped {
                     hook,
-                    reason: format!("unavailable: {} ({consequence})", reasons.join("; ")),
+                    reason: format!("unavailable: {} ({consequence})", joined(&reasons)),
                 })
             }
         }
     }
     Ok((attached, skipped))
+}
+
+/// Why each variant failed, one clause per reason: "raw_tracepoint, tracepoint: this kernel has
+/// no sock:sock_send_length tracepoint; fentry: ...".
+fn joined(reasons: &[(Option<Mechanism>, String)]) -> String {
+    let mut clauses: Vec<(Vec<&str>, &str)> = Vec::new();
+    for (mechanism, reason) in reasons {
+        let name = mechanism.map(Mechanism::name);
+        match clauses.iter_mut().find(|(_, r)| r == reason) {
+            Some((names, _)) => names.extend(name),
+            None => clauses.push((name.into_iter().collect(), reason)),
+        }
+    }
+    let clause = |(names, reason): &(Vec<&str>, &str)| match names.is_empty() {
+        true => reason.to_string(),
+        false => format!("{}: {reason}", names.join(", ")),
+    };
+    clauses.iter().map(clause).collect::<Vec<_>>().join("; ")
 }
 
 /// The hook's variants, with the preferred mechanism (if any) moved to the front.
@@ -122,10 +165,70 @@ fn preference(hook: &Hook, mode: AttachMode) -> Vec<Variant> {
     variants
 }
 
-/// Why a variant did not attach: the program was refused (by the verifier, say), or it loaded
+/// What the running kernel lacks for a variant.
+enum Absent {
+    /// The tracepoint or kernel function the variant attaches to.
+    Target(String),
+    /// The mechanism itself (kprobes).
+    Mechanism(String),
+}
+
+impl Absent {
+    fn into_reason(self) -> String {
+        match self {
+            Self::Target(reason) | Self::Mechanism(reason) => reason,
+        }
+    }
+}
+
+/// What the running kernel lacks for this variant, if anything (checked before anything is
+/// loaded).
+fn missing(hook: &Hook, variant: &Variant) -> Option<Absent> {
+    match variant.mechanism {
+        Mechanism::RawTracepoint | Mechanism::Tracepoint => {
+            (!tracefs::exists(hook.category, hook.name))
+                .then(|| Absent::Target(format!("this kernel has no {} tracepoint", hook.id())))
+        }
+        Mechanism::Kprobe | Mechanism::Fentry => {
+            if variant.mechanism == Mechanism::Kprobe
+                && let Some(reason) = functions::kprobes_missing()
+            {
+                return Some(Absent::Mechanism(reason));
+            }
+            let absent: Vec<&str> =
+                variant.functions.iter().copied().filter(|f| !functions::exists(f)).collect();
+            (!absent.is_empty()).then(|| {
+                Absent::Target(format!(
+                    "this kernel has no function {} to attach to",
+                    absent.join(", ")
+                ))
+            })
+        }
+    }
+}
+
+/// What attaching needs from the kernel beyond the object: tracefs record layouts, and its
+/// BTF for fentry (read on first use).
+struct Kernel<'a> {
+    layouts: &'a Layouts,
+    btf: Option<Btf>,
+}
+
+impl Kernel<'_> {
+    fn btf(&mut self) -> Result<&Btf, Failure> {
+        if self.btf.is_none() {
+            let btf = Btf::from_sys_fs()
+                .map_err(|e| Failure::Attach(format!("reading the kernel's BTF: {e}")))?;
+            self.btf = Some(btf);
+        }
+        Ok(self.btf.as_ref().expect("just read"))
+    }
+}
+
+/// Why a variant did not attach: a program was refused (by the verifier, say), or it loaded
 /// and this hook would not take it.
 enum Failure {
-    Load(String),
+    Load(&'static str, String),
     Attach(String),
 }
 
@@ -133,43 +236,115 @@ fn attach_one(
     ebpf: &mut Ebpf,
     hook: &Hook,
     variant: Variant,
-    layouts: &Layouts,
+    kernel: &mut Kernel<'_>,
 ) -> Result<Link, Failure> {
-    let program = ebpf.program_mut(variant.program).ok_or_else(|| {
-        Failure::Load(format!("program {} missing from connwatch-ebpf", variant.program))
-    })?;
     let attach = |e| Failure::Attach(describe(e));
     match variant.mechanism {
         Mechanism::RawTracepoint => {
-            let program: &mut RawTracePoint = program.try_into().map_err(attach)?;
-            load_once(program.fd().is_ok(), || program.load())?;
+            let program: &mut RawTracePoint =
+                program(ebpf, variant.program)?.try_into().map_err(attach)?;
+            load_once(variant.program, program.fd().is_ok(), || program.load())?;
             program.attach(hook.name).map(Link::Raw).map_err(attach)
         }
         Mechanism::Tracepoint => {
-            if let Some(problem) = layouts.problem(&hook.id()) {
+            if let Some(problem) = kernel.layouts.problem(&hook.id()) {
                 return Err(Failure::Attach(problem.to_string()));
             }
-            let program: &mut TracePoint = program.try_into().map_err(attach)?;
-            load_once(program.fd().is_ok(), || program.load())?;
+            let program: &mut TracePoint =
+                program(ebpf, variant.program)?.try_into().map_err(attach)?;
+            load_once(variant.program, program.fd().is_ok(), || program.load())?;
             program.attach(hook.category, hook.name).map(Link::Tracepoint).map_err(attach)
+        }
+        Mechanism::Kprobe => {
+            let program: &mut KProbe =
+                program(ebpf, variant.program)?.try_into().map_err(attach)?;
+            load_once(variant.program, program.fd().is_ok(), || program.load())?;
+            let mut links = Vec::new();
+            for function in variant.functions {
+                match program.attach(function, 0) {
+                    Ok(link) => links.push(link),
+                    Err(e) => {
+                        links.into_iter().for_each(|link| drop(program.detach(link)));
+                        return Err(Failure::Attach(format!("{function}: {}", describe(e))));
+                    }
+                }
+            }
+            Ok(Link::Kprobe(links))
+        }
+        Mechanism::Fentry => {
+            let mut links = Vec::new();
+            for (function, name) in variant.functions.iter().zip(variant.fentry_programs) {
+                let linked = fentry_on(ebpf, function, name, kernel);
+                match linked {
+                    Ok(link) => links.push((*name, link)),
+                    Err(failure) => {
+                        detach_fentry(ebpf, links);
+                        return Err(failure);
+                    }
+                }
+            }
+            Ok(Link::Fentry(links))
+        }
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Program, Failure> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Failure::Load(name, format!("program {name} missing from connwatch-ebpf")))
+}
+
+/// `name` loaded for (bound to) `function`, and attached.
+fn fentry_on(
+    ebpf: &mut Ebpf,
+    function: &str,
+    name: &'static str,
+    kernel: &mut Kernel<'_>,
+) -> Result<FEntryLinkId, Failure> {
+    let btf = kernel.btf()?;
+    let program: &mut FEntry =
+        program(ebpf, name)?.try_into().map_err(|e| Failure::Attach(describe(e)))?;
+    load_once(name, program.fd().is_ok(), || program.load(function, btf))?;
+    program.attach().map_err(|e| Failure::Attach(format!("{function}: {}", describe(e))))
+}
+
+fn detach_fentry(ebpf: &mut Ebpf, links: Vec<(&'static str, FEntryLinkId)>) {
+    for (name, link) in links {
+        if let Some(program) = ebpf.program_mut(name) {
+            let _ = <&mut FEntry>::try_from(program).and_then(|p| p.detach(link));
         }
     }
 }
 
 /// Loads a program unless an earlier hook of its family did (one verification, several
 /// attachments).
-fn load_once(loaded: bool, load: impl FnOnce() -> Result<(), ProgramError>) -> Result<(), Failure> {
-    if loaded { Ok(()) } else { load().map_err(|e| Failure::Load(describe(e))) }
+fn load_once(
+    name: &'static str,
+    loaded: bool,
+    load: impl FnOnce() -> Result<(), ProgramError>,
+) -> Result<(), Failure> {
+    if loaded { Ok(()) } else { load().map_err(|e| Failure::Load(name, describe(e))) }
 }
 
 pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
-    let Some(program) = ebpf.program_mut(attached.variant.program) else {
-        return;
-    };
+    let name = attached.variant.program;
     // A failed detach leaves the link to be closed when the Ebpf is dropped.
     let _ = match attached.link {
-        Link::Raw(id) => <&mut RawTracePoint>::try_from(program).and_then(|p| p.detach(id)),
-        Link::Tracepoint(id) => <&mut TracePoint>::try_from(program).and_then(|p| p.detach(id)),
+        Link::Fentry(links) => Ok(detach_fentry(ebpf, links)),
+        link => match ebpf.program_mut(name) {
+            None => Ok(()),
+            Some(program) => match link {
+                Link::Raw(id) => <&mut RawTracePoint>::try_from(program).and_then(|p| p.detach(id)),
+                Link::Tracepoint(id) => {
+                    <&mut TracePoint>::try_from(program).and_then(|p| p.detach(id))
+                }
+                Link::Kprobe(ids) => <&mut KProbe>::try_from(program)
+                    .and_then(|p| ids.into_iter().try_for_each(|id| p.detach(id))),
+                Link::Fentry(_) => Ok(()),
+            },
+        },
     };
 }
 
@@ -178,6 +353,11 @@ fn describe(error: ProgramError) -> String {
     if let ProgramError::LoadError { io_error, verifier_log } = &error {
         // The whole log can run to thousands of lines: its last ones say why.
         let log = verifier_log.to_string();
+        if log.trim().is_empty() {
+            // Refused before the verifier ran: the program type itself (fentry under a
+            // kernel or security policy that forbids tracing programs, say).
+            return format!("the kernel refused to load this program type ({io_error})");
+        }
         let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(4).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return format!("the verifier refused it ({io_error}): {}", tail.join(" | "));
@@ -189,4 +369,25 @@ fn describe(error: ProgramError) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_reason_shared_by_several_mechanisms_is_said_once() {
+        let missing = "this kernel has no sock:sock_send_length tracepoint".to_string();
+        let reasons = [
+            (Some(Mechanism::RawTracepoint), missing.clone()),
+            (Some(Mechanism::Fentry), "the kernel refused to load this program type".into()),
+            (Some(Mechanism::Tracepoint), missing),
+            (None, "left out by request".into()),
+        ];
+        assert_eq!(
+            joined(&reasons),
+            "raw_tracepoint, tracepoint: this kernel has no sock:sock_send_length tracepoint; \
+             fentry: the kernel refused to load this program type; left out by request"
+        );
+    }
 }

@@ -1,8 +1,8 @@
 //! The catalogue of kernel hooks and the mechanisms each can be attached with.
 //!
 //! A hook lists its variants in order of preference; the loader attaches the first that works
-//! on the running kernel. Kernels without a tracepoint would add kprobe or fentry variants
-//! here (this project's CI kernel has neither, so none are listed yet).
+//! on the running kernel. The kernel's own events also come as kprobe and fentry variants on
+//! the functions that fire their tracepoints: same handler, same events, whichever runs.
 
 use std::fmt;
 
@@ -11,15 +11,21 @@ use std::fmt;
 pub enum Mechanism {
     /// `BPF_PROG_TYPE_RAW_TRACEPOINT`: the tracepoint's arguments, no record assembled.
     RawTracepoint,
+    /// `BPF_PROG_TYPE_TRACING` at a function's entry (BPF trampoline; Linux 5.5+, needs BTF).
+    Fentry,
     /// `BPF_PROG_TYPE_TRACEPOINT`: the record at tracefs `format` offsets.
     Tracepoint,
+    /// `BPF_PROG_TYPE_KPROBE` at a function's entry (CONFIG_KPROBES).
+    Kprobe,
 }
 
 impl Mechanism {
     pub const fn name(self) -> &'static str {
         match self {
             Self::RawTracepoint => "raw_tracepoint",
+            Self::Fentry => "fentry",
             Self::Tracepoint => "tracepoint",
+            Self::Kprobe => "kprobe",
         }
     }
 }
@@ -34,23 +40,71 @@ impl fmt::Display for Mechanism {
 #[derive(Clone, Copy, Debug)]
 pub struct Variant {
     pub mechanism: Mechanism,
-    /// Program (function) name in connwatch-ebpf.
+    /// Program (function) name in connwatch-ebpf; for fentry, the first of `fentry_programs`.
     pub program: &'static str,
     /// What this variant does not do that the first one does (a smaller bound, say).
     pub gives_up: Option<&'static str>,
+    /// The kernel functions a kprobe or fentry variant attaches to (none for tracepoints).
+    pub functions: &'static [&'static str],
+    /// fentry only: the program for each of `functions`, in order (the kernel binds a fentry
+    /// program to one function when it loads it).
+    pub fentry_programs: &'static [&'static str],
+}
+
+impl Variant {
+    /// Every program this variant loads.
+    pub fn programs(&self) -> impl Iterator<Item = &'static str> {
+        let one = self.fentry_programs.is_empty().then_some(self.program);
+        one.into_iter().chain(self.fentry_programs.iter().copied())
+    }
 }
 
 const fn raw(program: &'static str) -> Variant {
-    Variant { mechanism: Mechanism::RawTracepoint, program, gives_up: None }
+    Variant {
+        mechanism: Mechanism::RawTracepoint,
+        program,
+        gives_up: None,
+        functions: &[],
+        fentry_programs: &[],
+    }
 }
 
 const fn tp(program: &'static str) -> Variant {
-    Variant { mechanism: Mechanism::Tracepoint, program, gives_up: None }
+    Variant {
+        mechanism: Mechanism::Tracepoint,
+        program,
+        gives_up: None,
+        functions: &[],
+        fentry_programs: &[],
+    }
 }
 
 /// A smaller classic-tracepoint variant, for kernels whose verifier refuses the full one.
 const fn tp_reduced(program: &'static str, gives_up: &'static str) -> Variant {
-    Variant { mechanism: Mechanism::Tracepoint, program, gives_up: Some(gives_up) }
+    Variant { gives_up: Some(gives_up), ..tp(program) }
+}
+
+/// One kprobe program on each of `functions`.
+const fn kprobe(program: &'static str, functions: &'static [&'static str]) -> Variant {
+    Variant {
+        mechanism: Mechanism::Kprobe,
+        program,
+        gives_up: None,
+        functions,
+        fentry_programs: &[],
+    }
+}
+
+/// One fentry program per function: `programs[i]` on `functions[i]`.
+const fn fentry(functions: &'static [&'static str], programs: &'static [&'static str]) -> Variant {
+    assert!(functions.len() == programs.len() && !programs.is_empty());
+    Variant {
+        mechanism: Mechanism::Fentry,
+        program: programs[0],
+        gives_up: None,
+        functions,
+        fentry_programs: programs,
+    }
 }
 
 /// What a hook contributes; decides whether connwatch can run without it.
@@ -82,10 +136,7 @@ pub struct Hook {
     pub category: &'static str,
     pub name: &'static str,
     pub role: Role,
-    /// In order of preference. Raw tracepoints come first: they need no tracefs record layout
-    /// (the programs read what they need from the socket itself). Per hit they measured the
-    /// same as classic tracepoints on Linux 6.18 (`cargo xtask bench`, raw/classic ~1.0), so
-    /// classic tracepoints are an equal fallback, not a slower one.
+    /// In order of preference (see [`kernel_hook`] for the kernel's own events).
     pub variants: &'static [Variant],
     /// A stand-in, attached only where the hook with this id could not be.
     pub instead_of: Option<&'static str>,
@@ -162,46 +213,55 @@ macro_rules! readiness {
     };
 }
 
+/// One of the kernel's own events: its raw tracepoint, fentry on the functions that fire it,
+/// its classic tracepoint, then kprobes on those functions. Raw tracepoints and fentry are
+/// direct calls into the program and need no tracefs record layout; classic tracepoints
+/// assemble a record first and, like kprobes, are skipped while another BPF program runs on
+/// the CPU. A kprobe adds an ftrace (or breakpoint) detour to every hit. Measured per hit
+/// with `cargo xtask bench` (docs/kernels.md).
+macro_rules! kernel_hook {
+    (
+        $category:literal, $name:literal, $role:expr, raw: $raw:literal, $(tracepoint: $tp:literal,)?
+        kprobe: $kprobe:literal on [$($function:literal),+], fentry: [$($fentry:literal),+]
+    ) => {
+        Hook {
+            category: $category,
+            name: $name,
+            role: $role,
+            variants: &[
+                raw($raw),
+                fentry(&[$($function),+], &[$($fentry),+]),
+                $(tp($tp),)?
+                kprobe($kprobe, &[$($function),+]),
+            ],
+            instead_of: None,
+        }
+    };
+}
+
 const RECV: Option<&str> = Some("sock:sock_recv_length");
 const SEND: Option<&str> = Some("sock:sock_send_length");
 
 pub static HOOKS: &[Hook] = &[
-    Hook {
-        category: "sock",
-        name: "inet_sock_set_state",
-        role: Role::Events,
-        variants: &[raw("raw_inet_sock_set_state"), tp("tp_inet_sock_set_state")],
-        instead_of: None,
-    },
-    Hook {
-        category: "tcp",
-        name: "tcp_receive_reset",
-        role: Role::Events,
-        variants: &[raw("raw_tcp_receive_reset"), tp("tp_tcp_receive_reset")],
-        instead_of: None,
-    },
-    Hook {
-        category: "tcp",
-        name: "tcp_send_reset",
-        role: Role::Events,
-        variants: &[raw("raw_tcp_send_reset"), tp("tp_tcp_send_reset")],
-        instead_of: None,
-    },
-    Hook {
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        role: Role::Events,
-        variants: &[raw("raw_tcp_retransmit_skb"), tp("tp_tcp_retransmit_skb")],
-        instead_of: None,
-    },
-    Hook {
-        category: "sock",
-        name: "inet_sk_error_report",
-        role: Role::Events,
-        // The classic record has no socket address, so it cannot be joined to a socket.
-        variants: &[raw("raw_inet_sk_error_report")],
-        instead_of: None,
-    },
+    kernel_hook!("sock", "inet_sock_set_state", Role::Events,
+        raw: "raw_inet_sock_set_state", tracepoint: "tp_inet_sock_set_state",
+        kprobe: "kp_inet_sk_state_store" on ["inet_sk_state_store", "inet_sk_set_state"],
+        fentry: ["fentry_inet_sk_state_store", "fentry_inet_sk_set_state"]),
+    kernel_hook!("tcp", "tcp_receive_reset", Role::Events,
+        raw: "raw_tcp_receive_reset", tracepoint: "tp_tcp_receive_reset",
+        kprobe: "kp_tcp_reset" on ["tcp_reset"], fentry: ["fentry_tcp_reset"]),
+    kernel_hook!("tcp", "tcp_send_reset", Role::Events,
+        raw: "raw_tcp_send_reset", tracepoint: "tp_tcp_send_reset",
+        kprobe: "kp_tcp_send_reset" on ["tcp_v4_send_reset", "tcp_v6_send_reset", "tcp_send_active_reset"],
+        fentry: ["fentry_tcp_v4_send_reset", "fentry_tcp_v6_send_reset", "fentry_tcp_send_active_reset"]),
+    kernel_hook!("tcp", "tcp_retransmit_skb", Role::Events,
+        raw: "raw_tcp_retransmit_skb", tracepoint: "tp_tcp_retransmit_skb",
+        kprobe: "kp_tcp_retransmit_skb" on ["__tcp_retransmit_skb"],
+        fentry: ["fentry_tcp_retransmit_skb"]),
+    // The classic record has no socket address, so it cannot be joined to a socket.
+    kernel_hook!("sock", "inet_sk_error_report", Role::Events,
+        raw: "raw_inet_sk_error_report",
+        kprobe: "kp_sk_error_report" on ["sk_error_report"], fentry: ["fentry_sk_error_report"]),
     Hook {
         category: "sock",
         name: "sock_send_length",
@@ -209,27 +269,22 @@ pub static HOOKS: &[Hook] = &[
         variants: &[raw("raw_sock_send_length"), tp("tp_sock_send_length")],
         instead_of: None,
     },
-    Hook {
-        category: "tcp",
-        name: "tcp_sendmsg_locked",
-        role: Role::Precision(
+    // The classic record carries no socket address. The function is on every kernel connwatch
+    // runs on; its tracepoint only from 6.10.
+    kernel_hook!("tcp", "tcp_sendmsg_locked", Role::Precision(
             "the socket's state at the start of each send (sends are judged by the state at \
              their end, after any reset they provoked)",
         ),
-        // The classic record carries no socket address.
-        variants: &[raw("raw_tcp_sendmsg_locked")],
-        instead_of: None,
-    },
-    Hook {
-        category: "tcp",
-        name: "tcp_destroy_sock",
-        role: Role::Precision(
+        raw: "raw_tcp_sendmsg_locked",
+        kprobe: "kp_tcp_sendmsg_locked" on ["tcp_sendmsg_locked"],
+        fentry: ["fentry_tcp_sendmsg_locked"]),
+    kernel_hook!("tcp", "tcp_destroy_sock", Role::Precision(
             "the kernel's end-of-life marker (identities end at the last close in CLOSE \
              instead, or when the socket tables' LRU pushes them out)",
         ),
-        variants: &[raw("raw_tcp_destroy_sock")],
-        instead_of: None,
-    },
+        raw: "raw_tcp_destroy_sock",
+        kprobe: "kp_tcp_destroy_sock" on ["tcp_v4_destroy_sock"],
+        fentry: ["fentry_tcp_destroy_sock"]),
     Hook {
         category: "sock",
         name: "sock_recv_length",

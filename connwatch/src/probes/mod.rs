@@ -5,6 +5,8 @@
 
 mod attach;
 pub mod btf;
+pub mod cost;
+mod functions;
 pub mod hooks;
 pub mod layouts;
 pub mod privileges;
@@ -96,6 +98,11 @@ pub enum ProbeError {
     Map { map: &'static str, source: MapError },
     #[error("cannot attach {hook}: {reasons}")]
     Attach { hook: String, reasons: String },
+    #[error(
+        "--attach {mode}: cannot attach {hook} that way: {reasons} (--attach auto uses what \
+         this kernel offers)"
+    )]
+    Mode { mode: String, hook: String, reasons: String },
 }
 
 /// connwatch's programs, loaded and attached. Dropping it detaches everything.
@@ -136,6 +143,11 @@ impl Probes {
     /// `(hook, hits the kernel skipped)` for every attached hook (see [`skips`]).
     pub fn kernel_skips(&self) -> Vec<(String, u64)> {
         skips::read(&self.ebpf, &self.attached)
+    }
+
+    /// Run counts and times per hook, while `kernel.bpf_stats_enabled` is 1 (see [`cost`]).
+    pub fn cost(&self) -> Option<std::collections::BTreeMap<String, cost::ProgramCost>> {
+        cost::read(&self.ebpf, &self.attached)
     }
 
     /// Attached hooks whose skipped hits this kernel does not count (see [`skips::uncounted`]).

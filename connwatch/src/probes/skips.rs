@@ -21,23 +21,28 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
         .iter()
         .filter(|a| programs.insert(a.variant.program))
         .filter_map(|a| {
-            let fd = ebpf.program(a.variant.program)?.fd().ok()?.as_fd().as_raw_fd();
-            let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-            Some((a.hook.id(), recursion_misses(&fdinfo)?))
+            let counts: Option<Vec<u64>> = a.variant.programs().map(|p| misses(ebpf, p)).collect();
+            Some((a.hook.id(), counts?.iter().sum()))
         })
         .collect()
 }
 
-/// The attached hooks whose skipped hits this kernel does not count: classic tracepoints before
-/// Linux 6.7. Raw tracepoints either never skip or count it (the check and the count came
-/// together, in 6.2).
+fn misses(ebpf: &Ebpf, program: &str) -> Option<u64> {
+    let fd = ebpf.program(program)?.fd().ok()?.as_fd().as_raw_fd();
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    recursion_misses(&fdinfo)
+}
+
+/// The attached hooks whose skipped hits this kernel does not count: classic tracepoints and
+/// kprobes before Linux 6.7. Raw tracepoints either never skip or count it (the check and the
+/// count came together, in 6.2); fentry programs count theirs (5.12 on).
 pub fn uncounted(attached: &[Attached]) -> Vec<String> {
     if kernel_at_least(COUNTS_CLASSIC_SKIPS) {
         return Vec::new();
     }
     attached
         .iter()
-        .filter(|a| a.variant.mechanism == Mechanism::Tracepoint)
+        .filter(|a| matches!(a.variant.mechanism, Mechanism::Tracepoint | Mechanism::Kprobe))
         .map(|a| a.hook.id())
         .collect()
 }

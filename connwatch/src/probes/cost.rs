@@ -1,0 +1,42 @@
+//! What each attached program cost, in the kernel's own account: how many times it ran and
+//! for how long. The kernel keeps these only while `kernel.bpf_stats_enabled` is 1 (off by
+//! default: the accounting adds a clock read to every run), so they are read only then.
+
+use std::collections::BTreeMap;
+
+use aya::Ebpf;
+
+use super::Attached;
+
+/// One hook's programs, summed (a fentry hook has one program per kernel function).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub mechanism: &'static str,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+/// Whether the kernel is keeping run counts and times.
+pub fn enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
+
+/// `hook -> cost` for every attached hook, when the kernel keeps the statistics. A program
+/// that serves a family of hooks counts for them all under the first one's name.
+pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Option<BTreeMap<String, ProgramCost>> {
+    if !enabled() {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut costs = BTreeMap::new();
+    for a in attached.iter().filter(|a| seen.insert(a.variant.program)) {
+        let mut cost = ProgramCost { mechanism: a.variant.mechanism.name(), ..Default::default() };
+        for name in a.variant.programs() {
+            let Some(info) = ebpf.program(name).and_then(|p| p.info().ok()) else { continue };
+            cost.runs += info.run_count();
+            cost.run_ns += info.run_time().as_nanos() as u64;
+        }
+        costs.insert(a.hook.id(), cost);
+    }
+    Some(costs)
+}
