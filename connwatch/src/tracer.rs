@@ -13,7 +13,7 @@ use aya_log::EbpfLogger;
 use crate::{
     decode::{self, Event},
     ingest::{RecordBatch, Ring, loss::LossCounters},
-    probes::{LoadOptions, ProbeError, Probes},
+    probes::{LoadOptions, ProbeError, Probes, cost::ProgramCost},
     sinks::{Ready, Summary},
 };
 
@@ -32,6 +32,8 @@ pub struct Tracer {
     bytes_taken: u64,
     ring_buffer_bytes: u32,
     skips: RefCell<KernelSkips>,
+    /// Program costs as they stood when the programs were detached.
+    cost_at_detach: Option<BTreeMap<String, ProgramCost>>,
 }
 
 /// The kernel's per-hook count of hits it skipped, read at most every [`KernelSkips::EVERY`]
@@ -93,6 +95,7 @@ impl Tracer {
             bytes_taken: 0,
             ring_buffer_bytes: options.ring_buffer_bytes,
             skips: RefCell::default(),
+            cost_at_detach: None,
         })
     }
 
@@ -153,6 +156,7 @@ impl Tracer {
     /// Detaches every program; what is queued can still be polled.
     pub fn detach(&mut self) {
         self.skips.get_mut().refresh(&self.probes);
+        self.cost_at_detach = self.probes.cost();
         self.probes.detach();
     }
 
@@ -188,6 +192,10 @@ impl Tracer {
             readiness_unexamined: folded.readiness_unexamined,
             io_summarised: folded.io_summarised,
             skipped: self.kernel_skips(),
+            program_cost: match self.probes.attached.is_empty() {
+                true => self.cost_at_detach.clone(),
+                false => self.probes.cost(),
+            },
             watch: None,
         }
     }

@@ -4,6 +4,8 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde_json::{Value, json};
 
+use crate::probes::cost::ProgramCost;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub duration: Duration,
@@ -16,6 +18,9 @@ pub struct Summary {
     pub skipped: BTreeMap<String, u64>,
     /// Records that failed decoding.
     pub malformed: u64,
+    /// Each hook's program runs and run time, when the kernel keeps them
+    /// (`kernel.bpf_stats_enabled=1`); read before the programs are detached.
+    pub program_cost: Option<BTreeMap<String, ProgramCost>>,
     /// Ready entries of epoll_wait/poll/select results beyond the per-call bound (not reported).
     pub readiness_unexamined: u64,
     /// recv/send/readiness calls folded into summarising records (reported as `calls`).
@@ -53,6 +58,15 @@ impl Summary {
             "readiness_unexamined": self.readiness_unexamined,
             "io_summarised": self.io_summarised,
         });
+        if let Some(costs) = &self.program_cost {
+            let costs: BTreeMap<_, _> = costs
+                .iter()
+                .map(|(hook, c)| {
+                    (hook, json!({"mechanism": c.mechanism, "runs": c.runs, "run_ns": c.run_ns}))
+                })
+                .collect();
+            value["program_cost"] = json!(costs);
+        }
         if let Some(watch) = &self.watch {
             value["findings"] = json!(watch.findings);
             value["sockets_evicted"] = json!(watch.sockets_evicted);
