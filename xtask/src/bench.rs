@@ -13,6 +13,7 @@ mod churn;
 mod config;
 mod generators;
 mod io;
+mod mechanisms;
 mod parallel;
 mod procfs;
 mod report;
@@ -45,7 +46,7 @@ const TRACER_OVERHEAD_S: f64 = 2.5;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run, comma-separated (`soak` runs only when named).
+    /// Workloads to run, comma-separated (`soak` and `mechanisms` run only when named).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::DEFAULT)]
     only: Vec<Workload>,
     /// Rounds of churn and of I/O; each runs every configuration once, in a rotating order.
@@ -81,6 +82,9 @@ pub struct BenchArgs {
     /// Minutes of the agent soak (`--only soak`; not part of the default run).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
     soak_minutes: u32,
+    /// Seconds of churn per run in the guest (`--only mechanisms`).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=120))]
+    mechanism_seconds: u32,
     /// Seconds of parallel churn per mode.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
     parallel_seconds: u32,
@@ -98,6 +102,8 @@ enum Workload {
     Servers,
     Syscalls,
     Soak,
+    /// In the 6.1 guest of `vm-test`: every attach mechanism, side by side.
+    Mechanisms,
 }
 
 impl Workload {
@@ -170,12 +176,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .transpose()?;
 
+    let mechanisms = selected(Workload::Mechanisms)
+        .then(|| {
+            eprintln!("bench: mechanisms: churn in the 6.1 guest under each --attach mode");
+            mechanisms::run(args.rounds, args.mechanism_seconds)
+        })
+        .transpose()?;
+
     let report = Report::new(header, &tools, churn, io, rss)?;
     write_section("report", Some(report), Report::markdown)?;
     write_section("parallel", parallel, |runs| parallel::markdown(runs))?;
     write_section("servers", servers, |sections| servers::markdown(sections))?;
     write_section("syscalls", syscalls, syscalls::markdown)?;
     write_section("soak", soak, soak::markdown)?;
+    write_section("mechanisms", mechanisms, mechanisms::markdown)?;
     eprintln!("bench: raw numbers in {}", workspace_root().join("target/bench").display());
     Ok(())
 }
@@ -222,6 +236,10 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     }
     if args.only.contains(&Workload::Soak) {
         total += f64::from(args.soak_minutes) * 60.0 + TRACER_OVERHEAD_S;
+    }
+    if args.only.contains(&Workload::Mechanisms) {
+        // Boot, and connwatch's start-up under emulation (about a minute per traced run).
+        total += 60.0 + f64::from(args.rounds) * 5.0 * (f64::from(args.mechanism_seconds) + 60.0);
     }
     if args.only.contains(&Workload::Parallel) {
         total += 2.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);

@@ -34,7 +34,7 @@ pub struct VmArgs {
     #[arg(long, value_delimiter = ',', default_value = "kernel_events,app_observations,findings")]
     tests: Vec<String>,
     /// Attach modes to run them in (`connwatch --attach` values).
-    #[arg(long, value_delimiter = ',', default_value = "auto,tracepoint")]
+    #[arg(long, value_delimiter = ',', default_value = "auto,tracepoint,kprobe,fentry")]
     modes: Vec<String>,
     /// Only tests whose name contains one of these (libtest's filters), comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -55,7 +55,7 @@ impl VmArgs {
     pub fn smoke() -> Self {
         Self {
             tests: vec!["kernel_events".into()],
-            modes: vec!["auto".into(), "tracepoint".into()],
+            modes: MODES.iter().map(|m| m.to_string()).collect(),
             filter: vec![
                 "every_hook_attaches_on_this_kernel".into(),
                 "lifecycle_names_each_side_with_its_own_process".into(),
@@ -66,45 +66,24 @@ impl VmArgs {
     }
 }
 
+/// Every `--attach` value; `raw-tracepoint` is what `auto` picks wherever it can.
+const MODES: &[&str] = &["auto", "tracepoint", "kprobe", "fentry"];
+
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     for mode in &args.modes {
-        if !["auto", "tracepoint", "raw-tracepoint"].contains(&mode.as_str()) {
+        if !MODES.contains(&mode.as_str()) && mode != "raw-tracepoint" {
             bail!(
-                "--modes {mode}: this connwatch attaches with auto, tracepoint or raw-tracepoint"
+                "--modes {mode}: connwatch attaches with auto, raw-tracepoint, tracepoint, kprobe \
+                 or fentry"
             );
         }
     }
     prereqs::ensure_build()?;
-    prereqs::ensure_packages(VM_PACKAGES)?;
-    let cache = workspace_root().join("target/vm");
-    let kernel = kernel::fetch(&cache)?;
-    println!("xtask: guest kernel package {}", kernel.release);
     let tests = build(&args.tests)?;
-
-    let mut root = initramfs::Root::new(&cache.join("root"))?;
-    root.place(&PathBuf::from("/bin/busybox"), &PathBuf::from("/bin/busybox"))?;
-    for binary in tests.binaries.iter().chain(&tests.executables) {
-        root.executable(binary)?;
-    }
-    for tool in GUEST_TOOLS {
-        root.executable(std::path::Path::new(tool))?;
-    }
-    let modules = initramfs::modules_in_order(&kernel.modules, MODULES)?;
-    for module in &modules {
-        let guest = PathBuf::from("/modules").join(module.file_name().expect("a module file"));
-        root.place(module, &guest)?;
-    }
-    root.write("/init", &init_script(args, &tests, &modules), 0o755)?;
-    let initrd = cache.join("initramfs.cpio");
-    root.archive(&initrd)?;
-
-    let outcome = console::boot(&console::Boot {
-        kernel: &kernel.image,
-        initrd: &initrd,
-        memory_mib: args.memory,
-        log: &cache.join("console.log"),
-        timeout: std::time::Duration::from_secs(args.timeout_min * 60),
-    })?;
+    let executables: Vec<PathBuf> =
+        tests.binaries.iter().chain(&tests.executables).cloned().collect();
+    let outcome = boot(&executables, &test_runs(args, &tests), args.memory, args.timeout_min)?;
+    let log = console_log();
     println!("xtask: guest kernel {}", outcome.kernel.as_deref().unwrap_or("unknown"));
     for (mode, hooks) in &outcome.hooks {
         println!("xtask: --attach {mode}: {hooks}");
@@ -114,15 +93,55 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     }
     println!("xtask: {} passed, {} failed", outcome.passed, outcome.failed);
     if !outcome.finished {
-        bail!(
-            "the guest did not finish (console: {}); see its last lines above",
-            cache.join("console.log").display()
-        );
+        bail!("the guest did not finish (console: {}); see its last lines above", log.display());
     }
     if outcome.failed > 0 || !outcome.failures.is_empty() {
-        bail!("tests failed in the 6.1 guest (console: {})", cache.join("console.log").display());
+        bail!("tests failed in the 6.1 guest (console: {})", log.display());
     }
     Ok(())
+}
+
+/// Where the last boot's console output is kept.
+pub fn console_log() -> PathBuf {
+    workspace_root().join("target/vm/console.log")
+}
+
+/// Boots the 6.1 guest with `executables` (at their host paths) in its initramfs, runs
+/// `script` as root once its file systems, modules and loopback are up, and reads the console
+/// (kept in target/vm/console.log) until the guest powers off.
+pub fn boot(
+    executables: &[PathBuf],
+    script: &str,
+    memory_mib: u32,
+    timeout_min: u64,
+) -> anyhow::Result<console::Outcome> {
+    prereqs::ensure_packages(VM_PACKAGES)?;
+    let cache = workspace_root().join("target/vm");
+    let kernel = kernel::fetch(&cache)?;
+    println!("xtask: guest kernel package {}", kernel.release);
+    let mut root = initramfs::Root::new(&cache.join("root"))?;
+    root.place(&PathBuf::from("/bin/busybox"), &PathBuf::from("/bin/busybox"))?;
+    for executable in executables {
+        root.executable(executable)?;
+    }
+    for tool in GUEST_TOOLS {
+        root.executable(std::path::Path::new(tool))?;
+    }
+    let modules = initramfs::modules_in_order(&kernel.modules, MODULES)?;
+    for module in &modules {
+        let guest = PathBuf::from("/modules").join(module.file_name().expect("a module file"));
+        root.place(module, &guest)?;
+    }
+    root.write("/init", &init_script(&modules, script), 0o755)?;
+    let initrd = cache.join("initramfs.cpio");
+    root.archive(&initrd)?;
+    console::boot(&console::Boot {
+        kernel: &kernel.image,
+        initrd: &initrd,
+        memory_mib,
+        log: &console_log(),
+        timeout: std::time::Duration::from_secs(timeout_min * 60),
+    })
 }
 
 /// Host tools the tests run inside the guest.
@@ -180,15 +199,9 @@ fn build(tests: &[String]) -> anyhow::Result<Built> {
     Ok(Built { executables, binaries, connwatch: release.join("connwatch") })
 }
 
-/// The guest's PID 1: mounts, modules, then every test executable once per mode, each
-/// bracketed by `cw-vm:` lines the host reads. Nothing is mounted over /tmp: a checkout there
-/// (CI's is) has its executables at their host paths inside the initramfs.
-fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
+/// Every test executable once per mode, each bracketed by `cw-vm:` lines the host reads.
+fn test_runs(args: &VmArgs, tests: &Built) -> String {
     let connwatch = &tests.connwatch;
-    let insmods: String = modules
-        .iter()
-        .map(|m| format!("insmod /modules/{}\n", m.file_name().unwrap().to_string_lossy()))
-        .collect();
     let filter: String = args.filter.iter().map(|f| format!(" '{f}'")).collect();
     let mut runs = String::new();
     for mode in &args.modes {
@@ -206,6 +219,16 @@ fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
             ));
         }
     }
+    runs
+}
+
+/// The guest's PID 1: mounts, modules, loopback, then `script`. Nothing is mounted over /tmp:
+/// a checkout there (CI's is) has its executables at their host paths inside the initramfs.
+fn init_script(modules: &[PathBuf], script: &str) -> String {
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod /modules/{}\n", m.file_name().unwrap().to_string_lossy()))
+        .collect();
     format!(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -219,7 +242,7 @@ fn init_script(args: &VmArgs, tests: &Built, modules: &[PathBuf]) -> String {
          {insmods}\
          ip link set lo up\n\
          echo \"cw-vm: kernel $(uname -r)\"\n\
-         {runs}\
+         {script}\
          echo cw-vm: done\n\
          poweroff -f\n"
     )
