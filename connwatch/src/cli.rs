@@ -6,7 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     correlate::{DEFAULT_MAX_SOCKETS, Thresholds},
-    probes::{AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions, hooks::Mechanism},
+    probes::{
+        AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions,
+        hooks::{HOOKS, Mechanism, Role},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -76,6 +79,10 @@ pub struct CommonArgs {
     /// offers; any other value is required of every hook that has a variant of it.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
     pub attach: AttachChoice,
+    /// Optional hooks not to attach, as if this kernel lacked them (`category:name`, as the
+    /// ready line names them; comma-separated or repeated): `ready` lists them as degraded.
+    #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_optional_hook)]
+    pub leave_out: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -181,7 +188,7 @@ impl CommonArgs {
                 comm: self.comm.clone(),
             },
             all_io: false,
-            left_out: Vec::new(),
+            left_out: self.leave_out.clone(),
         }
     }
 }
@@ -203,6 +210,18 @@ fn parse_max_sockets(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=16_777_216).contains(&n) => Ok(n),
         _ => Err(format!("{s:?}: the socket limit must be a number from 1 to 16777216")),
+    }
+}
+
+fn parse_optional_hook(s: &str) -> Result<String, String> {
+    match HOOKS.iter().find(|h| h.id() == s) {
+        Some(hook) if hook.role == Role::Events => {
+            Err(format!("{s} carries the kernel's own events: connwatch cannot run without it"))
+        }
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!(
+            "{s:?} is not one of connwatch's hooks (`category:name`, as the ready line lists them)"
+        )),
     }
 }
 
@@ -314,6 +333,8 @@ mod tests {
             "64K",
             "--attach",
             "tracepoint",
+            "--leave-out",
+            "syscalls:sys_exit_select,syscalls:sys_exit_pselect6",
         ]);
         assert!(t.common.json);
         assert_eq!(t.common.duration, Some(Duration::from_millis(1500)));
@@ -323,6 +344,7 @@ mod tests {
         assert_eq!(o.filters.comm.as_deref(), Some("nginx"));
         assert_eq!(o.ring_buffer_bytes, 65536);
         assert_eq!(o.attach, AttachMode::Prefer(Mechanism::Tracepoint));
+        assert_eq!(o.left_out, ["syscalls:sys_exit_select", "syscalls:sys_exit_pselect6"]);
     }
 
     #[test]
@@ -350,6 +372,8 @@ mod tests {
             (&["trace", "--ring-buffer-size", "2K"], ErrorKind::ValueValidation),
             (&["trace", "--comm", "a-name-longer-than-15"], ErrorKind::ValueValidation),
             (&["trace", "--attach", "uprobe"], ErrorKind::InvalidValue),
+            (&["trace", "--leave-out", "syscalls:sys_exit_nothing"], ErrorKind::ValueValidation),
+            (&["trace", "--leave-out", "tcp:tcp_receive_reset"], ErrorKind::ValueValidation),
             (&["bogus"], ErrorKind::InvalidSubcommand),
             (&["watch", "--retrans-threshold", "0"], ErrorKind::ValueValidation),
             (&["watch", "--max-sockets", "0"], ErrorKind::ValueValidation),

@@ -239,7 +239,7 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     }
     if args.only.contains(&Workload::Mechanisms) {
         // Boot, and connwatch's start-up under emulation (about a minute per traced run).
-        total += 60.0 + f64::from(args.rounds) * 5.0 * (f64::from(args.mechanism_seconds) + 60.0);
+        total += 60.0 + f64::from(args.rounds) * 5.0 * (f64::from(args.mechanism_seconds) + 150.0);
     }
     if args.only.contains(&Workload::Parallel) {
         total += 2.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);

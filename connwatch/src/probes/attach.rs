@@ -54,7 +54,7 @@ pub fn attach_all(
     let mut kernel = Kernel { layouts, btf: None };
     // Programs the kernel refused: a family's other hooks do not ask again (a refusal can
     // cost the verifier seconds).
-    let mut refused: Vec<(&'static str, String)> = Vec::new();
+    let mut refused: Vec<(&'static str, String, bool)> = Vec::new();
     for hook in HOOKS {
         if let Some(primary) = hook.instead_of
             && attached.iter().any(|a| a.hook.id() == primary)
@@ -69,20 +69,26 @@ pub fn attach_all(
         } else {
             preference(hook, mode)
         };
-        // The kernel lacks what the wanted mechanism would attach to (not the mechanism).
-        let mut wanted_target_absent = false;
+        let wanted = match mode {
+            AttachMode::Prefer(mechanism) => Some(mechanism),
+            AttachMode::Auto => None,
+        };
+        // The kernel lacks what the wanted mechanism would attach to (not the mechanism), or
+        // its verifier refused connwatch's program for it: the hook falls back as under auto.
+        let (mut wanted_target_absent, mut wanted_unverified) = (false, false);
         for variant in variants {
             if let Some(absent) = missing(hook, &variant) {
-                if let (Absent::Target(_), AttachMode::Prefer(wanted)) = (&absent, mode) {
-                    wanted_target_absent |= variant.mechanism == wanted;
+                if let Absent::Target(_) = absent {
+                    wanted_target_absent |= Some(variant.mechanism) == wanted;
                 }
                 reasons.push((Some(variant.mechanism), absent.into_reason()));
                 continue;
             }
-            if let Some((_, reason)) =
-                refused.iter().find(|(p, _)| variant.programs().any(|v| v == *p))
+            if let Some((_, reason, by_verifier)) =
+                refused.iter().find(|(p, ..)| variant.programs().any(|v| v == *p))
             {
                 reasons.push((Some(variant.mechanism), reason.clone()));
+                wanted_unverified |= *by_verifier && Some(variant.mechanism) == wanted;
                 continue;
             }
             match attach_one(ebpf, hook, variant, &mut kernel) {
@@ -90,21 +96,24 @@ pub fn attach_all(
                     live = Some(Attached { hook, variant, link });
                     break;
                 }
-                Err(Failure::Load(program, reason)) => {
+                Err(Failure::Load { program, reason, by_verifier }) => {
                     reasons.push((Some(variant.mechanism), reason.clone()));
-                    refused.push((program, reason));
+                    refused.push((program, reason, by_verifier));
+                    wanted_unverified |= by_verifier && Some(variant.mechanism) == wanted;
                 }
                 Err(Failure::Attach(reason)) => reasons.push((Some(variant.mechanism), reason)),
             }
         }
-        if let AttachMode::Prefer(wanted) = mode
+        if let Some(wanted) = wanted
             && live.as_ref().is_none_or(|l| l.variant.mechanism != wanted)
             && hook.variants.iter().any(|v| v.mechanism == wanted)
             && !left_out.contains(&hook.id())
             && !wanted_target_absent
+            && !wanted_unverified
         {
-            // An explicit mode is a promise: a hook that has a variant of it gets that one,
-            // unless this kernel lacks the hook's tracepoint or function altogether.
+            // An explicit mode is a promise that this kernel offers the mechanism: a hook
+            // that has a variant of it gets that one, unless the kernel lacks the hook's
+            // tracepoint or function altogether, or its verifier refuses that one program.
             return Err(ProbeError::Mode {
                 mode: wanted.name().replace('_', "-"),
                 hook: hook.id(),
@@ -225,11 +234,26 @@ impl Kernel<'_> {
     }
 }
 
-/// Why a variant did not attach: a program was refused (by the verifier, say), or it loaded
-/// and this hook would not take it.
+/// Why a variant did not attach: a program was refused, or it loaded and this hook would not
+/// take it.
 enum Failure {
-    Load(&'static str, String),
+    /// The kernel would not load the program: `by_verifier` when its verifier judged this
+    /// program (connwatch's program, not the mechanism, is at fault on this kernel), not when
+    /// the kernel refused the program type itself.
+    Load {
+        program: &'static str,
+        reason: String,
+        by_verifier: bool,
+    },
     Attach(String),
+}
+
+impl Failure {
+    fn load(program: &'static str, error: ProgramError) -> Self {
+        let by_verifier = matches!(&error, ProgramError::LoadError { verifier_log, .. }
+            if !verifier_log.to_string().trim().is_empty());
+        Self::Load { program, reason: describe(error), by_verifier }
+    }
 }
 
 fn attach_one(
@@ -293,7 +317,7 @@ fn program<'a>(
     name: &'static str,
 ) -> Result<&'a mut aya::programs::Program, Failure> {
     ebpf.program_mut(name)
-        .ok_or_else(|| Failure::Load(name, format!("program {name} missing from connwatch-ebpf")))
+        .ok_or_else(|| Failure::Attach(format!("program {name} missing from connwatch-ebpf")))
 }
 
 /// `name` loaded for (bound to) `function`, and attached.
@@ -325,7 +349,7 @@ fn load_once(
     loaded: bool,
     load: impl FnOnce() -> Result<(), ProgramError>,
 ) -> Result<(), Failure> {
-    if loaded { Ok(()) } else { load().map_err(|e| Failure::Load(name, describe(e))) }
+    if loaded { Ok(()) } else { load().map_err(|e| Failure::load(name, e)) }
 }
 
 pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
