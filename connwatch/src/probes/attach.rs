@@ -336,9 +336,7 @@ fn fentry_on(
 
 fn detach_fentry(ebpf: &mut Ebpf, links: Vec<(&'static str, FEntryLinkId)>) {
     for (name, link) in links {
-        if let Some(program) = ebpf.program_mut(name) {
-            let _ = <&mut FEntry>::try_from(program).and_then(|p| p.detach(link));
-        }
+        typed::<FEntry>(ebpf, name).map(|p| p.detach(link));
     }
 }
 
@@ -355,21 +353,26 @@ fn load_once(
 pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
     let name = attached.variant.program;
     // A failed detach leaves the link to be closed when the Ebpf is dropped.
-    let _ = match attached.link {
-        Link::Fentry(links) => Ok(detach_fentry(ebpf, links)),
-        link => match ebpf.program_mut(name) {
-            None => Ok(()),
-            Some(program) => match link {
-                Link::Raw(id) => <&mut RawTracePoint>::try_from(program).and_then(|p| p.detach(id)),
-                Link::Tracepoint(id) => {
-                    <&mut TracePoint>::try_from(program).and_then(|p| p.detach(id))
-                }
-                Link::Kprobe(ids) => <&mut KProbe>::try_from(program)
-                    .and_then(|p| ids.into_iter().try_for_each(|id| p.detach(id))),
-                Link::Fentry(_) => Ok(()),
-            },
-        },
-    };
+    match attached.link {
+        Link::Raw(id) => {
+            typed::<RawTracePoint>(ebpf, name).map(|p| p.detach(id));
+        }
+        Link::Tracepoint(id) => {
+            typed::<TracePoint>(ebpf, name).map(|p| p.detach(id));
+        }
+        Link::Kprobe(ids) => {
+            typed::<KProbe>(ebpf, name).map(|p| ids.into_iter().try_for_each(|id| p.detach(id)));
+        }
+        Link::Fentry(links) => detach_fentry(ebpf, links),
+    }
+}
+
+/// The loaded program `name`, as the type its links need.
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Option<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)?.try_into().ok()
 }
 
 /// An error with its causes, and the verifier's last words when it rejected the program.
