@@ -6,10 +6,7 @@
 //! all the same. Raw only among tracepoints: the socket address is all it needs. Or the function
 //! that fires it, `tcp_v4_destroy_sock(struct sock *sk)` (IPv6 sockets pass through it too).
 
-use aya_ebpf::{
-    macros::{fentry, kprobe, raw_tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext},
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use connwatch_common::{
     event::{DestroyEvent, KIND_DESTROY},
     socket::SOCKET_APP_CLOSED,
@@ -23,18 +20,10 @@ pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[kprobe]
-pub fn kp_tcp_destroy_sock(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_destroy(sk);
-    }
-    0
-}
-
-#[fentry(function = "tcp_v4_destroy_sock")]
-pub fn fentry_tcp_destroy_sock(ctx: FEntryContext) -> u32 {
-    on_destroy(ctx.arg(0));
-    0
+socket_functions! {
+    on_destroy;
+    kprobe kp_tcp_destroy_sock;
+    fentry fentry_tcp_destroy_sock on "tcp_v4_destroy_sock";
 }
 
 #[inline(always)]

@@ -3,10 +3,7 @@
 //! and the 4-tuple but no socket address, so it could not be joined to a socket. Or the function
 //! that fires it, `sk_error_report(struct sock *sk)` (5.14+), entered after the error is stored.
 
-use aya_ebpf::{
-    macros::{fentry, kprobe, raw_tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext},
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use connwatch_common::event::{ErrorEvent, KIND_ERROR};
 
 use crate::{emit, owner, policy, sock};
@@ -17,18 +14,10 @@ pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[kprobe]
-pub fn kp_sk_error_report(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_error_report(sk);
-    }
-    0
-}
-
-#[fentry(function = "sk_error_report")]
-pub fn fentry_sk_error_report(ctx: FEntryContext) -> u32 {
-    on_error_report(ctx.arg(0));
-    0
+socket_functions! {
+    on_error_report;
+    kprobe kp_sk_error_report;
+    fentry fentry_sk_error_report on "sk_error_report";
 }
 
 #[inline(always)]

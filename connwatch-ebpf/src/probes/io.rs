@@ -5,8 +5,8 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use connwatch_common::{
     event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND, SockSnapshot},
@@ -74,20 +74,12 @@ pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The function itself, `tcp_sendmsg_locked(struct sock *sk, struct msghdr *msg, size_t size)`
-/// (every kernel connwatch runs on; entered once per call, before any data moves).
-#[kprobe]
-pub fn kp_tcp_sendmsg_locked(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_sendmsg_locked(sk);
-    }
-    0
-}
-
-#[fentry(function = "tcp_sendmsg_locked")]
-pub fn fentry_tcp_sendmsg_locked(ctx: FEntryContext) -> u32 {
-    on_sendmsg_locked(ctx.arg(0));
-    0
+// The function itself, `tcp_sendmsg_locked(struct sock *sk, struct msghdr *msg, size_t size)`
+// (on every kernel connwatch runs on; entered once per call, before any data moves).
+socket_functions! {
+    on_sendmsg_locked;
+    kprobe kp_tcp_sendmsg_locked;
+    fentry fentry_tcp_sendmsg_locked on "tcp_sendmsg_locked";
 }
 
 #[inline(always)]

@@ -10,8 +10,8 @@
 //! (a reset, or a stray one off-host): a sent reset is timeline evidence only, never a finding.
 
 use aya_ebpf::{
-    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use connwatch_common::event::{KIND_RESET, RESET_RX, RESET_TX, ResetEvent};
 
@@ -49,42 +49,20 @@ pub fn raw_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[kprobe]
-pub fn kp_tcp_reset(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_reset(sk, RESET_RX);
-    }
-    0
+socket_functions! {
+    |sk| on_reset(sk, RESET_RX);
+    kprobe kp_tcp_reset;
+    fentry fentry_tcp_reset on "tcp_reset";
 }
 
-#[fentry(function = "tcp_reset")]
-pub fn fentry_tcp_reset(ctx: FEntryContext) -> u32 {
-    on_reset(ctx.arg(0), RESET_RX);
-    0
+// The three reset senders.
+socket_functions! {
+    |sk| on_reset(sk, RESET_TX);
+    kprobe kp_tcp_send_reset;
+    fentry fentry_tcp_v4_send_reset on "tcp_v4_send_reset";
+    fentry fentry_tcp_v6_send_reset on "tcp_v6_send_reset";
+    fentry fentry_tcp_send_active_reset on "tcp_send_active_reset";
 }
-
-/// The three reset senders: one kprobe program serves them (the socket is the first argument).
-#[kprobe]
-pub fn kp_tcp_send_reset(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_reset(sk, RESET_TX);
-    }
-    0
-}
-
-macro_rules! fentry_send_reset {
-    ($program:ident, $function:literal) => {
-        #[fentry(function = $function)]
-        pub fn $program(ctx: FEntryContext) -> u32 {
-            on_reset(ctx.arg(0), RESET_TX);
-            0
-        }
-    };
-}
-
-fentry_send_reset!(fentry_tcp_v4_send_reset, "tcp_v4_send_reset");
-fentry_send_reset!(fentry_tcp_v6_send_reset, "tcp_v6_send_reset");
-fentry_send_reset!(fentry_tcp_send_active_reset, "tcp_send_active_reset");
 
 /// `sk` is NULL for resets answering segments that match no socket: nothing to attribute.
 #[inline(always)]

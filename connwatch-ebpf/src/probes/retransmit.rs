@@ -6,8 +6,8 @@
 //! the 6.18 tracepoint does (its `err` tells them apart).
 
 use aya_ebpf::{
-    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent};
 
@@ -29,18 +29,10 @@ pub fn raw_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[kprobe]
-pub fn kp_tcp_retransmit_skb(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        on_retransmit(sk);
-    }
-    0
-}
-
-#[fentry(function = "__tcp_retransmit_skb")]
-pub fn fentry_tcp_retransmit_skb(ctx: FEntryContext) -> u32 {
-    on_retransmit(ctx.arg(0));
-    0
+socket_functions! {
+    on_retransmit;
+    kprobe kp_tcp_retransmit_skb;
+    fentry fentry_tcp_retransmit_skb on "__tcp_retransmit_skb";
 }
 
 #[inline(always)]

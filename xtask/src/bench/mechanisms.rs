@@ -12,10 +12,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::{
-    run::{cargo, workspace_root},
-    vm,
-};
+use crate::vm;
 
 /// The kernel's own events, which every mechanism can reach.
 const KERNEL_HOOKS: &[&str] = &[
@@ -84,20 +81,7 @@ impl Binaries {
 }
 
 fn build() -> anyhow::Result<Binaries> {
-    crate::prereqs::ensure_build()?;
-    crate::prereqs::run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "connwatch",
-        "--package",
-        "connwatch-tests",
-        "--bin",
-        "connwatch",
-        "--bin",
-        "cw-churner",
-    ]))?;
-    let release = workspace_root().join("target/release");
+    let release = vm::build_release_binaries()?;
     Ok(Binaries { connwatch: release.join("connwatch"), churner: release.join("cw-churner") })
 }
 

@@ -78,7 +78,6 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
             );
         }
     }
-    prereqs::ensure_build()?;
     let tests = build(&args.tests)?;
     let executables: Vec<PathBuf> =
         tests.binaries.iter().chain(&tests.executables).cloned().collect();
@@ -155,9 +154,10 @@ struct Built {
     connwatch: PathBuf,
 }
 
-/// Builds connwatch, the helper binaries and the chosen test executables, optimised: under
-/// emulation, a debug build's userspace (reading the kernel's BTF) takes minutes per test.
-fn build(tests: &[String]) -> anyhow::Result<Built> {
+/// Builds connwatch and the test helper binaries (cw-peer, cw-churner) for a guest, optimised;
+/// returns the directory that holds them.
+pub fn build_release_binaries() -> anyhow::Result<PathBuf> {
+    prereqs::ensure_build()?;
     prereqs::run(cargo().args([
         "build",
         "--release",
@@ -166,6 +166,13 @@ fn build(tests: &[String]) -> anyhow::Result<Built> {
         "--package",
         "connwatch-tests",
     ]))?;
+    Ok(workspace_root().join("target/release"))
+}
+
+/// Builds connwatch, the helper binaries and the chosen test executables, optimised: under
+/// emulation, a debug build's userspace (reading the kernel's BTF) takes minutes per test.
+fn build(tests: &[String]) -> anyhow::Result<Built> {
+    let release = build_release_binaries()?;
     let mut command = cargo();
     command.args([
         "test",
@@ -194,7 +201,6 @@ fn build(tests: &[String]) -> anyhow::Result<Built> {
     if executables.len() != tests.len() {
         bail!("expected {} test executables, cargo built {}", tests.len(), executables.len());
     }
-    let release = workspace_root().join("target/release");
     let binaries = ["connwatch", "cw-peer", "cw-churner"].iter().map(|b| release.join(b)).collect();
     Ok(Built { executables, binaries, connwatch: release.join("connwatch") })
 }
