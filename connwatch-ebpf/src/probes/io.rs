@@ -5,8 +5,8 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{fexit, raw_tracepoint, tracepoint},
+    programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
 use connwatch_common::{
     event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND, SockSnapshot},
@@ -59,6 +59,28 @@ pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
     on_io(ctx.arg(0), ctx.arg(1), Path::Recv);
+    0
+}
+
+/// Where the socket-layer tracepoints are missing (before 6.4) but BPF trampolines work: the
+/// return of `tcp_recvmsg(struct sock *sk, ...)` and `tcp_sendmsg(struct sock *sk, ...)`, the
+/// TCP calls under every read and write of a TCP socket (checked against 6.1 and 6.18), with
+/// the same result the tracepoints report. The result is read with `bpf_get_func_ret` (5.17+),
+/// so the argument count may differ between kernels. Instead of twelve syscall tracepoints,
+/// which put every syscall of every process on the traced path.
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i64>() {
+        on_io(ctx.arg(0), ret as i32, Path::Recv);
+    }
+    0
+}
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i64>() {
+        on_io(ctx.arg(0), ret as i32, Path::Send);
+    }
     0
 }
 

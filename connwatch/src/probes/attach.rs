@@ -5,8 +5,9 @@ use std::error::Error as _;
 use aya::{
     Btf, Ebpf,
     programs::{
-        FEntry, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
-        kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
+        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
 
@@ -32,7 +33,14 @@ enum Link {
     /// One per function.
     Kprobe(Vec<KProbeLinkId>),
     /// `(program, link)` per function.
-    Fentry(Vec<(&'static str, FEntryLinkId)>),
+    Trampoline(Vec<(&'static str, TrampolineLink)>),
+}
+
+/// A fentry or fexit program's link.
+#[derive(Debug)]
+enum TrampolineLink {
+    Entry(FEntryLinkId),
+    Exit(FExitLinkId),
 }
 
 /// An optional hook this kernel could not attach, or attached only in a reduced variant.
@@ -198,7 +206,7 @@ fn missing(hook: &Hook, variant: &Variant) -> Option<Absent> {
             (!tracefs::exists(hook.category, hook.name))
                 .then(|| Absent::Target(format!("this kernel has no {} tracepoint", hook.id())))
         }
-        Mechanism::Kprobe | Mechanism::Fentry => {
+        Mechanism::Kprobe | Mechanism::Fentry | Mechanism::Fexit => {
             if variant.mechanism == Mechanism::Kprobe
                 && let Some(reason) = functions::kprobes_missing()
             {
@@ -295,19 +303,18 @@ fn attach_one(
             }
             Ok(Link::Kprobe(links))
         }
-        Mechanism::Fentry => {
+        Mechanism::Fentry | Mechanism::Fexit => {
             let mut links = Vec::new();
             for (function, name) in variant.functions.iter().zip(variant.fentry_programs) {
-                let linked = fentry_on(ebpf, function, name, kernel);
-                match linked {
+                match trampoline_on(ebpf, variant.mechanism, function, name, kernel) {
                     Ok(link) => links.push((*name, link)),
                     Err(failure) => {
-                        detach_fentry(ebpf, links);
+                        detach_trampolines(ebpf, links);
                         return Err(failure);
                     }
                 }
             }
-            Ok(Link::Fentry(links))
+            Ok(Link::Trampoline(links))
         }
     }
 }
@@ -320,23 +327,33 @@ fn program<'a>(
         .ok_or_else(|| Failure::Attach(format!("program {name} missing from connwatch-ebpf")))
 }
 
-/// `name` loaded for (bound to) `function`, and attached.
-fn fentry_on(
+/// `name` (a fentry or fexit program) loaded for (bound to) `function`, and attached.
+fn trampoline_on(
     ebpf: &mut Ebpf,
+    mechanism: Mechanism,
     function: &str,
     name: &'static str,
     kernel: &mut Kernel<'_>,
-) -> Result<FEntryLinkId, Failure> {
+) -> Result<TrampolineLink, Failure> {
     let btf = kernel.btf()?;
-    let program: &mut FEntry =
-        program(ebpf, name)?.try_into().map_err(|e| Failure::Attach(describe(e)))?;
+    let program = program(ebpf, name)?;
+    let attached = |e| Failure::Attach(format!("{function}: {}", describe(e)));
+    if mechanism == Mechanism::Fexit {
+        let program: &mut FExit = program.try_into().map_err(attached)?;
+        load_once(name, program.fd().is_ok(), || program.load(function, btf))?;
+        return program.attach().map(TrampolineLink::Exit).map_err(attached);
+    }
+    let program: &mut FEntry = program.try_into().map_err(attached)?;
     load_once(name, program.fd().is_ok(), || program.load(function, btf))?;
-    program.attach().map_err(|e| Failure::Attach(format!("{function}: {}", describe(e))))
+    program.attach().map(TrampolineLink::Entry).map_err(attached)
 }
 
-fn detach_fentry(ebpf: &mut Ebpf, links: Vec<(&'static str, FEntryLinkId)>) {
+fn detach_trampolines(ebpf: &mut Ebpf, links: Vec<(&'static str, TrampolineLink)>) {
     for (name, link) in links {
-        typed::<FEntry>(ebpf, name).map(|p| p.detach(link));
+        match link {
+            TrampolineLink::Entry(id) => typed::<FEntry>(ebpf, name).map(|p| p.detach(id)),
+            TrampolineLink::Exit(id) => typed::<FExit>(ebpf, name).map(|p| p.detach(id)),
+        };
     }
 }
 
@@ -363,7 +380,7 @@ pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
         Link::Kprobe(ids) => {
             typed::<KProbe>(ebpf, name).map(|p| ids.into_iter().try_for_each(|id| p.detach(id)));
         }
-        Link::Fentry(links) => detach_fentry(ebpf, links),
+        Link::Trampoline(links) => detach_trampolines(ebpf, links),
     }
 }
 

@@ -13,6 +13,8 @@ pub enum Mechanism {
     RawTracepoint,
     /// `BPF_PROG_TYPE_TRACING` at a function's entry (BPF trampoline; Linux 5.5+, needs BTF).
     Fentry,
+    /// `BPF_PROG_TYPE_TRACING` at a function's return, with its result (as fentry).
+    Fexit,
     /// `BPF_PROG_TYPE_TRACEPOINT`: the record at tracefs `format` offsets.
     Tracepoint,
     /// `BPF_PROG_TYPE_KPROBE` at a function's entry (CONFIG_KPROBES).
@@ -24,6 +26,7 @@ impl Mechanism {
         match self {
             Self::RawTracepoint => "raw_tracepoint",
             Self::Fentry => "fentry",
+            Self::Fexit => "fexit",
             Self::Tracepoint => "tracepoint",
             Self::Kprobe => "kprobe",
         }
@@ -46,8 +49,8 @@ pub struct Variant {
     pub gives_up: Option<&'static str>,
     /// The kernel functions a kprobe or fentry variant attaches to (none for tracepoints).
     pub functions: &'static [&'static str],
-    /// fentry only: the program for each of `functions`, in order (the kernel binds a fentry
-    /// program to one function when it loads it).
+    /// fentry and fexit only: the program for each of `functions`, in order (the kernel binds
+    /// such a program to one function when it loads it).
     pub fentry_programs: &'static [&'static str],
 }
 
@@ -97,9 +100,22 @@ const fn kprobe(program: &'static str, functions: &'static [&'static str]) -> Va
 
 /// One fentry program per function: `programs[i]` on `functions[i]`.
 const fn fentry(functions: &'static [&'static str], programs: &'static [&'static str]) -> Variant {
+    trampoline(Mechanism::Fentry, functions, programs)
+}
+
+/// One fexit program per function, as [`fentry`].
+const fn fexit(functions: &'static [&'static str], programs: &'static [&'static str]) -> Variant {
+    trampoline(Mechanism::Fexit, functions, programs)
+}
+
+const fn trampoline(
+    mechanism: Mechanism,
+    functions: &'static [&'static str],
+    programs: &'static [&'static str],
+) -> Variant {
     assert!(functions.len() == programs.len() && !programs.is_empty());
     Variant {
-        mechanism: Mechanism::Fentry,
+        mechanism,
         program: programs[0],
         gives_up: None,
         functions,
@@ -266,7 +282,11 @@ pub static HOOKS: &[Hook] = &[
         category: "sock",
         name: "sock_send_length",
         role: Role::Observation,
-        variants: &[raw("raw_sock_send_length"), tp("tp_sock_send_length")],
+        variants: &[
+            raw("raw_sock_send_length"),
+            fexit(&["tcp_sendmsg"], &["fexit_tcp_sendmsg"]),
+            tp("tp_sock_send_length"),
+        ],
         instead_of: None,
     },
     // The classic record carries no socket address. The function is on every kernel connwatch
@@ -289,7 +309,11 @@ pub static HOOKS: &[Hook] = &[
         category: "sock",
         name: "sock_recv_length",
         role: Role::Observation,
-        variants: &[raw("raw_sock_recv_length"), tp("tp_sock_recv_length")],
+        variants: &[
+            raw("raw_sock_recv_length"),
+            fexit(&["tcp_recvmsg"], &["fexit_tcp_recvmsg"]),
+            tp("tp_sock_recv_length"),
+        ],
         instead_of: None,
     },
     syscall!("sys_exit_accept4"),
