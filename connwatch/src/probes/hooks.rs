@@ -43,22 +43,24 @@ impl fmt::Display for Mechanism {
 #[derive(Clone, Copy, Debug)]
 pub struct Variant {
     pub mechanism: Mechanism,
-    /// Program (function) name in connwatch-ebpf; for fentry, the first of `fentry_programs`.
+    /// Program (function) name in connwatch-ebpf; for fentry and fexit, the first of
+    /// `per_function`.
     pub program: &'static str,
     /// What this variant does not do that the first one does (a smaller bound, say).
     pub gives_up: Option<&'static str>,
-    /// The kernel functions a kprobe or fentry variant attaches to (none for tracepoints).
+    /// The kernel functions a kprobe, fentry or fexit variant attaches to (none for
+    /// tracepoints).
     pub functions: &'static [&'static str],
     /// fentry and fexit only: the program for each of `functions`, in order (the kernel binds
-    /// such a program to one function when it loads it).
-    pub fentry_programs: &'static [&'static str],
+    /// such a program to one function when it loads it); empty otherwise.
+    pub per_function: &'static [&'static str],
 }
 
 impl Variant {
     /// Every program this variant loads.
     pub fn programs(&self) -> impl Iterator<Item = &'static str> {
-        let one = self.fentry_programs.is_empty().then_some(self.program);
-        one.into_iter().chain(self.fentry_programs.iter().copied())
+        let one = self.per_function.is_empty().then_some(self.program);
+        one.into_iter().chain(self.per_function.iter().copied())
     }
 }
 
@@ -68,7 +70,7 @@ const fn raw(program: &'static str) -> Variant {
         program,
         gives_up: None,
         functions: &[],
-        fentry_programs: &[],
+        per_function: &[],
     }
 }
 
@@ -78,7 +80,7 @@ const fn tp(program: &'static str) -> Variant {
         program,
         gives_up: None,
         functions: &[],
-        fentry_programs: &[],
+        per_function: &[],
     }
 }
 
@@ -89,13 +91,7 @@ const fn tp_reduced(program: &'static str, gives_up: &'static str) -> Variant {
 
 /// One kprobe program on each of `functions`.
 const fn kprobe(program: &'static str, functions: &'static [&'static str]) -> Variant {
-    Variant {
-        mechanism: Mechanism::Kprobe,
-        program,
-        gives_up: None,
-        functions,
-        fentry_programs: &[],
-    }
+    Variant { mechanism: Mechanism::Kprobe, program, gives_up: None, functions, per_function: &[] }
 }
 
 /// One fentry program per function: `programs[i]` on `functions[i]`.
@@ -114,13 +110,7 @@ const fn trampoline(
     programs: &'static [&'static str],
 ) -> Variant {
     assert!(functions.len() == programs.len() && !programs.is_empty());
-    Variant {
-        mechanism,
-        program: programs[0],
-        gives_up: None,
-        functions,
-        fentry_programs: programs,
-    }
+    Variant { mechanism, program: programs[0], gives_up: None, functions, per_function: programs }
 }
 
 /// What a hook contributes; decides whether connwatch can run without it.

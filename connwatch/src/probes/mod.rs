@@ -6,9 +6,10 @@
 mod attach;
 pub mod btf;
 pub mod cost;
-mod functions;
 pub mod hooks;
 pub mod layouts;
+mod link;
+mod offered;
 pub mod privileges;
 mod skips;
 pub mod tracefs;
@@ -158,7 +159,7 @@ impl Probes {
     /// Detaches every program now (the maps stay readable for a final drain).
     pub fn detach(&mut self) {
         for attached in self.attached.drain(..) {
-            attach::detach(&mut self.ebpf, attached);
+            link::detach(&mut self.ebpf, attached);
         }
     }
 }

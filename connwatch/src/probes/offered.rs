@@ -1,10 +1,55 @@
-//! Kernel functions, for the hooks that attach to one (kprobe, fentry): whether the running
-//! kernel has it as a function of its own (a function the compiler inlined everywhere has no
-//! symbol, and nothing can attach to it), and whether this kernel offers kprobes at all.
+//! What the running kernel offers a hook's variant, checked before anything is loaded: the
+//! tracepoint; for kprobe, fentry and fexit the kernel function, which a function the compiler
+//! inlined everywhere lacks (no symbol, nothing to attach to); and kprobes at all.
 
 use std::{collections::HashSet, path::Path, sync::OnceLock};
 
-use super::tracefs::TRACEFS;
+use super::{
+    hooks::{Hook, Mechanism, Variant},
+    tracefs::{self, TRACEFS},
+};
+
+/// What the running kernel lacks for a variant.
+pub enum Absent {
+    /// The tracepoint or kernel function the variant attaches to.
+    Target(String),
+    /// The mechanism itself (kprobes).
+    Mechanism(String),
+}
+
+impl Absent {
+    pub fn into_reason(self) -> String {
+        match self {
+            Self::Target(reason) | Self::Mechanism(reason) => reason,
+        }
+    }
+}
+
+/// What the running kernel lacks for this variant, if anything (checked before anything is
+/// loaded).
+pub fn missing(hook: &Hook, variant: &Variant) -> Option<Absent> {
+    match variant.mechanism {
+        Mechanism::RawTracepoint | Mechanism::Tracepoint => {
+            (!tracefs::exists(hook.category, hook.name))
+                .then(|| Absent::Target(format!("this kernel has no {} tracepoint", hook.id())))
+        }
+        Mechanism::Kprobe | Mechanism::Fentry | Mechanism::Fexit => {
+            if variant.mechanism == Mechanism::Kprobe
+                && let Some(reason) = kprobes_missing()
+            {
+                return Some(Absent::Mechanism(reason));
+            }
+            let absent: Vec<&str> =
+                variant.functions.iter().copied().filter(|f| !exists(f)).collect();
+            (!absent.is_empty()).then(|| {
+                Absent::Target(format!(
+                    "this kernel has no function {} to attach to",
+                    absent.join(", ")
+                ))
+            })
+        }
+    }
+}
 
 /// The kernel's text symbols (`/proc/kallsyms`, types `t`/`T`), read once.
 fn text_symbols() -> &'static HashSet<String> {
