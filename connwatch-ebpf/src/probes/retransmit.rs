@@ -1,9 +1,10 @@
 //! Retransmissions: `tcp:tcp_retransmit_skb` (TP_PROTO(const struct sock *sk, const struct
 //! sk_buff *skb[, int err]); the record gained `err` in 6.x). Checked against 6.1 and 6.18.
-//! Or the function that fires it, `__tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb,
-//! int segs)`: every retransmission (timer, fast retransmit, loss probe) passes through it.
-//! Entered, it counts an attempt the host may refuse to send (the original still queued), as
-//! the 6.18 tracepoint does (its `err` tells them apart).
+//! Or `tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb, int segs)`, which timeouts and
+//! fast retransmits call: not `__tcp_retransmit_skb`, which fires the tracepoint but is inlined
+//! into it on 6.1 (a kprobe there saw only the loss probes that call it directly). Loss probes
+//! are therefore not seen this way. Entered, it counts an attempt the host may refuse to send
+//! (the original still queued), as the 6.18 tracepoint does (its `err` tells them apart).
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
@@ -32,7 +33,7 @@ pub fn raw_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
 socket_functions! {
     on_retransmit;
     kprobe kp_tcp_retransmit_skb;
-    fentry fentry_tcp_retransmit_skb on "__tcp_retransmit_skb";
+    fentry fentry_tcp_retransmit_skb on "tcp_retransmit_skb";
 }
 
 #[inline(always)]

@@ -262,7 +262,7 @@ pub static HOOKS: &[Hook] = &[
         fentry: ["fentry_tcp_v4_send_reset", "fentry_tcp_v6_send_reset", "fentry_tcp_send_active_reset"]),
     kernel_hook!("tcp", "tcp_retransmit_skb", Role::Events,
         raw: "raw_tcp_retransmit_skb", tracepoint: "tp_tcp_retransmit_skb",
-        kprobe: "kp_tcp_retransmit_skb" on ["__tcp_retransmit_skb"],
+        kprobe: "kp_tcp_retransmit_skb" on ["tcp_retransmit_skb"],
         fentry: ["fentry_tcp_retransmit_skb"]),
     // The classic record has no socket address, so it cannot be joined to a socket.
     kernel_hook!("sock", "inet_sk_error_report", Role::Events,
