@@ -139,28 +139,37 @@ pub(super) fn keep_send_start(sk: u64) -> bool {
     true
 }
 
-/// The start this CPU kept for the current thread's send on `sk`, taken (cleared).
+/// No start kept: `started_ns` 0.
+const NO_START: SendStart =
+    SendStart { pid_tgid: 0, sk: 0, started_ns: 0, snapshot: SockSnapshot::of_state(0) };
+
+/// The start this CPU kept for the current thread's send on `sk`, taken (cleared), or
+/// [`NO_START`]. A plain value, not an `Option`: the compiler may copy a `None`'s undefined
+/// payload through registers, and the verifier refuses to read a register never written
+/// (`R9 !read_ok`, which kept the raw and fexit send programs from loading).
 #[inline(always)]
-fn take_send_start(sk: u64) -> Option<SendStart> {
-    let slot = SEND_START.get_ptr_mut(0)?;
+fn take_send_start(sk: u64) -> SendStart {
+    let Some(slot) = SEND_START.get_ptr_mut(0) else {
+        return NO_START;
+    };
     // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
     let slot = unsafe { &mut *slot };
     if slot.sk != sk || slot.pid_tgid != bpf_get_current_pid_tgid() {
-        return None;
+        return NO_START;
     }
     slot.sk = 0;
-    Some(*slot)
+    *slot
 }
 
 #[inline(always)]
 pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let start = match path {
         Path::Send => take_send_start(sk),
-        _ => None,
+        _ => NO_START,
     };
     // Routine: data moved. EOF, errors and EAGAIN take the full look.
-    let started = start.map_or(0, |s| s.started_ns);
-    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, &Caller::current(started)) {
+    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, &Caller::current(start.started_ns))
+    {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
     }
@@ -172,7 +181,7 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let healthy_now = !policy::notable_socket(ends.state, &health);
     let mut snapshot = None;
     let mut started_ns = owner::now();
-    if let Some(start) = start {
+    if start.started_ns != 0 {
         // Judged as the call found the socket; the kernel's reaction comes after.
         ends.state = start.snapshot.state;
         snapshot = Some(start.snapshot);
