@@ -34,7 +34,12 @@ fn expect_no_findings(watching: &mut Watching, what: &str, min_sockets: usize) {
         findings.len(),
         findings.iter().map(describe).collect::<Vec<_>>().join("\n")
     );
-    assert_eq!(lost, 0, "{what}: events were lost, so the verdict could be incomplete");
+    assert_eq!(
+        lost,
+        0,
+        "{what}: events were lost, so the verdict could be incomplete (skipped by the kernel: {:?})",
+        watching.session.tracer.kernel_skips()
+    );
     println!(
         "{what}: {} sockets, {} events, no findings",
         sockets.len(),

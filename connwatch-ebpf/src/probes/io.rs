@@ -168,8 +168,7 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
         _ => NO_START,
     };
     // Routine: data moved. EOF, errors and EAGAIN take the full look.
-    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, &Caller::current(start.started_ns))
-    {
+    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, &Caller::current(start.started_ns)) {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
     }
