@@ -475,11 +475,18 @@ fn every_hook_attaches_on_this_kernel() {
             assert!(ready.hooks.iter().any(|(h, _)| *h == hook), "{hook}: {:?}", ready.hooks);
         }
     }
-    // An explicit mode names its mechanism for every hook that has a variant of it (and that
-    // the kernel has: those it lacks were checked above).
+    // An explicit mode names its mechanism for every hook that has a variant of it, where the
+    // kernel has what that variant attaches to (a hook without its tracepoint falls back, to
+    // fexit say, or is among the degraded ones checked above).
     if let AttachMode::Prefer(wanted) = attach_from_env() {
         let offered = |h: &&Hook| h.variants.iter().any(|v| v.mechanism == wanted);
-        let present = |h: &&Hook| !ready.degraded.iter().any(|(d, _)| *d == h.id());
+        let tracepoint = matches!(wanted, Mechanism::Tracepoint | Mechanism::RawTracepoint);
+        let attached = |id: &str| ready.hooks.iter().any(|(h, _)| h == id);
+        let present = |h: &&Hook| {
+            !ready.degraded.iter().any(|(d, _)| *d == h.id())
+                && (!tracepoint || tracefs::exists(h.category, h.name))
+                && h.instead_of.is_none_or(|primary| !attached(primary))
+        };
         for hook in HOOKS.iter().filter(offered).filter(present) {
             let got = ready.hooks.iter().find(|(h, _)| *h == hook.id()).map(|(_, m)| m.to_string());
             assert_eq!(got.as_deref(), Some(wanted.name()), "{}: {:?}", hook.id(), ready.hooks);
