@@ -142,9 +142,15 @@ fn epoll_sees_eof(tag: &str, server_addr: &str, port: u16, data: &str) {
     );
 }
 
-/// One call that reports 40 sockets: the one whose peer closed, the 40th, is reported with its
-/// RDHUP, and no entry goes unexamined (the unrolled programs stop at 16 and count the rest).
-fn crowd_examined_past_the_sixteenth(how: &str, via: Via, rdhup: &str, tag: &str, port: u16) {
+/// One call that reports `count` sockets: the last, whose peer closed, is reported with `told`
+/// (its RDHUP; for select, READ), and no entry goes unexamined (the unrolled programs stop at 16
+/// and count the rest).
+fn crowd_examined_past_the_sixteenth(
+    how: &str,
+    via: Via,
+    told_as: &str,
+    (tag, port, count): (&str, u16, usize),
+) {
     require_root();
     let topology = Topology::new(tag);
     let mut server = Peer::spawn(&topology.server);
@@ -152,17 +158,17 @@ fn crowd_examined_past_the_sixteenth(how: &str, via: Via, rdhup: &str, tag: &str
     let mut session = Session::start(traced(&[spid]));
     let addr = Topology::SERVER_V4;
     server.ok(&format!("listen {addr} {port}"));
-    let reply = server.ok(&format!("crowd {how} {addr} {port} 40"));
+    let reply = server.ok(&format!("crowd {how} {addr} {port} {count}"));
     let words: Vec<&str> = reply.split_whitespace().collect();
     let (fd, index): (i32, usize) = (words[1].parse().unwrap(), words[3].parse().unwrap());
     assert!(index >= 16, "the closed connection came {index}th: {reply}");
     let told = |e: &Event| match &e.detail {
         Detail::Readiness { fd: seen, via: seen_via, mask, .. } => {
-            *seen == fd && *seen_via == via && readiness_names(via, *mask).contains(&rdhup.into())
+            *seen == fd && *seen_via == via && readiness_names(via, *mask).contains(&told_as.into())
         }
         _ => false,
     };
-    session.wait_until(&format!("the crowd's {rdhup}"), |evs| {
+    session.wait_until(&format!("the crowd's {told_as}"), |evs| {
         evs.iter().any(|e| pid_of(e) == Some(spid) && told(e))
     });
     let summary = session.finish();
@@ -171,12 +177,19 @@ fn crowd_examined_past_the_sixteenth(how: &str, via: Via, rdhup: &str, tag: &str
 
 #[test]
 fn epoll_results_are_examined_past_the_sixteenth_entry() {
-    crowd_examined_past_the_sixteenth("epoll", Via::Epoll, "EPOLLRDHUP", "epcrowd", 22014);
+    crowd_examined_past_the_sixteenth("epoll", Via::Epoll, "EPOLLRDHUP", ("epcrowd", 22014, 40));
 }
 
 #[test]
 fn poll_results_are_examined_past_the_sixteenth_entry() {
-    crowd_examined_past_the_sixteenth("poll", Via::Poll, "POLLRDHUP", "pocrowd", 22015);
+    crowd_examined_past_the_sixteenth("poll", Via::Poll, "POLLRDHUP", ("pocrowd", 22015, 40));
+}
+
+/// select's sets are examined below descriptor 64: 25 connections (two descriptors each, the
+/// client ends too) stay under it.
+#[test]
+fn select_results_are_examined_past_the_sixteenth_descriptor() {
+    crowd_examined_past_the_sixteenth("select", Via::Select, "READ", ("secrowd", 22016, 25));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use connwatch::{
     probes::{
         AttachMode, Filters, LoadOptions,
         hooks::{HOOKS, Hook, Mechanism},
-        kernel_at_least, tracefs,
+        tracefs,
     },
 };
 use connwatch_tests::{
@@ -451,20 +451,17 @@ fn comm_filter_keeps_only_that_name() {
 /// Every hook whose tracepoint this kernel has must load and attach at full strength: an
 /// optional hook only degrades connwatch, so a program the verifier rejects (too complex after
 /// a change) would otherwise pass unnoticed as a warning. The exceptions are the kernels'
-/// own, listed in docs/kernels.md: tracepoints a kernel lacks, and on kernels before 6.18 (the
-/// 6.1 VM) select's results, whose loops 6.1's verifier refuses.
+/// own, listed in docs/kernels.md: tracepoints and functions a kernel lacks.
 #[test]
 fn every_hook_attaches_on_this_kernel() {
     require_root();
     let session = Session::start(LoadOptions::default());
     let ready = session.tracer.ready();
-    let before_6_18 = !kernel_at_least((6, 18));
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     for (hook, why) in &ready.degraded {
         let brief: String = why.chars().take(400).collect();
-        let select = ["syscalls:sys_exit_select", "syscalls:sys_exit_pselect6"].contains(&&**hook);
         assert!(
-            kernel_lacks_every_way(why) || (before_6_18 && select && why.starts_with("reduced")),
+            kernel_lacks_every_way(why),
             "{hook} did not attach in full on {}: {brief}",
             release.trim()
         );

@@ -10,9 +10,10 @@
 //! (a child process that shares the connection, writes one byte on it and holds it until this
 //! peer dies), `keepalive IDLE INTVL CNT` (seconds, probes), `echo COUNT` (answer COUNT
 //! one-byte requests), `ping-every MS COUNT` (a heartbeat: one byte out, its echo back, a
-//! pause), `crowd epoll|poll ADDR PORT COUNT` (COUNT connections to this peer's own listener,
-//! each with a byte to read, the last one's client closed; waits until one epoll_wait or poll
-//! reports them all, the last one with its RDHUP), `exit`.
+//! pause), `crowd epoll|poll|select ADDR PORT COUNT` (COUNT connections to this peer's own
+//! listener, each with a byte to read, the last one's client closed; waits until one
+//! epoll_wait, poll or select reports them all, the last one with its RDHUP or, for select,
+//! readable), `exit`.
 
 use std::{
     io::{self, BufRead, Write},
@@ -172,7 +173,8 @@ impl Peer {
                 match *how {
                     "epoll" => epoll_all(&accepted),
                     "poll" => poll_all(&accepted),
-                    other => panic!("crowd {other}: epoll or poll"),
+                    "select" => select_all(&accepted),
+                    other => panic!("crowd {other}: epoll, poll or select"),
                 }
             }
             ["epoll-wait"] => {
@@ -412,6 +414,33 @@ fn poll_all(fds: &[i32]) -> Reply {
         }
     }
     Err(io::Error::other("no POLLRDHUP"))
+}
+
+/// `fd F index I of N`: the last fd, once one select reported it readable (all of the crowd's
+/// descriptors must be below `FD_SETSIZE`).
+fn select_all(fds: &[i32]) -> Reply {
+    let index = fds.len() - 1;
+    let highest = fds.iter().copied().max().expect("a crowd");
+    for _ in 0..CROWD_CALLS {
+        let mut read: libc::fd_set = unsafe { zeroed() };
+        for &fd in fds {
+            unsafe { libc::FD_SET(fd, &mut read) };
+        }
+        let mut timeout = libc::timeval { tv_sec: 10, tv_usec: 0 };
+        let n = check(unsafe {
+            libc::select(
+                highest + 1,
+                &mut read,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut timeout,
+            )
+        })?;
+        if unsafe { libc::FD_ISSET(fds[index], &read) } {
+            return Ok(format!("fd {} index {index} of {n}", fds[index]));
+        }
+    }
+    Err(io::Error::other("never readable"))
 }
 
 fn sockaddr(addr: &str, port: &str) -> SocketAddr {

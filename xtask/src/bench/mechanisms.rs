@@ -25,9 +25,6 @@ const KERNEL_HOOKS: &[&str] = &[
 ];
 const MODES: &[&str] = &["raw-tracepoint", "fentry", "tracepoint", "kprobe"];
 const PORT: u16 = 7411;
-/// Left out of every traced run: churn never calls select, and 6.1's verifier spends minutes
-/// under emulation refusing its loop programs before settling on one descriptor per call.
-const LEFT_OUT: &str = "syscalls:sys_exit_select,syscalls:sys_exit_pselect6";
 /// A traced run in the guest: connwatch's start-up under emulation, the churn, the drain.
 const TRACED_RUN_S: u32 = 150;
 
@@ -85,8 +82,7 @@ fn build() -> anyhow::Result<Binaries> {
     Ok(Binaries { connwatch: release.join("connwatch"), churner: release.join("cw-churner") })
 }
 
-/// Each round: untraced, then every mode, the order rotated by one per round (select's hooks
-/// left out: see [`LEFT_OUT`]). A traced run
+/// Each round: untraced, then every mode, the order rotated by one per round. A traced run
 /// starts churning once connwatch has printed its ready line, and ends with SIGINT, which
 /// makes connwatch print its summary (with `program_cost`).
 fn guest_script(binaries: &Binaries, rounds: u32, seconds: u32) -> String {
@@ -110,7 +106,7 @@ fn guest_script(binaries: &Binaries, rounds: u32, seconds: u32) -> String {
             }
             let _ = write!(
                 script,
-                "{connwatch} trace --attach {mode} --leave-out {LEFT_OUT} --json > /tmp/trace.out 2> /tmp/trace.err &\n\
+                "{connwatch} trace --attach {mode} --json > /tmp/trace.out 2> /tmp/trace.err &\n\
                  tracer=$!\n\
                  until grep -q '\"ready\"' /tmp/trace.out; do\n\
                    kill -0 $tracer 2> /dev/null || {{ cat /tmp/trace.err; break; }}\n\
