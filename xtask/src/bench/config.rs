@@ -24,6 +24,9 @@ pub enum Config {
     ConnwatchWatch,
     /// `connwatch agent --json`: watch plus metrics, inventory and attribution.
     ConnwatchAgent,
+    /// `connwatch watch --json` with the kernel's BPF statistics on for its run alone: where
+    /// the others' throughput is measured without them, the run that reports program time.
+    ConnwatchWatchCosted,
 }
 
 impl Config {
@@ -48,6 +51,7 @@ impl Config {
             Self::ConnwatchTracepoint => "connwatch trace --attach tracepoint",
             Self::ConnwatchWatch => "connwatch watch",
             Self::ConnwatchAgent => "connwatch agent",
+            Self::ConnwatchWatchCosted => "connwatch watch, BPF statistics on",
         }
     }
 
@@ -64,7 +68,14 @@ impl Config {
                 | Self::ConnwatchTracepoint
                 | Self::ConnwatchWatch
                 | Self::ConnwatchAgent
+                | Self::ConnwatchWatchCosted
         )
+    }
+
+    /// Whether its run turns the kernel's BPF statistics on itself: they cost two clock reads
+    /// per program run, which a user's host does not pay.
+    pub const fn counts_bpf_time(self) -> bool {
+        matches!(self, Self::ConnwatchWatchCosted)
     }
 
     /// The tracer's argv (program first), or None for the untraced baseline.
@@ -78,7 +89,7 @@ impl Config {
             Self::Tcpstates => Some(vec![tools.tcpstates.display().to_string()]),
             Self::ConnwatchRaw => connwatch(&["trace", "--json"]),
             Self::ConnwatchTracepoint => connwatch(&["trace", "--json", "--attach", "tracepoint"]),
-            Self::ConnwatchWatch => connwatch(&["watch", "--json"]),
+            Self::ConnwatchWatch | Self::ConnwatchWatchCosted => connwatch(&["watch", "--json"]),
             Self::ConnwatchAgent => connwatch(&["agent", "--json", "--listen", "127.0.0.1:25743"]),
         }
     }

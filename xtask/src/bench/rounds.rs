@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
+    bpf_stats,
     config::{Config, Tools},
     tracer::{self, Poker, Tracer, TracerSample},
 };
@@ -77,6 +78,7 @@ fn traced<T>(
     let Some(tracer) = setup.start_tracer(config)? else {
         return Ok((workload()?, None));
     };
+    let _stats = config.counts_bpf_time().then(bpf_stats::enable).transpose()?;
     let window = tracer.begin_window()?;
     let result = workload()?;
     let sample = tracer.finish(window)?;
