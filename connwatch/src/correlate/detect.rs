@@ -83,16 +83,16 @@ pub fn on_event(track: &Track) -> Vec<(Kind, Option<Measures>)> {
 
 /// Told the stream had ended, the application came back for more, twice or more.
 fn eof_ignored(f: &Facts) -> bool {
-    f.eof_seen.first().is_some_and(|eof| f.polled_after_peer_close.count_after(eof) >= 2)
+    f.eof_seen().first().is_some_and(|eof| f.polled_after_peer_close.count_after(eof) >= 2)
 }
 
 /// A successful write that began after the peer had closed and after the application had been
 /// told so, proven unwanted by the peer's RST (or a failure) after it.
 fn write_after_peer_close(f: &Facts) -> bool {
-    let Some(write) = f.sent_ok_peer_closed.last() else {
+    let Some(write) = f.sent_ok_peer_closed().last() else {
         return false;
     };
-    let refused = f.reset.after(write) || f.app_error.after(write);
+    let refused = f.reset().after(write) || f.app_error().after(write);
     refused && told_peer_closed_before(f, write)
 }
 
@@ -101,20 +101,20 @@ fn write_after_peer_close(f: &Facts) -> bool {
 /// read between it and `t` (data read after it is what the application was answering).
 fn told_peer_closed_before(f: &Facts, t: u64) -> bool {
     let before = |at: Option<u64>| at.is_some_and(|at| at < t);
-    if before(f.eof_read.first()) || before(f.app_error.first()) {
+    if before(f.eof_read().first()) || before(f.app_error().first()) {
         return true;
     }
-    let told = match (f.told_ready.first(), f.told_ready.last()) {
+    let told = match (f.told_ready().first(), f.told_ready().last()) {
         (_, Some(last)) if last < t => last,
         (Some(first), _) if first < t => first,
         _ => return false,
     };
-    !f.data_read.last().is_some_and(|read| read > told && read < t)
+    !f.data_read().last().is_some_and(|read| read > told && read < t)
 }
 
 fn half_open_write(f: &Facts) -> Option<Measures> {
-    let (sent, snapshot) = (f.sent_into_void.last()?, f.void_snapshot?);
-    let since = f.retransmit.first().unwrap_or(sent);
+    let (sent, snapshot) = (f.sent_into_void().last()?, f.void_snapshot?);
+    let since = f.retransmit().first().unwrap_or(sent);
     Some(Measures {
         retransmits: f.retransmits.max(u32::from(snapshot.rto_retransmits)),
         seconds_without_progress: sent.saturating_sub(since) as f64 / 1e9,
@@ -129,23 +129,23 @@ struct ZeroThenUsed {
 /// SO_ERROR read 0 on a dead or dying socket, and the application went on to write. With an
 /// error seen before the 0 (the read cleared it), it is the error that was ignored.
 fn zero_so_error_then_used(f: &Facts) -> Option<ZeroThenUsed> {
-    let zero = f.false_healthy_read.first()?;
-    f.sent
-        .after(zero)
-        .then(|| ZeroThenUsed { error_seen_before: f.app_error.first().is_some_and(|e| e < zero) })
+    let zero = f.false_healthy_read().first()?;
+    f.sent().after(zero).then(|| ZeroThenUsed {
+        error_seen_before: f.app_error().first().is_some_and(|e| e < zero),
+    })
 }
 
 /// After an error it saw, the application read or wrote again.
 fn error_ignored(f: &Facts) -> bool {
-    f.app_error.first().is_some_and(|error| f.io.after(error))
+    f.app_error().first().is_some_and(|error| f.io().after(error))
 }
 
 /// After EINPROGRESS the connect failed, and the application used the socket before reading
 /// SO_ERROR (or never read it).
 fn connect_unverified(f: &Facts) -> bool {
-    match (f.connect_in_progress.first(), f.connect_failed.first(), f.io.first()) {
+    match (f.connect_in_progress().first(), f.connect_failed().first(), f.io().first()) {
         (Some(_), Some(_), Some(first_io)) => {
-            f.so_error_read.first().is_none_or(|read| read > first_io)
+            f.so_error_read().first().is_none_or(|read| read > first_io)
         }
         _ => false,
     }
@@ -155,12 +155,12 @@ fn connect_unverified(f: &Facts) -> bool {
 /// audited within it: the liveness audit asks the socket for its settings.
 pub fn idle_candidate(track: &Track, now: u64, t: &Thresholds) -> bool {
     let f = &track.facts;
-    let over = f.fin.first().is_some()
-        || f.reset.first().is_some()
-        || f.kernel_closed.first().is_some()
-        || f.app_closed.first().is_some();
+    let over = f.fin().first().is_some()
+        || f.reset().first().is_some()
+        || f.kernel_closed().first().is_some()
+        || f.app_closed().first().is_some();
     track.reported & (1 << Kind::LivenessUnchecked as u16) == 0
-        && f.established.first().is_some()
+        && f.established().first().is_some()
         && !over
         && track.owner.is_some()
         && track.fd.is_some()
@@ -201,9 +201,10 @@ pub fn next_deadline(track: &Track, t: &Thresholds) -> Option<u64> {
 /// was told, and that finding says more.
 fn close_wait_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
-    let fin = f.fin.first()?;
+    let fin = f.fin().first()?;
     let told = track.reported & (1 << Kind::EofIgnored as u16) != 0;
-    (f.left_close_wait.first().is_none() && f.app_closed.first().is_none() && !told).then_some(fin)
+    (f.left_close_wait().first().is_none() && f.app_closed().first().is_none() && !told)
+        .then_some(fin)
 }
 
 /// The reset's time, while the application that holds the socket (even one it accepted
@@ -211,8 +212,9 @@ fn close_wait_since(track: &Track) -> Option<u64> {
 /// process accepted them belong to no application.
 fn reset_unnoticed_since(track: &Track) -> Option<u64> {
     let f = &track.facts;
-    let reset = f.reset.first()?;
-    let held = f.app_touched.first().is_some();
-    let noticed = f.app_error.last().is_some_and(|e| e >= reset) || f.app_closed.first().is_some();
+    let reset = f.reset().first()?;
+    let held = f.app_touched().first().is_some();
+    let noticed =
+        f.app_error().last().is_some_and(|e| e >= reset) || f.app_closed().first().is_some();
     (held && !noticed).then_some(reset)
 }

@@ -347,8 +347,8 @@ impl Correlator {
             return;
         };
         let f = &track.facts;
-        let kernel_done = f.kernel_closed.first().is_some();
-        let app_done = f.app_closed.first().is_some() || f.app_touched.first().is_none();
+        let kernel_done = f.kernel_closed().first().is_some();
+        let app_done = f.app_closed().first().is_some() || f.app_touched().first().is_none();
         if kernel_done && app_done && detect::next_deadline(track, &self.thresholds).is_none() {
             self.finished.insert((track.last_ts + quiet_window(track), sock));
         }
@@ -383,7 +383,7 @@ impl Correlator {
 /// How long a finished socket must stay quiet before it is forgotten.
 fn quiet_window(track: &Track) -> u64 {
     let f = &track.facts;
-    let unaccepted = f.from_listener.first().is_some() && f.app_touched.first().is_none();
+    let unaccepted = f.from_listener().first().is_some() && f.app_touched().first().is_none();
     if unaccepted { ACCEPT_WINDOW_NS } else { REORDER_WINDOW_NS }
 }
 

@@ -63,66 +63,138 @@ impl Latest3 {
     }
 }
 
+/// Declares the facts kept as spans: `Fact`'s variants, and an accessor on `Facts` for each.
+macro_rules! span_facts {
+    ($($(#[$doc:meta])* $name:ident => $fact:ident,)*) => {
+        /// A fact kept as a [`Span`] (see [`Facts`]).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Fact {
+            $($fact,)*
+        }
+
+        // One bit each in `Spans::present`.
+        const _: () = assert!([$(Fact::$fact),*].len() <= 32);
+
+        impl Facts {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> Span {
+                    self.spans.get(Fact::$fact)
+                }
+            )*
+        }
+    };
+}
+
+span_facts! {
+    // What the kernel knew.
+    /// The connection was established (a state change, or an observation that found it so).
+    established => Established,
+    /// A child created by a listener (LISTEN -> SYN_RECV): until accepted, its application
+    /// may still come for it.
+    from_listener => FromListener,
+    /// The peer's FIN: the socket entered CLOSE_WAIT.
+    fin => Fin,
+    /// The socket left CLOSE_WAIT (close/shutdown: LAST_ACK; or CLOSE).
+    left_close_wait => LeftCloseWait,
+    /// The kernel's CLOSE state.
+    kernel_closed => KernelClosed,
+    /// An RST received, or ECONNRESET stored by the kernel.
+    reset => Reset,
+    /// The kernel failed the connection attempt (error in SYN_SENT, or SYN_SENT -> CLOSE).
+    connect_failed => ConnectFailed,
+    /// Retransmissions.
+    retransmit => Retransmit,
+    // What the application was told.
+    /// connect() returned EINPROGRESS.
+    connect_in_progress => ConnectInProgress,
+    /// SO_ERROR reads (any value).
+    so_error_read => SoErrorRead,
+    /// The application saw an error: SO_ERROR != 0, or a failed recv/send (not EAGAIN/EINTR).
+    app_error => AppError,
+    /// recv() returned data.
+    data_read => DataRead,
+    /// recv() returned 0: every byte the peer sent has been read, and it sends no more.
+    eof_read => EofRead,
+    /// Readiness that said the peer closed or the connection failed (RDHUP, HUP or ERR).
+    told_ready => ToldReady,
+    /// End-of-file seen: recv() == 0, or HUP readiness without ERR.
+    eof_seen => EofSeen,
+    /// SO_ERROR reads of 0 while the socket was closing, closed or retransmitting.
+    false_healthy_read => FalseHealthyRead,
+    // What the application did.
+    /// Any application observation but close: the application holds the socket.
+    app_touched => AppTouched,
+    /// The last holder closed its descriptor (a close that leaves other holders is not it).
+    app_closed => AppClosed,
+    /// recv/send calls (any result).
+    io => Io,
+    /// Sends (any result).
+    sent => Sent,
+    /// Successful sends that began while the peer had already closed (by the socket's own
+    /// state at the start of the call).
+    sent_ok_peer_closed => SentOkPeerClosed,
+    /// Successful sends while the kernel had timed out at least `Thresholds::retransmits`
+    /// times without an acknowledgement, and the worst such snapshot.
+    sent_into_void => SentIntoVoid,
+}
+
 /// What the kernel did and what the application was told and did, each with its first and
 /// last time. The detectors (`detect.rs`) are conditions over these.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
-    // What the kernel knew.
-    /// The connection was established (a state change, or an observation that found it so).
-    pub established: Span,
-    /// A child created by a listener (LISTEN -> SYN_RECV): until accepted, its application
-    /// may still come for it.
-    pub from_listener: Span,
-    /// The peer's FIN: the socket entered CLOSE_WAIT.
-    pub fin: Span,
-    /// The socket left CLOSE_WAIT (close/shutdown: LAST_ACK; or CLOSE).
-    pub left_close_wait: Span,
-    /// The kernel's CLOSE state.
-    pub kernel_closed: Span,
-    /// An RST received, or ECONNRESET stored by the kernel.
-    pub reset: Span,
-    /// The kernel failed the connection attempt (error in SYN_SENT, or SYN_SENT -> CLOSE).
-    pub connect_failed: Span,
-    /// Retransmissions.
-    pub retransmit: Span,
+    /// The facts that happened (a socket sees a handful of the twenty-odd).
+    spans: Spans,
     pub retransmits: u32,
-
-    // What the application was told.
-    /// connect() returned EINPROGRESS.
-    pub connect_in_progress: Span,
-    /// SO_ERROR reads (any value).
-    pub so_error_read: Span,
-    /// The application saw an error: SO_ERROR != 0, or a failed recv/send (not EAGAIN/EINTR).
-    pub app_error: Span,
-    /// recv() returned data.
-    pub data_read: Span,
-    /// recv() returned 0: every byte the peer sent has been read, and it sends no more.
-    pub eof_read: Span,
-    /// Readiness that said the peer closed or the connection failed (RDHUP, HUP or ERR).
-    pub told_ready: Span,
-    /// End-of-file seen: recv() == 0, or HUP readiness without ERR.
-    pub eof_seen: Span,
-    /// SO_ERROR reads of 0 while the socket was closing, closed or retransmitting.
-    pub false_healthy_read: Span,
-
-    // What the application did.
-    /// Any application observation but close: the application holds the socket.
-    pub app_touched: Span,
-    /// The last holder closed its descriptor (a close that leaves other holders is not it).
-    pub app_closed: Span,
-    /// recv/send calls (any result).
-    pub io: Span,
-    /// Sends (any result).
-    pub sent: Span,
-    /// Successful sends that began while the peer had already closed (by the socket's own
-    /// state at the start of the call).
-    pub sent_ok_peer_closed: Span,
-    /// Successful sends while the kernel had timed out at least `Thresholds::retransmits`
-    /// times without an acknowledgement, and the worst such snapshot.
-    pub sent_into_void: Span,
     pub void_snapshot: Option<Snapshot>,
     /// Readiness reports and recv calls on a socket whose peer had closed (the latest three).
     pub polled_after_peer_close: Latest3,
+}
+
+impl Facts {
+    pub fn add(&mut self, fact: Fact, ts: u64) {
+        self.spans.get_mut(fact).add(ts);
+    }
+
+    /// A summarised record stands for calls from `ts` to `until`.
+    pub fn add_span(&mut self, fact: Fact, ts: u64, until: u64) {
+        let span = self.spans.get_mut(fact);
+        span.add(ts);
+        span.add(until.max(ts));
+    }
+}
+
+/// Spans of the facts that happened, in `Fact` order, one bit each in `present`: a tracked
+/// socket costs 16 bytes per fact it has, not per fact there is (65,536 tracked sockets held
+/// 23 spans each, 368 bytes, mostly never set).
+#[derive(Clone, Debug, Default)]
+struct Spans {
+    present: u32,
+    spans: Box<[Span]>,
+}
+
+impl Spans {
+    fn index(&self, fact: Fact) -> usize {
+        (self.present & ((1u32 << fact as u32) - 1)).count_ones() as usize
+    }
+
+    fn get(&self, fact: Fact) -> Span {
+        if self.present & (1 << fact as u32) == 0 {
+            return Span::default();
+        }
+        self.spans[self.index(fact)]
+    }
+
+    fn get_mut(&mut self, fact: Fact) -> &mut Span {
+        let at = self.index(fact);
+        if self.present & (1 << fact as u32) == 0 {
+            let mut spans = std::mem::take(&mut self.spans).into_vec();
+            spans.insert(at, Span::default());
+            self.spans = spans.into_boxed_slice();
+            self.present |= 1 << fact as u32;
+        }
+        &mut self.spans[at]
+    }
 }
 
 /// One tracked socket.
@@ -191,6 +263,9 @@ impl Track {
             self.timeline.remove(TIMELINE / 2);
         }
         let at = at.min(self.timeline.len());
+        // Grown one entry at a time (at most `TIMELINE` per socket): doubling left tens of
+        // thousands of tracked sockets with room for events they never see.
+        self.timeline.reserve_exact(1);
         self.timeline.insert(at, (ts, until, detail));
     }
 
@@ -213,158 +288,152 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
         other => other.snapshot().is_some_and(|s| s.state.name() == "ESTABLISHED"),
     };
     if established {
-        f.established.add(ts);
+        f.add(Fact::Established, ts);
     }
     match detail {
         Detail::State { old, new } => {
             match (old.name(), new.name()) {
-                ("LISTEN", "SYN_RECV") => f.from_listener.add(ts),
-                (_, "CLOSE_WAIT") => f.fin.add(ts),
-                ("CLOSE_WAIT", _) => f.left_close_wait.add(ts),
+                ("LISTEN", "SYN_RECV") => f.add(Fact::FromListener, ts),
+                (_, "CLOSE_WAIT") => f.add(Fact::Fin, ts),
+                ("CLOSE_WAIT", _) => f.add(Fact::LeftCloseWait, ts),
                 _ => {}
             }
             if new.name() == "CLOSE" {
-                f.kernel_closed.add(ts);
+                f.add(Fact::KernelClosed, ts);
                 if old.name() == "SYN_SENT" {
-                    f.connect_failed.add(ts);
+                    f.add(Fact::ConnectFailed, ts);
                 }
             }
             true
         }
         Detail::Reset { direction, .. } => {
             if direction.name() == "rx" {
-                f.reset.add(ts);
+                f.add(Fact::Reset, ts);
             }
             true
         }
         Detail::Error { errno, state } => {
             if errno.0 == libc::ECONNRESET {
-                f.reset.add(ts);
+                f.add(Fact::Reset, ts);
             }
             if matches!(state.name(), "SYN_SENT" | "CLOSE")
-                && f.connect_in_progress.first().is_some()
+                && f.connect_in_progress().first().is_some()
             {
-                f.connect_failed.add(ts);
+                f.add(Fact::ConnectFailed, ts);
             }
             true
         }
         Detail::Retransmit { .. } => {
-            f.retransmit.add(ts);
+            f.add(Fact::Retransmit, ts);
             f.retransmits += 1;
             true
         }
         Detail::SoError { value, snapshot, .. } => {
-            f.app_touched.add(ts);
-            f.so_error_read.add(ts);
+            f.add(Fact::AppTouched, ts);
+            f.add(Fact::SoErrorRead, ts);
             if value.is_some() {
-                f.app_error.add(ts);
+                f.add(Fact::AppError, ts);
             } else if peer_gone(snapshot) || snapshot.rto_retransmits > 0 {
-                f.false_healthy_read.add(ts);
+                f.add(Fact::FalseHealthyRead, ts);
             }
             true
         }
         Detail::Readiness { via, mask, snapshot, .. } => {
-            span(&mut f.app_touched, ts, until);
+            f.add_span(Fact::AppTouched, ts, until);
             if peer_gone(snapshot) {
                 f.polled_after_peer_close.add(until);
             }
             // HUP alone is the end of the stream; with ERR it is a failure (a refused
             // connect polls HUP|ERR), which is no EOF to ignore.
             if *via != Via::Select && mask & EPOLLHUP != 0 && mask & EPOLLERR == 0 {
-                f.eof_seen.add(until);
+                f.add(Fact::EofSeen, until);
             }
             let told = *via != Via::Select && mask & (EPOLLHUP | EPOLLRDHUP | EPOLLERR) != 0;
             if told {
-                f.told_ready.add(until);
+                f.add(Fact::ToldReady, until);
             }
             told || unhealthy(snapshot)
         }
         Detail::Recv { io, snapshot } => {
-            span(&mut f.app_touched, ts, until);
-            span(&mut f.io, ts, until);
+            f.add_span(Fact::AppTouched, ts, until);
+            f.add_span(Fact::Io, ts, until);
             if peer_gone(snapshot) {
                 f.polled_after_peer_close.add(until);
             }
             let eof = io.calls == 1 && io.last == Ok(0) && snapshot.peer_closed();
             if eof {
-                f.eof_seen.add(until);
-                f.eof_read.add(until);
+                f.add(Fact::EofSeen, until);
+                f.add(Fact::EofRead, until);
             }
             if io.bytes > 0 {
-                f.data_read.add(until);
+                f.add(Fact::DataRead, until);
             }
             failed(f, io, until) || eof || unhealthy(snapshot)
         }
         Detail::Send { io, snapshot } => {
-            span(&mut f.app_touched, ts, until);
-            span(&mut f.io, ts, until);
-            span(&mut f.sent, ts, until);
+            f.add_span(Fact::AppTouched, ts, until);
+            f.add_span(Fact::Io, ts, until);
+            f.add_span(Fact::Sent, ts, until);
             if io.last.is_ok() {
                 if peer_gone(snapshot) {
-                    f.sent_ok_peer_closed.add(ts);
+                    f.add(Fact::SentOkPeerClosed, ts);
                 }
                 if snapshot.rto_retransmits >= void_threshold {
-                    f.sent_into_void.add(until);
+                    f.add(Fact::SentIntoVoid, until);
                     f.void_snapshot = Some(*snapshot);
                 }
             }
-            failed(f, io, until) || unhealthy(snapshot) || f.fin.first().is_some()
+            failed(f, io, until) || unhealthy(snapshot) || f.fin().first().is_some()
         }
         Detail::Connect { result, .. } => {
-            f.app_touched.add(ts);
+            f.add(Fact::AppTouched, ts);
             if *result == Err(Errno(EINPROGRESS)) {
-                f.connect_in_progress.add(ts);
+                f.add(Fact::ConnectInProgress, ts);
             }
             true
         }
         Detail::Accept { .. } => {
-            f.app_touched.add(ts);
+            f.add(Fact::AppTouched, ts);
             true
         }
         // Every holder let go (a process exit closes its descriptors without close()).
         Detail::Destroy { .. } => {
-            f.kernel_closed.add(ts);
-            f.left_close_wait.add(ts);
-            f.app_closed.add(ts);
+            f.add(Fact::KernelClosed, ts);
+            f.add(Fact::LeftCloseWait, ts);
+            f.add(Fact::AppClosed, ts);
             true
         }
         Detail::Seen { state, .. } => {
             match state.name() {
                 // Held (the inventory joins only sockets some process holds) and peer-closed.
                 "CLOSE_WAIT" => {
-                    f.fin.add(ts);
-                    f.app_touched.add(ts);
+                    f.add(Fact::Fin, ts);
+                    f.add(Fact::AppTouched, ts);
                 }
                 // Gone: no process holds it any more.
                 "CLOSE" => {
-                    f.left_close_wait.add(ts);
-                    f.kernel_closed.add(ts);
-                    f.app_closed.add(ts);
+                    f.add(Fact::LeftCloseWait, ts);
+                    f.add(Fact::KernelClosed, ts);
+                    f.add(Fact::AppClosed, ts);
                 }
-                _ => f.left_close_wait.add(ts),
+                _ => f.add(Fact::LeftCloseWait, ts),
             }
             true
         }
         Detail::Close { others, .. } => {
             if *others == 0 {
-                f.app_closed.add(ts);
+                f.add(Fact::AppClosed, ts);
             }
             true
         }
     }
 }
 
-/// A summarised record stands for calls from `ts` to `until`.
-fn span(s: &mut Span, ts: u64, until: u64) {
-    s.add(ts);
-    s.add(until.max(ts));
-}
-
 /// A failed recv/send (EAGAIN is routine, not a failure) is an error the application saw.
 fn failed(f: &mut Facts, io: &Io, ts: u64) -> bool {
     match io.last {
         Err(e) if e.0 != EAGAIN && e.0 != libc::EINTR => {
-            f.app_error.add(ts);
+            f.add(Fact::AppError, ts);
             true
         }
         _ => false,
@@ -379,4 +448,23 @@ fn peer_gone(s: &Snapshot) -> bool {
 /// A snapshot that already shows trouble (so the observation belongs in the timeline).
 fn unhealthy(s: &Snapshot) -> bool {
     s.state.name() != "ESTABLISHED" || s.sk_err.is_some() || s.rto_retransmits > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fact, Facts};
+
+    #[test]
+    fn facts_added_in_any_order_keep_their_own_times() {
+        let mut f = Facts::default();
+        f.add(Fact::SentIntoVoid, 50);
+        f.add(Fact::Established, 10);
+        f.add_span(Fact::Io, 20, 40);
+        f.add(Fact::Fin, 30);
+        f.add(Fact::Established, 5);
+        assert_eq!((f.established().first(), f.established().last()), (Some(5), Some(10)));
+        assert_eq!((f.io().first(), f.io().last()), (Some(20), Some(40)));
+        assert_eq!((f.fin().first(), f.sent_into_void().last()), (Some(30), Some(50)));
+        assert_eq!((f.reset().first(), f.app_closed().last()), (None, None));
+    }
 }
