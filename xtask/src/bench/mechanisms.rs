@@ -49,18 +49,19 @@ pub fn run(rounds: u32, seconds: u32) -> anyhow::Result<MechanismSection> {
     let script = guest_script(&binaries, rounds, seconds);
     let per_round = MODES.len() as u32 * (TRACED_RUN_S + seconds) + seconds;
     let timeout_min = 10 + u64::from(rounds * per_round) / 60;
-    let outcome = vm::boot(&binaries.all(), &script, 2048, timeout_min)?;
+    let outcome =
+        vm::boot(&binaries.all(), &script, 2048, timeout_min, &vm::console_log("mechanisms"))?;
     if !outcome.finished {
-        bail!("the guest did not finish (console: {})", vm::console_log().display());
+        bail!("the guest did not finish (console: {})", vm::console_log("mechanisms").display());
     }
-    let console = std::fs::read_to_string(vm::console_log())?;
+    let console = std::fs::read_to_string(vm::console_log("mechanisms"))?;
     let runs = parse(&console)?;
     let expected = rounds as usize * (MODES.len() + 1);
     if runs.len() != expected {
         bail!(
             "expected {expected} runs in the guest, read {} (console: {})",
             runs.len(),
-            vm::console_log().display()
+            vm::console_log("mechanisms").display()
         );
     }
     Ok(MechanismSection { kernel: outcome.kernel.unwrap_or_default(), seconds, runs })

@@ -11,6 +11,9 @@ use std::{
 
 use anyhow::Context as _;
 
+const KERNEL_COMMAND_LINE: &str = "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_panic=1 \
+                                   hung_task_panic=1 rdinit=/init";
+
 pub struct Boot<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
@@ -30,6 +33,8 @@ pub struct Outcome {
     pub failures: Vec<String>,
     /// The guest reached the end of its script.
     pub finished: bool,
+    /// The guest kernel's first report of a lockup, a hung task or a panic, if any.
+    pub kernel_trouble: Option<String>,
 }
 
 pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Outcome> {
@@ -45,7 +50,10 @@ pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Outcome> {
         .arg(boot.kernel)
         .arg("-initrd")
         .arg(boot.initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        // A soft lockup or hung task panics the guest, which then powers off at once
+        // (panic=-1 with -no-reboot) rather than run into the timeout; loglevel=5 puts the
+        // kernel's stack traces on the console.
+        .args(["-append", KERNEL_COMMAND_LINE])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -82,6 +90,12 @@ fn read_line(line: &str, outcome: &mut Outcome) {
             (Some("done"), _, _) => outcome.finished = true,
             _ => {}
         }
+    } else if outcome.kernel_trouble.is_none()
+        && ["soft lockup", "hung_task", "blocked for more than", "Kernel panic"]
+            .iter()
+            .any(|t| line.contains(t))
+    {
+        outcome.kernel_trouble = Some(line.trim().to_string());
     } else if let Some(result) = line.trim().strip_prefix("test result: ") {
         // "ok. 12 passed; 0 failed; 0 ignored; ..."
         for part in result.split(';') {
@@ -151,6 +165,8 @@ mod tests {
             "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
             "cw-vm: exit auto kernel_events 0",
             "cw-vm: exit tracepoint findings 101",
+            "[ 1184.905712] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [ip:3598]",
+            "[ 1185.005712] Kernel panic - not syncing: softlockup: hung tasks",
             "cw-vm: done",
         ] {
             read_line(line, &mut outcome);
@@ -159,5 +175,9 @@ mod tests {
         assert_eq!((outcome.passed, outcome.failed), (15, 2));
         assert_eq!(outcome.failures, ["tracepoint findings (exit 101)"]);
         assert!(outcome.finished);
+        assert_eq!(
+            outcome.kernel_trouble.as_deref(),
+            Some("[ 1184.905712] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [ip:3598]")
+        );
     }
 }
