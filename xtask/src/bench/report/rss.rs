@@ -7,8 +7,9 @@ use serde::Serialize;
 use super::{Target, TracerTotals, mib, targets_markdown, thousands};
 use crate::bench::{config::Config, rss::RssResult};
 
-/// Peak RSS connwatch watch should stay within while tracking 65,536 sockets.
-const PEAK_RSS_TARGET_MIB: f64 = 64.0;
+/// Peak RSS connwatch watch should stay within while tracking 65,536 sockets (issue 9; 64 MiB
+/// before it). 16 MiB of it is the default 8 MiB ring buffer, which the process maps twice.
+const PEAK_RSS_TARGET_MIB: f64 = 48.0;
 
 #[derive(Serialize)]
 pub struct RssSection {
