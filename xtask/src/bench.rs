@@ -70,10 +70,11 @@ pub struct BenchArgs {
     /// I/O request and reply size in bytes (cw-io --message-bytes).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     message_bytes: u32,
-    /// Rounds of the real-server workloads (each runs untraced, watch and agent once).
+    /// Rounds of the real-server workloads (each runs untraced, watch, agent and watch with BPF
+    /// statistics once).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     server_rounds: u32,
-    /// Seconds of wrk load per run.
+    /// Seconds of wrk load per run, and of pgbench's.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
     wrk_seconds: u32,
     /// redis-benchmark requests per run.
@@ -163,10 +164,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .transpose()?;
     let servers = selected(Workload::Servers)
         .then(|| -> anyhow::Result<Vec<servers::ServerSection>> {
-            prereqs::ensure_packages(&["nginx-light", "wrk", "redis-server", "redis-tools"])?;
+            prereqs::ensure_packages(&[
+                "nginx-light",
+                "wrk",
+                "redis-server",
+                "redis-tools",
+                "postgresql",
+            ])?;
             Ok(vec![
                 servers::nginx(&setup, args.server_rounds, args.wrk_seconds)?,
                 servers::redis(&setup, args.server_rounds, args.redis_requests)?,
+                servers::postgres(&setup, args.server_rounds, args.wrk_seconds)?,
             ])
         })
         .transpose()?;
@@ -234,7 +242,7 @@ fn estimate_s(args: &BenchArgs) -> f64 {
     if args.only.contains(&Workload::Servers) {
         let per_round =
             servers::CONFIGS.len() as f64 * (f64::from(args.wrk_seconds) + 3.0 + TRACER_OVERHEAD_S);
-        total += f64::from(args.server_rounds) * 2.0 * per_round;
+        total += f64::from(args.server_rounds) * 3.0 * per_round;
     }
     if args.only.contains(&Workload::Syscalls) {
         total += f64::from(args.server_rounds) * 2.0 * (2.0 + TRACER_OVERHEAD_S);

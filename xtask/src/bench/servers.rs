@@ -1,5 +1,6 @@
 //! Real servers under their own load generators, as users run them: nginx + wrk (32 keep-alive
-//! connections) and redis-server + redis-benchmark GET (20 clients), each untraced, under
+//! connections), redis-server + redis-benchmark GET (20 clients) and PostgreSQL + pgbench
+//! select-only (8 clients), each untraced, under
 //! `connwatch watch` and under `connwatch agent`, interleaved round by round. Reports median
 //! throughput and the share kept, measured without the kernel's BPF statistics (a user's host
 //! does not pay for them), and, from one more configuration that runs watch with them on, BPF
@@ -19,6 +20,7 @@ use super::{
 
 const NGINX_PORT: u16 = 25080;
 const REDIS_PORT: u16 = 25379;
+const POSTGRES_PORT: u16 = 25432;
 /// The configurations compared.
 pub const CONFIGS: [Config; 4] = [
     Config::Untraced,
@@ -83,6 +85,47 @@ pub fn redis(setup: &Setup<'_>, rounds: u32, requests: u32) -> anyhow::Result<Se
 
 fn rate(load: &Load) -> String {
     format!("{:.0} req/s", load.per_second)
+}
+
+pub fn postgres(setup: &Setup<'_>, rounds: u32, seconds: u32) -> anyhow::Result<ServerSection> {
+    let _postgres = real::postgres(POSTGRES_PORT);
+    let pgbench = real::postgres_bin().join("pgbench");
+    let pgbench = pgbench.to_str().context("pgbench's path is not UTF-8")?;
+    let port = POSTGRES_PORT.to_string();
+    let connection = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+    let init: Vec<&str> = ["-i", "-q", "-s", "1"].iter().chain(&connection).copied().collect();
+    real::run(pgbench, "postgresql", &[&init[..], &["postgres"]].concat());
+    let duration = seconds.to_string();
+    // Select-only: one indexed read per transaction, bound by CPU rather than the disk.
+    let load = ["-S", "-c", "8", "-j", "2", "-T", &duration];
+    let args: Vec<&str> = load.iter().chain(&connection).chain(&["postgres"]).copied().collect();
+    let run = || -> anyhow::Result<Load> {
+        let out = real::run(pgbench, "postgresql", &args);
+        parse_pgbench(&String::from_utf8_lossy(&out.stdout))
+    };
+    run()?;
+    let results = round_robin("postgres pgbench -S", &CONFIGS, rounds, setup, run, rate)?;
+    Ok(section(
+        "PostgreSQL + pgbench select-only",
+        format!("pgbench -S -c 8 -j 2 -T {seconds}"),
+        results,
+    ))
+}
+
+/// `number of transactions actually processed: 123456` and `tps = 24691.2 (without initial
+/// connection time)`.
+fn parse_pgbench(out: &str) -> anyhow::Result<Load> {
+    let value = |prefix: &str| {
+        out.lines().find_map(|l| l.trim().strip_prefix(prefix)).map(|rest| {
+            rest.split_whitespace().next().unwrap_or_default().split('/').next().unwrap_or_default()
+        })
+    };
+    let requests = value("number of transactions actually processed:").and_then(|v| v.parse().ok());
+    let per_second = value("tps =").and_then(|v| v.parse().ok());
+    match (requests, per_second) {
+        (Some(requests), Some(per_second)) => Ok(Load { requests, per_second }),
+        _ => bail!("no transactions or tps in pgbench's output: {out}"),
+    }
 }
 
 /// `Requests/sec:  12345.67` and `123456 requests in 5.00s`.
@@ -195,4 +238,21 @@ pub fn markdown(sections: &[ServerSection]) -> String {
         md += "\n";
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pgbench;
+
+    #[test]
+    fn reads_pgbench_transactions_and_tps() {
+        let out = "transaction type: <builtin: select only>\n\
+                   number of transactions actually processed: 123456\n\
+                   number of failed transactions: 0 (0.000%)\n\
+                   latency average = 0.324 ms\n\
+                   tps = 24691.234567 (without initial connection time)\n";
+        let load = parse_pgbench(out).unwrap();
+        assert_eq!((load.requests, load.per_second), (123_456, 24_691.234_567));
+        assert!(parse_pgbench("pgbench: error: connection refused\n").is_err());
+    }
 }
