@@ -10,8 +10,8 @@
 //!
 //! The fast path: a socket read healthy and ESTABLISHED is *trusted* until a kernel event on it
 //! (state change, reset, error, retransmission) clears that; while trusted, its owner's
-//! routine calls (data moved, readiness without HUP/RDHUP/ERR) are tallied after one map
-//! lookup, without reading the socket.
+//! routine calls (data moved, a read or write that would block, readiness without
+//! HUP/RDHUP/ERR) are tallied after one map lookup, without reading the socket.
 
 use connwatch_common::{
     config::FLAG_ALL_IO,

@@ -167,8 +167,11 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
         Path::Send => take_send_start(sk),
         _ => NO_START,
     };
-    // Routine: data moved. EOF, errors and EAGAIN take the full look.
-    if ret > 0 && policy::fast_tally(sk, path, ret as u64, 0, &Caller::current(start.started_ns)) {
+    // Routine: data moved, or none to move yet (EAGAIN: event-driven servers read and write
+    // until the call would block, once per request). EOF and errors take the full look.
+    let routine = ret > 0 || ret == EAGAIN;
+    let bytes = ret.max(0) as u64;
+    if routine && policy::fast_tally(sk, path, bytes, 0, &Caller::current(start.started_ns)) {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
     }
@@ -193,7 +196,6 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let eof = matches!(path, Path::Recv) && ret == 0;
     let failed = ret < 0 && ret != EAGAIN;
     let notable = eof || failed || policy::notable_socket(ends.state, &health);
-    let bytes = if ret > 0 { ret as u64 } else { 0 };
     let due = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns, Some(healthy_now));
     let info = owner::touch(sk);
     let Some(due) = due else {
