@@ -439,17 +439,22 @@ impl SelectSets {
             return false;
         }
         let lowest = any & any.wrapping_neg();
-        let fd = (lowest - 1).count_ones() as u64;
-        let bit = |set: u64, flag: i32| ((set >> fd) & 1) as i32 * flag;
-        let mask = bit(self.read, SELECT_READ)
-            | bit(self.write, SELECT_WRITE)
-            | bit(self.except, SELECT_EXCEPT);
-        on_ready_fd(fd as i32, mask, VIA_SELECT);
+        let fd = (lowest - 1).count_ones();
+        on_ready_fd(fd as i32, self.mask_of(fd), VIA_SELECT);
         self.read &= !lowest;
         self.write &= !lowest;
         self.except &= !lowest;
         self.seen += 1;
         true
+    }
+
+    /// What the sets say of descriptor `fd` (below 64): `SELECT_READ`, `_WRITE`, `_EXCEPT`.
+    #[inline(always)]
+    fn mask_of(&self, fd: u32) -> i32 {
+        let bit = |set: u64, flag: i32| (set.wrapping_shr(fd) & 1) as i32 * flag;
+        bit(self.read, SELECT_READ)
+            | bit(self.write, SELECT_WRITE)
+            | bit(self.except, SELECT_EXCEPT)
     }
 }
 
@@ -465,10 +470,7 @@ extern "C" fn select_step(index: u32, sets: *mut c_void) -> i64 {
     if any.wrapping_shr(index) == 0 {
         return 1;
     }
-    let bit = |set: u64, flag: i32| (set.wrapping_shr(index) & 1) as i32 * flag;
-    let mask = bit(sets.read, SELECT_READ)
-        | bit(sets.write, SELECT_WRITE)
-        | bit(sets.except, SELECT_EXCEPT);
+    let mask = sets.mask_of(index);
     if mask != 0 {
         on_ready_fd(index as i32, mask, VIA_SELECT);
         sets.seen += 1;

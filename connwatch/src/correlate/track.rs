@@ -135,7 +135,7 @@ span_facts! {
     /// state at the start of the call).
     sent_ok_peer_closed => SentOkPeerClosed,
     /// Successful sends while the kernel had timed out at least `Thresholds::retransmits`
-    /// times without an acknowledgement, and the worst such snapshot.
+    /// times without an acknowledgement.
     sent_into_void => SentIntoVoid,
 }
 
@@ -145,7 +145,9 @@ span_facts! {
 pub struct Facts {
     /// The facts that happened (a socket sees a handful of the twenty-odd).
     spans: Spans,
+    /// How many retransmissions (the `retransmit` fact's count).
     pub retransmits: u32,
+    /// The snapshot of the last `sent_into_void` send to arrive.
     pub void_snapshot: Option<Snapshot>,
     /// Readiness reports and recv calls on a socket whose peer had closed (the latest three).
     pub polled_after_peer_close: Latest3,
@@ -178,8 +180,12 @@ impl Spans {
         (self.present & ((1u32 << fact as u32) - 1)).count_ones() as usize
     }
 
+    fn has(&self, fact: Fact) -> bool {
+        self.present & (1 << fact as u32) != 0
+    }
+
     fn get(&self, fact: Fact) -> Span {
-        if self.present & (1 << fact as u32) == 0 {
+        if !self.has(fact) {
             return Span::default();
         }
         self.spans[self.index(fact)]
@@ -187,7 +193,7 @@ impl Spans {
 
     fn get_mut(&mut self, fact: Fact) -> &mut Span {
         let at = self.index(fact);
-        if self.present & (1 << fact as u32) == 0 {
+        if !self.has(fact) {
             let mut spans = std::mem::take(&mut self.spans).into_vec();
             spans.insert(at, Span::default());
             self.spans = spans.into_boxed_slice();

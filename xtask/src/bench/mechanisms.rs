@@ -49,19 +49,19 @@ pub fn run(rounds: u32, seconds: u32) -> anyhow::Result<MechanismSection> {
     let script = guest_script(&binaries, rounds, seconds);
     let per_round = MODES.len() as u32 * (TRACED_RUN_S + seconds) + seconds;
     let timeout_min = 10 + u64::from(rounds * per_round) / 60;
-    let outcome =
-        vm::boot(&binaries.all(), &script, 2048, timeout_min, &vm::console_log("mechanisms"))?;
+    let log = vm::console_log("mechanisms");
+    let outcome = vm::Guest::prepare(&binaries.all())?.boot(&script, 2048, timeout_min, &log)?;
     if !outcome.finished {
-        bail!("the guest did not finish (console: {})", vm::console_log("mechanisms").display());
+        bail!("the guest did not finish (console: {})", log.display());
     }
-    let console = std::fs::read_to_string(vm::console_log("mechanisms"))?;
+    let console = std::fs::read_to_string(&log)?;
     let runs = parse(&console)?;
     let expected = rounds as usize * (MODES.len() + 1);
     if runs.len() != expected {
         bail!(
             "expected {expected} runs in the guest, read {} (console: {})",
             runs.len(),
-            vm::console_log("mechanisms").display()
+            log.display()
         );
     }
     Ok(MechanismSection { kernel: outcome.kernel.unwrap_or_default(), seconds, runs })

@@ -105,11 +105,7 @@ pub fn postgres(setup: &Setup<'_>, rounds: u32, seconds: u32) -> anyhow::Result<
     };
     run()?;
     let results = round_robin("postgres pgbench -S", &CONFIGS, rounds, setup, run, rate)?;
-    Ok(section(
-        "PostgreSQL + pgbench select-only",
-        format!("pgbench -S -c 8 -j 2 -T {seconds}"),
-        results,
-    ))
+    Ok(section("PostgreSQL + pgbench select-only", format!("pgbench {}", load.join(" ")), results))
 }
 
 /// `number of transactions actually processed: 123456` and `tps = 24691.2 (without initial

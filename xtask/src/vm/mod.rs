@@ -84,11 +84,12 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         tests.binaries.iter().chain(&tests.executables).cloned().collect();
     // A fresh guest per mode: one mode's programs and namespaces never outlive it. (Once, in
     // fentry mode after three modes in one guest, both CPUs locked up: 2026-11-26.)
+    let guest = Guest::prepare(&executables)?;
     let mut outcomes = Vec::new();
     for mode in &args.modes {
         let log = console_log(mode);
         let script = test_runs(mode, args, &tests);
-        let outcome = boot(&executables, &script, args.memory, args.timeout_min, &log)?;
+        let outcome = guest.boot(&script, args.memory, args.timeout_min, &log)?;
         outcomes.push((mode, log, outcome));
     }
     let (mut passed, mut failed, mut trouble) = (0, 0, Vec::new());
@@ -121,46 +122,63 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 
 /// Where a boot's console output is kept: `target/vm/console-NAME.log`.
 pub fn console_log(name: &str) -> PathBuf {
-    workspace_root().join(format!("target/vm/console-{name}.log"))
+    cache().join(format!("console-{name}.log"))
 }
 
-/// Boots the 6.1 guest with `executables` (at their host paths) in its initramfs, runs
-/// `script` as root once its file systems, modules and loopback are up, and reads the console
-/// (kept in `log`) until the guest powers off.
-pub fn boot(
-    executables: &[PathBuf],
-    script: &str,
-    memory_mib: u32,
-    timeout_min: u64,
-    log: &std::path::Path,
-) -> anyhow::Result<console::Outcome> {
-    prereqs::ensure_packages(VM_PACKAGES)?;
-    let cache = workspace_root().join("target/vm");
-    let kernel = kernel::fetch(&cache)?;
-    println!("xtask: guest kernel package {}", kernel.release);
-    let mut root = initramfs::Root::new(&cache.join("root"))?;
-    root.place(&PathBuf::from("/bin/busybox"), &PathBuf::from("/bin/busybox"))?;
-    for executable in executables {
-        root.executable(executable)?;
+/// The 6.1 guest, ready to boot: its kernel, and an initramfs root holding `executables` (at
+/// their host paths), the tools and the modules. Built once, booted once per script.
+pub struct Guest {
+    kernel: kernel::Kernel,
+    root: initramfs::Root,
+    modules: Vec<PathBuf>,
+}
+
+impl Guest {
+    pub fn prepare(executables: &[PathBuf]) -> anyhow::Result<Self> {
+        prereqs::ensure_packages(VM_PACKAGES)?;
+        let kernel = kernel::fetch(&cache())?;
+        println!("xtask: guest kernel package {}", kernel.release);
+        let mut root = initramfs::Root::new(&cache().join("root"))?;
+        root.place(&PathBuf::from("/bin/busybox"), &PathBuf::from("/bin/busybox"))?;
+        for executable in executables {
+            root.executable(executable)?;
+        }
+        for tool in GUEST_TOOLS {
+            root.executable(std::path::Path::new(tool))?;
+        }
+        let modules = initramfs::modules_in_order(&kernel.modules, MODULES)?;
+        for module in &modules {
+            let guest = PathBuf::from("/modules").join(module.file_name().expect("a module file"));
+            root.place(module, &guest)?;
+        }
+        Ok(Self { kernel, root, modules })
     }
-    for tool in GUEST_TOOLS {
-        root.executable(std::path::Path::new(tool))?;
+
+    /// Boots a fresh guest that runs `script` as root once its file systems, modules and
+    /// loopback are up, and reads the console (kept in `log`) until the guest powers off.
+    pub fn boot(
+        &self,
+        script: &str,
+        memory_mib: u32,
+        timeout_min: u64,
+        log: &std::path::Path,
+    ) -> anyhow::Result<console::Outcome> {
+        self.root.write("/init", &init_script(&self.modules, script), 0o755)?;
+        let initrd = cache().join("initramfs.cpio");
+        self.root.archive(&initrd)?;
+        console::boot(&console::Boot {
+            kernel: &self.kernel.image,
+            initrd: &initrd,
+            memory_mib,
+            log,
+            timeout: std::time::Duration::from_secs(timeout_min * 60),
+        })
     }
-    let modules = initramfs::modules_in_order(&kernel.modules, MODULES)?;
-    for module in &modules {
-        let guest = PathBuf::from("/modules").join(module.file_name().expect("a module file"));
-        root.place(module, &guest)?;
-    }
-    root.write("/init", &init_script(&modules, script), 0o755)?;
-    let initrd = cache.join("initramfs.cpio");
-    root.archive(&initrd)?;
-    console::boot(&console::Boot {
-        kernel: &kernel.image,
-        initrd: &initrd,
-        memory_mib,
-        log,
-        timeout: std::time::Duration::from_secs(timeout_min * 60),
-    })
+}
+
+/// Where the kernel package, the initramfs and the consoles are kept.
+fn cache() -> PathBuf {
+    workspace_root().join("target/vm")
 }
 
 /// Host tools the tests run inside the guest.
