@@ -11,6 +11,9 @@ pub const FILTER_PORTS: u32 = 2;
 pub const FILTER_COMM: u32 = 4;
 /// `--all-io`: report every recv, send and readiness call instead of summarising.
 pub const FLAG_ALL_IO: u32 = 8;
+/// Readiness results are examined only in processes that hold a socket needing attention
+/// (`ATTENTION`); `watch` and `agent` set it, `trace` reports every readiness.
+pub const FLAG_READINESS_ON_ATTENTION: u32 = 16;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.

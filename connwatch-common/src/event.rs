@@ -42,6 +42,10 @@ pub const SELECT_EXCEPT: i32 = 4;
 pub const COUNTER_READINESS_UNEXAMINED: u32 = 0;
 /// recv/send/readiness calls folded into summarising records rather than reported singly.
 pub const COUNTER_IO_SUMMARISED: u32 = 1;
+/// Ready entries of epoll_wait/poll/select results not examined because the process held no
+/// socket the kernel had anything to say about (`watch` and `agent`: no finding rests on
+/// readiness of a healthy connection).
+pub const COUNTER_READINESS_NOT_NEEDED: u32 = 2;
 pub const COUNTER_SLOTS: u32 = 4;
 
 /// Common to every record: what happened when, to which socket, owned by whom.

@@ -7,6 +7,7 @@ pub const MAP_LISTENERS: &str = "LISTENERS";
 pub const MAP_PID_FILTER: &str = "PID_FILTER";
 pub const MAP_PORT_FILTER: &str = "PORT_FILTER";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_ATTENTION: &str = "ATTENTION";
 
 /// The global the loader overrides with a [`crate::config::Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
@@ -18,6 +19,9 @@ pub const MAX_FILTER_PIDS: u32 = 64;
 pub const MAX_FILTER_PORTS: u32 = 64;
 pub const MAX_PENDING_CALLS: u32 = 16_384;
 pub const MAX_EPOLL_REGISTRATIONS: u32 = 65_536;
+/// Slots of the `ATTENTION` array, indexed by process id modulo this: processes that share a
+/// slot share a count, so a collision can only make a process look at readiness it need not.
+pub const ATTENTION_SLOTS: u32 = 65_536;
 
 /// How many entries of one epoll_wait/poll/select result the unrolled programs examine; the
 /// rest are counted in `COUNTER_READINESS_UNEXAMINED`.

@@ -82,8 +82,13 @@ pub struct IoState {
     pub _pad: [u8; 3],
     /// The owner the last slow path saw, so the fast path can tell the owner is unchanged.
     pub owner_tgid: u32,
+    /// The process this socket is counted against in `ATTENTION` (0: none): set when the
+    /// kernel has something to say about the socket, cleared when a look finds it healthy
+    /// again or it is destroyed. Swapped atomically (64 bits: the BPF instruction set has no
+    /// narrower exchange before its v3), so each count is taken back once.
+    pub attention_tgid: u64,
 }
-assert_size!(IoState, 152);
+assert_size!(IoState, 160);
 
 /// The socket as a send found it when it began (`tcp:tcp_sendmsg_locked`'s first hit in the
 /// call), kept per CPU until the call's `sock:sock_send_length` takes it. The thread and socket

@@ -5,6 +5,11 @@
 //! tracepoint); each variant only finds its arguments and calls the one handler in `probes/`.
 #![no_std]
 #![no_main]
+// The BPF target offers no atomic read-modify-write types (it claims no compare-and-swap), but
+// the instructions exist (BPF_XCHG, BPF_ADD with BPF_FETCH: Linux 5.12): `policy` reaches them
+// through the intrinsics.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics: atomic exchange and add on map values")]
 
 mod config;
 mod emit;

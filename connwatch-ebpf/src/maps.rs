@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use connwatch_common::{
     event::{COUNTER_SLOTS, KIND_SLOTS},
     names::{
-        MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
+        ATTENTION_SLOTS, MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
         MAX_PENDING_CALLS, MAX_SOCKETS,
     },
     socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, SendStart, SocketInfo},
@@ -48,6 +48,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 /// recv/send/readiness activity not yet reported, per socket (the summarising policy).
 #[map(name = "IO_STATE")]
 pub static IO_STATE: LruHashMap<u64, IoState> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Sockets the kernel had news of, per process (slot `tgid % ATTENTION_SLOTS`, changed only
+/// atomically): under `watch` and `agent`, a process with none skips the look at its readiness.
+#[map(name = "ATTENTION")]
+pub static ATTENTION: Array<u64> = Array::with_max_entries(ATTENTION_SLOTS, 0);
 
 /// epoll registrations: (process, epfd, user data) -> socket, learnt at epoll_ctl.
 #[map(name = "EPOLL_WATCH")]

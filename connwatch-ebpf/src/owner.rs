@@ -7,7 +7,7 @@
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use connwatch_common::socket::{ListenerKey, Owner, SocketInfo};
 
-use crate::maps::{IO_STATE, LISTENERS, SOCKETS};
+use crate::maps::{LISTENERS, SOCKETS};
 
 /// The process running this (process-context) hook.
 #[inline(always)]
@@ -39,7 +39,7 @@ const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
     let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
     let _ = SOCKETS.insert(&sk, &info, 0);
-    let _ = IO_STATE.remove(&sk);
+    crate::policy::release(sk);
     info
 }
 
@@ -116,7 +116,7 @@ pub fn app_closed(sk: u64, state: u8) {
 #[inline(always)]
 pub fn forget(sk: u64) {
     let _ = SOCKETS.remove(&sk);
-    let _ = IO_STATE.remove(&sk);
+    crate::policy::release(sk);
 }
 
 /// Remembers the connection's ports while the kernel has them, and supplies them once it has

@@ -16,14 +16,22 @@
 use connwatch_common::{
     config::FLAG_ALL_IO,
     event::COUNTER_IO_SUMMARISED,
-    names::IO_REPORT_INTERVAL_NS,
-    socket::{IoState, IoTally},
+    names::{ATTENTION_SLOTS, IO_REPORT_INTERVAL_NS},
+    socket::{IoState, IoTally, SOCKET_APP_CLOSED, SocketInfo},
     tcp::TCP_ESTABLISHED,
 };
 
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd, atomic_xchg};
+
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
-use crate::{config::conf, emit, maps::IO_STATE, owner::now, sock::Health};
+use crate::{
+    config::conf,
+    emit,
+    maps::{ATTENTION, IO_STATE},
+    owner::now,
+    sock::Health,
+};
 
 #[derive(Clone, Copy)]
 pub enum Path {
@@ -115,12 +123,87 @@ pub fn trusted(sk: u64) -> bool {
 }
 
 /// The kernel did something to the socket (state change, reset, error, retransmission):
-/// routine calls must look again.
+/// routine calls must look again. Unless `attention_of` is 0 (an owner not known, or news
+/// that needs none, such as ESTABLISHED), the socket also counts against that process in
+/// `ATTENTION` until a look finds it healthy again or it is gone.
 #[inline(always)]
-pub fn distrust(sk: u64) {
+pub fn distrust(sk: u64, attention_of: u32) {
+    let io = match IO_STATE.get_ptr_mut(&sk) {
+        Some(io) => io,
+        None if attention_of != 0 => {
+            let _ = IO_STATE.insert(&sk, &ZERO_IO_STATE, 0);
+            let Some(io) = IO_STATE.get_ptr_mut(&sk) else {
+                return;
+            };
+            io
+        }
+        None => return,
+    };
+    // SAFETY: a valid map value pointer.
+    unsafe { (*io).trusted = 0 };
+    if attention_of != 0 {
+        charge(io, attention_of);
+    }
+}
+
+/// The socket's tallies go (its life ended, or a new one began at its address), and with them
+/// its count in `ATTENTION`.
+#[inline(always)]
+pub fn release(sk: u64) {
     if let Some(io) = IO_STATE.get_ptr_mut(&sk) {
-        // SAFETY: a valid map value pointer.
-        unsafe { (*io).trusted = 0 };
+        discharge(io);
+    }
+    let _ = IO_STATE.remove(&sk);
+}
+
+/// Whether process `tgid` holds a socket needing attention (or shares its `ATTENTION` slot
+/// with one that does).
+#[inline(always)]
+pub fn needs_attention(tgid: u32) -> bool {
+    ATTENTION.get_ptr(tgid % ATTENTION_SLOTS).is_some_and(|slot| {
+        // SAFETY: a valid map value pointer; an aligned 8-byte load is never torn, and other
+        // CPUs change it only atomically.
+        (unsafe { core::ptr::read_volatile(slot) }) != 0
+    })
+}
+
+/// Counts the socket against `tgid` (moving any count it held against another process).
+#[inline(always)]
+fn charge(io: *mut IoState, tgid: u32) {
+    // SAFETY: a valid map value pointer; the field is only ever swapped atomically.
+    let previous =
+        unsafe { atomic_xchg::<u64, { Relaxed }>(&raw mut (*io).attention_tgid, tgid as u64) };
+    if previous != tgid as u64 {
+        attention_add(tgid, 1);
+        if previous != 0 {
+            attention_add(previous as u32, u64::MAX);
+        }
+    }
+}
+
+/// Whom news of this socket concerns: its owner, unless the owner let go of it (closed it)
+/// or is unknown (0).
+#[inline(always)]
+pub fn attention_of(info: &SocketInfo) -> u32 {
+    if info.flags & SOCKET_APP_CLOSED != 0 { 0 } else { info.owner.tgid }
+}
+
+/// Takes back the socket's count, if it holds one: exactly once, whoever races for it.
+#[inline(always)]
+fn discharge(io: *mut IoState) {
+    // SAFETY: a valid map value pointer; the field is only ever swapped atomically.
+    let previous = unsafe { atomic_xchg::<u64, { Relaxed }>(&raw mut (*io).attention_tgid, 0) };
+    if previous != 0 {
+        attention_add(previous as u32, u64::MAX);
+    }
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` takes one away) to `tgid`'s slot.
+#[inline(always)]
+fn attention_add(tgid: u32, delta: u64) {
+    if let Some(slot) = ATTENTION.get_ptr_mut(tgid % ATTENTION_SLOTS) {
+        // SAFETY: a valid map value pointer, changed only atomically.
+        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(slot, delta) };
     }
 }
 
@@ -169,9 +252,16 @@ pub fn tally(
     // SAFETY: a valid map value pointer; tallies of one socket race only with themselves.
     let io = unsafe { &mut *io };
     if let Some(healthy) = healthy_now {
-        // The caller is the owner from now on (it touches the socket).
+        // The caller is the owner from now on (it touches the socket), and the one whose
+        // readiness must be examined while the socket is not healthy.
+        let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
         io.trusted = healthy as u8;
-        io.owner_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        io.owner_tgid = caller;
+        if healthy {
+            discharge(io);
+        } else {
+            charge(io, caller);
+        }
     }
     let tally = select(io, path);
     let changed = notable || tally.last_state != state || tally.last_signature != signature;

@@ -188,6 +188,8 @@ impl CommonArgs {
                 comm: self.comm.clone(),
             },
             all_io: false,
+            // watch and agent: findings only (trace overrides it).
+            healthy_readiness: false,
             left_out: self.leave_out.clone(),
         }
     }
@@ -195,7 +197,7 @@ impl CommonArgs {
 
 impl TraceArgs {
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { all_io: self.all_io, ..self.common.load_options() }
+        LoadOptions { all_io: self.all_io, healthy_readiness: true, ..self.common.load_options() }
     }
 }
 
@@ -345,6 +347,8 @@ mod tests {
         assert_eq!(o.ring_buffer_bytes, 65536);
         assert_eq!(o.attach, AttachMode::Prefer(Mechanism::Tracepoint));
         assert_eq!(o.left_out, ["syscalls:sys_exit_select", "syscalls:sys_exit_pselect6"]);
+        assert!(o.healthy_readiness, "trace reports every readiness");
+        assert!(!watch(&["watch"]).common.load_options().healthy_readiness);
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Tracer {
             malformed: self.malformed,
             readiness_unexamined: folded.readiness_unexamined,
             io_summarised: folded.io_summarised,
+            readiness_not_needed: folded.readiness_not_needed,
             skipped: self.kernel_skips(),
             program_cost: match self.probes.attached.is_empty() {
                 true => self.cost_at_detach.clone(),

@@ -70,7 +70,11 @@ impl Watching {
 
     fn with(filters: Filters, thresholds: Thresholds) -> Self {
         Self {
-            session: Session::start(LoadOptions { filters, ..LoadOptions::default() }),
+            session: Session::start(LoadOptions {
+                filters,
+                healthy_readiness: false,
+                ..LoadOptions::default()
+            }),
             // As `watch` runs it: sockets can be asked for their settings (the liveness audit,
             // half-open-write's give-up time).
             correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS)

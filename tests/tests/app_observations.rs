@@ -240,6 +240,47 @@ fn poll_and_select_readiness() {
     }
 }
 
+/// As `watch` and `agent` load the programs: readiness is examined only in a process that holds
+/// a socket the kernel had news of. A healthy connection's poll and epoll results are counted,
+/// not reported; once the peer's FIN arrives, the same process's EPOLLRDHUP is reported.
+#[test]
+fn readiness_of_healthy_connections_is_counted_not_examined_for_findings() {
+    require_root();
+    let topology = Topology::new("rdneed");
+    let (addr, port) = (Topology::SERVER_V4, 22017);
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let mut session =
+        Session::start(LoadOptions { healthy_readiness: false, ..traced(&[spid, cpid]) });
+    server.ok(&format!("listen {addr} {port}"));
+    client.ok(&format!("connect {addr} {port}"));
+    let fd: i32 = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
+    client.ok("write 100");
+    assert!(server.ok("poll").starts_with("ready 1"));
+    server.ok("epoll-add ptr");
+    assert!(server.ok("epoll-wait").starts_with("ready 1"), "the 100 bytes are still unread");
+    client.ok("close");
+    assert!(server.ok("epoll-wait").starts_with("ready 1"));
+    let told = |e: &Event| {
+        pid_of(e) == Some(spid)
+            && matches!(&e.detail, Detail::Readiness { via: Via::Epoll, mask, .. }
+                if readiness_names(Via::Epoll, *mask).contains(&"EPOLLRDHUP".into()))
+    };
+    session.wait_until("the EPOLLRDHUP after the FIN", |evs| evs.iter().any(told));
+    let summary = session.finish();
+    let readiness: Vec<&Event> = session
+        .events
+        .iter()
+        .filter(|e| pid_of(e) == Some(spid) && e.detail.type_name() == "readiness")
+        .collect();
+    for e in &readiness {
+        assert_eq!(e.detail.fd(), Some(fd), "{}", describe(e));
+        assert_eq!(kstate(e), "CLOSE_WAIT", "healthy readiness reported: {}", describe(e));
+    }
+    assert!(summary.readiness_not_needed >= 2, "the poll and the first epoll_wait: {summary}");
+}
+
 #[test]
 fn a_write_into_close_wait_succeeds_then_the_next_fails_with_epipe() {
     let (_t, mut server, mut client, mut session, _) =

@@ -32,8 +32,8 @@ fn on_error_report(sk: u64) {
         return;
     }
     // Whatever the kernel did, routine calls must look at the socket again.
-    policy::distrust(sk);
     let info = owner::known(sk);
+    policy::distrust(sk, policy::attention_of(&info));
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;
         emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {

@@ -16,9 +16,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use connwatch_common::{
+    config::FLAG_READINESS_ON_ATTENTION,
     event::{
-        COUNTER_IO_SUMMARISED, COUNTER_READINESS_UNEXAMINED, KIND_READINESS, SELECT_EXCEPT,
-        SELECT_READ, SELECT_WRITE, VIA_EPOLL, VIA_POLL, VIA_SELECT,
+        COUNTER_IO_SUMMARISED, COUNTER_READINESS_NOT_NEEDED, COUNTER_READINESS_UNEXAMINED,
+        KIND_READINESS, SELECT_EXCEPT, SELECT_READ, SELECT_WRITE, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
     names::{READINESS_PER_CALL, READINESS_PER_CALL_LOOPED, SELECT_FDS},
     socket::{CALL_EPOLL_WAIT, CALL_POLL, CALL_SELECT, EpollKey, EpollTarget, PendingCall},
@@ -119,7 +120,7 @@ pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ready = ret(&ctx);
-    if ready <= 0 {
+    if !examined(ready) {
         return 0;
     }
     let mut scan = EpollScan {
@@ -186,7 +187,7 @@ fn on_epoll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let ready = ret(ctx);
-    if ready <= 0 {
+    if !examined(ready) {
         return 0;
     }
     let caller = Caller::current(0);
@@ -270,7 +271,7 @@ pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ready = ret(&ctx);
-    if ready <= 0 {
+    if !examined(ready) {
         return 0;
     }
     let mut scan = PollScan { fds: call.ptr, seen: 0 };
@@ -337,7 +338,7 @@ fn on_poll_result<const BOUND: u64>(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let ready = ret(ctx);
-    if ready <= 0 {
+    if !examined(ready) {
         return 0;
     }
     // Each ready entry is resolved where it is found: the verifier's work stays linear in the
@@ -483,7 +484,7 @@ extern "C" fn select_step(index: u32, sets: *mut c_void) -> i64 {
 fn select_result(ctx: &TracePointContext) -> Option<(u64, SelectSets)> {
     let call = syscall::take(CALL_SELECT)?;
     let ready = ret(ctx);
-    if ready <= 0 {
+    if !examined(ready) {
         return None;
     }
     let word = |ptr: u64| -> u64 {
@@ -520,6 +521,23 @@ fn on_ready_fd(fd: i32, mask: i32, via: u8) {
     if let Some(sk) = sock::sock_of_fd(fd as i64) {
         on_ready(sk, fd, mask, via);
     }
+}
+
+/// Whether a result of `ready` entries is to be examined: not when it has none, nor where the
+/// loader asked for readiness only when it can matter (`watch`, `agent`) and the calling
+/// process holds no socket the kernel had news of; such entries are counted.
+#[inline(always)]
+fn examined(ready: i64) -> bool {
+    if ready <= 0 {
+        return false;
+    }
+    if conf!(flags) & FLAG_READINESS_ON_ATTENTION == 0
+        || policy::needs_attention((bpf_get_current_pid_tgid() >> 32) as u32)
+    {
+        return true;
+    }
+    emit::count(COUNTER_READINESS_NOT_NEEDED, ready as u64);
+    false
 }
 
 /// Counts ready entries the bounded loops did not examine.

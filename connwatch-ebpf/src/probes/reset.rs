@@ -71,8 +71,8 @@ fn on_reset(sk: u64, direction: u8) {
         return;
     };
     // Whatever the kernel did, routine calls must look at the socket again.
-    policy::distrust(sk);
     let info = owner::known(sk);
+    policy::distrust(sk, policy::attention_of(&info));
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;
         emit::emit(KIND_RESET, sk, &info, &ends, |event: &mut ResetEvent| {

@@ -42,8 +42,8 @@ fn on_retransmit(sk: u64) {
         return;
     };
     // Whatever the kernel did, routine calls must look at the socket again.
-    policy::distrust(sk);
     let info = owner::known(sk);
+    policy::distrust(sk, policy::attention_of(&info));
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;
         emit::emit(KIND_RETRANSMIT, sk, &info, &ends, |event: &mut RetransmitEvent| {

@@ -79,8 +79,10 @@ fn on_state_change(sk: u64, old: i32, new: i32) {
 #[inline(always)]
 fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8) {
     // Whatever the kernel did, routine calls must look at the socket again.
-    policy::distrust(sk);
     let info = identify(sk, old, new, ends.sport);
+    // ESTABLISHED and a listener's stages are news nobody can misjudge yet.
+    let routine = matches!(new, TCP_ESTABLISHED | TCP_LISTEN | TCP_SYN_RECV);
+    policy::distrust(sk, if routine { 0 } else { policy::attention_of(&info) });
     if new == TCP_LISTEN {
         owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     } else if old == TCP_LISTEN {

@@ -6,7 +6,10 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray},
 };
 use connwatch_common::{
-    event::{COUNTER_IO_SUMMARISED, COUNTER_READINESS_UNEXAMINED, KIND_SLOTS},
+    event::{
+        COUNTER_IO_SUMMARISED, COUNTER_READINESS_NOT_NEEDED, COUNTER_READINESS_UNEXAMINED,
+        KIND_SLOTS,
+    },
     names::{MAP_COUNTERS, MAP_LOST},
 };
 
@@ -24,6 +27,8 @@ pub struct Folded {
     pub readiness_unexamined: u64,
     /// recv/send/readiness calls folded into summarising records.
     pub io_summarised: u64,
+    /// Ready entries of processes holding no socket needing attention (`watch`, `agent`).
+    pub readiness_not_needed: u64,
 }
 
 /// Lost events by kind, summed over CPUs.
@@ -59,6 +64,7 @@ impl LossCounters {
         Ok(Folded {
             readiness_unexamined: sum(COUNTER_READINESS_UNEXAMINED)?,
             io_summarised: sum(COUNTER_IO_SUMMARISED)?,
+            readiness_not_needed: sum(COUNTER_READINESS_NOT_NEEDED)?,
         })
     }
 

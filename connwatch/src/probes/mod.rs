@@ -19,7 +19,9 @@ use aya::{
     maps::{HashMap, MapError},
 };
 use connwatch_common::{
-    config::{Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO},
+    config::{
+        Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_READINESS_ON_ATTENTION,
+    },
     names::{
         GLOBAL_CONFIG, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER, MAX_FILTER_PIDS,
         MAX_FILTER_PORTS,
@@ -64,6 +66,11 @@ pub struct LoadOptions {
     pub filters: Filters,
     /// Report every recv, send and readiness call instead of summarising busy sockets.
     pub all_io: bool,
+    /// Examine readiness results of every process (`trace`). `watch` and `agent` turn it off:
+    /// a process is then looked at only while it holds a socket the kernel had news of
+    /// (connecting, peer closed, reset, error, retransmitting), since no finding rests on the
+    /// readiness of a healthy connection; the rest is counted (`readiness_not_needed`).
+    pub healthy_readiness: bool,
     /// Hooks (`category:name`) not to attach, as if this kernel lacked them: their stand-ins
     /// (if any) attach instead.
     pub left_out: Vec<String>,
@@ -76,6 +83,7 @@ impl Default for LoadOptions {
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             filters: Filters::default(),
             all_io: false,
+            healthy_readiness: true,
             left_out: Vec::new(),
         }
     }
@@ -193,6 +201,9 @@ fn validate(options: &LoadOptions) -> Result<(), ProbeError> {
 fn flag_bits(options: &LoadOptions) -> u32 {
     let filters = &options.filters;
     let mut bits = if options.all_io { FLAG_ALL_IO } else { 0 };
+    if !options.healthy_readiness {
+        bits |= FLAG_READINESS_ON_ATTENTION;
+    }
     if !filters.pids.is_empty() {
         bits |= FILTER_PIDS;
     }

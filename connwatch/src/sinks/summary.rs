@@ -25,6 +25,9 @@ pub struct Summary {
     pub readiness_unexamined: u64,
     /// recv/send/readiness calls folded into summarising records (reported as `calls`).
     pub io_summarised: u64,
+    /// Ready entries not examined because their process held no socket needing attention
+    /// (`watch`, `agent`; always 0 for `trace`).
+    pub readiness_not_needed: u64,
     /// `watch` only: findings by kind (every kind listed) and sockets evicted from tracking.
     pub watch: Option<WatchSummary>,
 }
@@ -57,6 +60,7 @@ impl Summary {
             "malformed": self.malformed,
             "readiness_unexamined": self.readiness_unexamined,
             "io_summarised": self.io_summarised,
+            "readiness_not_needed": self.readiness_not_needed,
         });
         if let Some(costs) = &self.program_cost {
             let costs: BTreeMap<_, _> = costs
@@ -86,7 +90,8 @@ impl fmt::Display for Summary {
         write!(
             f,
             "connwatch: {} events in {:.1} s ({}); lost {} ({}; skipped by the kernel: {}); \
-             malformed {}; readiness unexamined {}; I/O calls summarised {}",
+             malformed {}; readiness unexamined {}; I/O calls summarised {}; \
+             readiness not needed {}",
             self.total_events(),
             self.duration.as_secs_f64(),
             counts(&self.events),
@@ -95,7 +100,8 @@ impl fmt::Display for Summary {
             counts(&self.skipped),
             self.malformed,
             self.readiness_unexamined,
-            self.io_summarised
+            self.io_summarised,
+            self.readiness_not_needed
         )?;
         if let Some(watch) = &self.watch {
             let total: u64 = watch.findings.values().sum();
