@@ -8,6 +8,7 @@ pub const MAP_PID_FILTER: &str = "PID_FILTER";
 pub const MAP_PORT_FILTER: &str = "PORT_FILTER";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_ATTENTION: &str = "ATTENTION";
+pub const MAP_EPOLL_WATCH: &str = "EPOLL_WATCH";
 
 /// The global the loader overrides with a [`crate::config::Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";

@@ -110,6 +110,7 @@ impl Tracer {
             degraded: self.probes.skipped.iter().map(|s| (s.hook.id(), s.reason.clone())).collect(),
             uncounted_skips: self.probes.uncounted_skips(),
             ring_buffer_bytes: self.ring_buffer_bytes,
+            epoll_registrations_seeded: self.probes.epoll_seeded,
         }
     }
 

@@ -240,6 +240,35 @@ fn poll_and_select_readiness() {
     }
 }
 
+/// A registration made before connwatch started is read from /proc at start: the EPOLLRDHUP it
+/// reports after the peer's FIN is joined to the socket, with its descriptor.
+#[test]
+fn epoll_registered_before_connwatch_started_resolves_to_the_socket() {
+    require_root();
+    let topology = Topology::new("epold");
+    let (addr, port) = (Topology::SERVER_V4, 22018);
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let spid = server.pid();
+    server.ok(&format!("listen {addr} {port}"));
+    client.ok(&format!("connect {addr} {port}"));
+    let fd: i32 = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
+    server.ok("epoll-add ptr");
+    let mut session = Session::start(traced(&[spid, client.pid()]));
+    client.ok("close");
+    let ready = server.ok("epoll-wait");
+    assert!(ready.starts_with("ready 1"), "{ready}");
+    let told = |e: &Event| {
+        pid_of(e) == Some(spid)
+            && matches!(&e.detail, Detail::Readiness { via: Via::Epoll, mask, .. }
+                if readiness_names(Via::Epoll, *mask).contains(&"EPOLLRDHUP".into()))
+    };
+    session.wait_until("the EPOLLRDHUP of the older registration", |evs| evs.iter().any(told));
+    let e = session.events.iter().find(|e| told(e)).unwrap();
+    assert_eq!(e.detail.fd(), Some(fd), "{}", describe(e));
+    assert_eq!(kstate(e), "CLOSE_WAIT");
+}
+
 /// As `watch` and `agent` load the programs: readiness is examined only in a process that holds
 /// a socket the kernel had news of. A healthy connection's poll and epoll results are counted,
 /// not reported; once the peer's FIN arrives, the same process's EPOLLRDHUP is reported.

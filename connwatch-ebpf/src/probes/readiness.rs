@@ -36,7 +36,6 @@ use crate::{
 };
 
 const EPOLL_CTL_ADD: u64 = 1;
-const EPOLL_CTL_MOD: u64 = 3;
 /// EPOLLERR, EPOLLHUP, EPOLLRDHUP (the same bits as POLLERR, POLLHUP, POLLRDHUP).
 const HANGUP_OR_ERROR: i32 = 0x008 | 0x010 | 0x2000;
 
@@ -58,10 +57,15 @@ const POLLFD_SIZE: u64 = 8;
 /// in 60k); entries beyond any bound are counted in `COUNTER_READINESS_UNEXAMINED`.
 const FEW: u64 = 4;
 
+/// Registrations are learnt at ADD only. MOD, which event loops built like redis's `ae` call
+/// several times per request to re-arm write interest, returns at once: it keeps the data word
+/// in every event loop we know of (a MOD that changed it would leave the new word unknown, its
+/// readiness unreported, never misattributed to another live registration). Registrations
+/// older than connwatch are seeded from `/proc` at start (`EpollTarget::sk` 0, resolved when
+/// first reported).
 #[tracepoint]
 pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
-    let op = arg(&ctx, 1);
-    if op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD {
+    if arg(&ctx, 1) != EPOLL_CTL_ADD {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -73,20 +77,11 @@ pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_DATA) as *const u64) }) else {
         return 0;
     };
-    let key = EpollKey { tgid, epfd, data };
-    // A MOD that keeps the data word (servers re-arm write interest on every reply) changes
-    // nothing this map knows: one lookup and out. ADD always resolves the fd afresh.
-    if op == EPOLL_CTL_MOD
-        && let Some(known) = EPOLL_WATCH.get_ptr(&key)
-        // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
-        && unsafe { (*known).fd } == fd
-    {
-        return 0;
-    }
     let Some(sk) = sock::sock_of_fd(fd as i64) else {
         return 0;
     };
     if sock::tcp_endpoints(sk).is_some() {
+        let key = EpollKey { tgid, epfd, data };
         let _ = EPOLL_WATCH.insert(&key, &EpollTarget { sk, fd, _pad: 0 }, 0);
     }
     0
@@ -227,11 +222,25 @@ fn epoll_entry(events: u64, index: u64, epfd: i32, caller: &Caller) -> Entry {
     };
     let (mask, data) = (entry.events as i32, entry.data);
     let key = EpollKey { tgid: caller.tgid, epfd, data };
-    let Some(target) = EPOLL_WATCH.get_ptr(&key) else {
+    let Some(known) = EPOLL_WATCH.get_ptr_mut(&key) else {
         return Entry::Examined;
     };
     // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
-    let target = unsafe { *target };
+    let mut target = unsafe { *known };
+    if target.sk == 0 {
+        // Seeded from /proc at start: its descriptor is resolved once, by the process itself.
+        let Some(sk) = sock::sock_of_fd(target.fd as i64) else {
+            let _ = EPOLL_WATCH.remove(&key);
+            return Entry::Examined;
+        };
+        if sock::tcp_endpoints(sk).is_none() {
+            let _ = EPOLL_WATCH.remove(&key);
+            return Entry::Examined;
+        }
+        target.sk = sk;
+        // SAFETY: the same valid map value pointer.
+        unsafe { (*known).sk = sk };
+    }
     // Busy event loops: a trusted socket's routine readiness is one more lookup.
     let routine = mask & HANGUP_OR_ERROR == 0;
     if routine && policy::fast_tally(target.sk, Path::Readiness, 0, VIA_EPOLL as u32, caller) {

@@ -6,6 +6,7 @@
 mod attach;
 pub mod btf;
 pub mod cost;
+pub mod epoll_seed;
 pub mod hooks;
 pub mod layouts;
 mod link;
@@ -23,8 +24,8 @@ use connwatch_common::{
         Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_READINESS_ON_ATTENTION,
     },
     names::{
-        GLOBAL_CONFIG, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER, MAX_FILTER_PIDS,
-        MAX_FILTER_PORTS,
+        GLOBAL_CONFIG, MAP_EPOLL_WATCH, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER,
+        MAX_FILTER_PIDS, MAX_FILTER_PORTS,
     },
 };
 use thiserror::Error;
@@ -120,6 +121,8 @@ pub struct Probes {
     pub attached: Vec<Attached>,
     /// Optional hooks this kernel could not attach, with the reason.
     pub skipped: Vec<Skipped>,
+    /// Epoll registrations older than connwatch, read from `/proc` once the hooks were live.
+    pub epoll_seeded: usize,
 }
 
 impl Probes {
@@ -146,7 +149,10 @@ impl Probes {
         fill_filters(&mut ebpf, &options.filters)?;
         let (attached, skipped) =
             attach::attach_all(&mut ebpf, options.attach, &layouts, &options.left_out)?;
-        Ok(Self { ebpf, attached, skipped })
+        // After attaching: a registration made meanwhile is learnt by the kernel, and kept.
+        let epoll_seeded = epoll_seed::seed(&mut ebpf, std::process::id())
+            .map_err(|source| ProbeError::Map { map: MAP_EPOLL_WATCH, source })?;
+        Ok(Self { ebpf, attached, skipped, epoll_seeded })
     }
 
     /// `(hook, hits the kernel skipped)` for every attached hook (see [`skips`]).

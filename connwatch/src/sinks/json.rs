@@ -144,6 +144,7 @@ pub fn ready_json(ready: &Ready) -> Value {
         "degraded": degraded,
         "uncounted_skips": ready.uncounted_skips,
         "ring_buffer_bytes": ready.ring_buffer_bytes,
+        "epoll_registrations_seeded": ready.epoll_registrations_seeded,
     })
 }
 

@@ -28,6 +28,8 @@ pub struct Ready {
     /// Linux 6.7): losses there go unreported.
     pub uncounted_skips: Vec<String>,
     pub ring_buffer_bytes: u32,
+    /// Epoll registrations older than connwatch, learnt from `/proc` at start.
+    pub epoll_registrations_seeded: usize,
 }
 
 pub trait Sink {
