@@ -106,12 +106,16 @@ socket_functions! {
 
 #[inline(always)]
 fn on_sendmsg_locked(sk: u64) {
-    // SAFETY: this CPU's slot, read once.
-    let kept = SEND_START.get_ptr(0).map(|slot| unsafe { ((*slot).sk, (*slot).pid_tgid) });
-    if kept == Some((sk, bpf_get_current_pid_tgid())) {
+    let Some(slot) = SEND_START.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
+    let slot = unsafe { &mut *slot };
+    let thread = bpf_get_current_pid_tgid();
+    if slot.sk == sk && slot.pid_tgid == thread {
         return; // A later segment of the same call, or its syscall's entry kept it already.
     }
-    keep_send_start(sk);
+    keep_in(slot, sk, thread);
 }
 
 /// Keeps `sk` as the current thread's send finds it, in this CPU's slot, for the send's end
@@ -124,7 +128,11 @@ pub(super) fn keep_send_start(sk: u64) -> bool {
         return false;
     };
     // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
-    let slot = unsafe { &mut *slot };
+    keep_in(unsafe { &mut *slot }, sk, bpf_get_current_pid_tgid())
+}
+
+#[inline(always)]
+fn keep_in(slot: &mut SendStart, sk: u64, thread: u64) -> bool {
     // A trusted socket is ESTABLISHED with no error and no timeout: nothing to read.
     let snapshot = if policy::trusted(sk) {
         SockSnapshot::of_state(TCP_ESTABLISHED)
@@ -134,8 +142,7 @@ pub(super) fn keep_send_start(sk: u64) -> bool {
         };
         sock::snapshot(sk, ends.state, sock::health(sk))
     };
-    *slot =
-        SendStart { pid_tgid: bpf_get_current_pid_tgid(), sk, started_ns: owner::now(), snapshot };
+    *slot = SendStart { pid_tgid: thread, sk, started_ns: owner::now(), snapshot };
     true
 }
 

@@ -80,8 +80,17 @@ pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     let Some(sk) = sock::sock_of_fd(fd as i64) else {
         return 0;
     };
+    let key = EpollKey { tgid, epfd, data };
+    // Clients built on `ae` (redis-benchmark) delete and add the same registration per request:
+    // one that is known already needs no look at the socket and no map update.
+    if EPOLL_WATCH
+        .get_ptr(&key)
+        // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
+        .is_some_and(|known| unsafe { ((*known).sk, (*known).fd) } == (sk, fd))
+    {
+        return 0;
+    }
     if sock::tcp_endpoints(sk).is_some() {
-        let key = EpollKey { tgid, epfd, data };
         let _ = EPOLL_WATCH.insert(&key, &EpollTarget { sk, fd, _pad: 0 }, 0);
     }
     0

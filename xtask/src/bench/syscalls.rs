@@ -1,10 +1,12 @@
-//! The cost every enabled syscall tracepoint puts on every syscall of every process: with any
-//! `syscalls:sys_enter_*`/`sys_exit_*` program attached, each task takes the traced (slow)
-//! syscall entry and exit path, whether or not its syscall is one connwatch hooks. Measured as
-//! the time of a syscall connwatch does not hook (`getppid`), untraced and under `connwatch
-//! watch`, interleaved.
+//! What connwatch's syscall tracepoints cost the syscalls of every process, untraced and under
+//! `connwatch watch`, interleaved:
+//! - a syscall connwatch does not hook (`getppid`): with any `syscalls:sys_enter_*`/`sys_exit_*`
+//!   program attached, each task takes the traced (slow) entry and exit path;
+//! - the two hooked calls an event loop makes on every request when nothing is wrong:
+//!   `epoll_ctl(EPOLL_CTL_MOD)` re-arming interest with the same data word (redis's `ae`, wrk),
+//!   and `epoll_wait` with nothing ready (timeout 0).
 
-use std::{fmt::Write as _, time::Instant};
+use std::{fmt::Write as _, os::fd::AsRawFd, time::Instant};
 
 use serde::Serialize;
 
@@ -14,35 +16,99 @@ use super::{
 };
 
 const CALLS: u64 = 5_000_000;
+const EPOLL_CALLS: u64 = 2_000_000;
 const CONFIGS: [Config; 2] = [Config::Untraced, Config::ConnwatchWatch];
 
+/// ns per call of each syscall measured, in one round.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Timing {
-    pub ns_per_call: f64,
+    pub getppid: f64,
+    pub epoll_ctl_mod: f64,
+    pub epoll_wait_idle: f64,
 }
 
 #[derive(Serialize)]
 pub struct SyscallSection {
     pub calls: u64,
-    pub rounds: Vec<(Config, f64)>,
+    pub epoll_calls: u64,
+    pub rounds: Vec<(Config, Timing)>,
+}
+
+/// An epoll instance watching an idle listening TCP socket (never ready), with `data` = fd.
+struct IdleEpoll {
+    epfd: i32,
+    _listener: std::net::TcpListener,
+    event: libc::epoll_event,
+}
+
+impl IdleEpoll {
+    fn new() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        // SAFETY: plain syscalls on descriptors this struct owns.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        anyhow::ensure!(epfd >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+        let fd = listener.as_raw_fd();
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+        // SAFETY: as above; `event` outlives the call.
+        let added = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut event) };
+        anyhow::ensure!(added == 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+        Ok(Self { epfd, _listener: listener, event })
+    }
+
+    /// Re-arms the listener with the same data word, alternating the interest mask.
+    fn modify(&mut self, i: u64) {
+        let out = if i.is_multiple_of(2) { libc::EPOLLOUT as u32 } else { 0 };
+        self.event.events = libc::EPOLLIN as u32 | out;
+        let fd = self._listener.as_raw_fd();
+        // SAFETY: both descriptors are open; `event` outlives the call.
+        unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut self.event) };
+    }
+
+    fn wait(&self) {
+        let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `ready` holds 4 entries.
+        unsafe { libc::epoll_wait(self.epfd, ready.as_mut_ptr(), 4, 0) };
+    }
+}
+
+impl Drop for IdleEpoll {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is this struct's.
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+fn per_call(calls: u64, mut call: impl FnMut(u64)) -> f64 {
+    let start = Instant::now();
+    for i in 0..calls {
+        call(i);
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
 }
 
 pub fn run(setup: &Setup<'_>, rounds: u32) -> anyhow::Result<SyscallSection> {
-    let measure = || -> anyhow::Result<Timing> {
-        let start = Instant::now();
-        for _ in 0..CALLS {
+    let mut epoll = IdleEpoll::new()?;
+    let mut measure = || -> anyhow::Result<Timing> {
+        Ok(Timing {
             // SAFETY: getppid has no arguments and no side effects.
-            unsafe { libc::syscall(libc::SYS_getppid) };
-        }
-        Ok(Timing { ns_per_call: start.elapsed().as_nanos() as f64 / CALLS as f64 })
+            getppid: per_call(CALLS, |_| unsafe {
+                libc::syscall(libc::SYS_getppid);
+            }),
+            epoll_ctl_mod: per_call(EPOLL_CALLS, |i| epoll.modify(i)),
+            epoll_wait_idle: per_call(EPOLL_CALLS, |_| epoll.wait()),
+        })
     };
     measure()?; // warm-up
     let results = round_robin("syscalls", &CONFIGS, rounds, setup, measure, |t| {
-        format!("{:.0} ns/call", t.ns_per_call)
+        format!(
+            "getppid {:.0}, epoll_ctl MOD {:.0}, epoll_wait {:.0} ns/call",
+            t.getppid, t.epoll_ctl_mod, t.epoll_wait_idle
+        )
     })?;
     Ok(SyscallSection {
         calls: CALLS,
-        rounds: results.into_iter().map(|r| (r.config, r.workload.ns_per_call)).collect(),
+        epoll_calls: EPOLL_CALLS,
+        rounds: results.into_iter().map(|r| (r.config, r.workload)).collect(),
     })
 }
 
@@ -51,16 +117,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
+/// A table row: its label and the timing it shows.
+type Row = (&'static str, fn(&Timing) -> f64);
+
 pub fn markdown(s: &SyscallSection) -> String {
-    let of = |c: Config| median(s.rounds.iter().filter(|r| r.0 == c).map(|r| r.1).collect());
-    let (base, traced) = (of(Config::Untraced), of(Config::ConnwatchWatch));
-    let mut md = String::from("#### Syscalls connwatch does not hook: the traced entry path\n\n");
+    let of = |c: Config, pick: fn(&Timing) -> f64| {
+        median(s.rounds.iter().filter(|r| r.0 == c).map(|r| pick(&r.1)).collect())
+    };
+    let rows: [Row; 3] = [
+        ("`getppid` (not hooked)", |t| t.getppid),
+        ("`epoll_ctl` MOD, same data", |t| t.epoll_ctl_mod),
+        ("`epoll_wait`, nothing ready", |t| t.epoll_wait_idle),
+    ];
+    let mut md =
+        String::from("#### Syscalls: the traced entry path and the hooked routine calls\n\n");
     let _ = writeln!(
         md,
-        "{} `getppid` calls per run, medians over rounds.\n\n| configuration | ns / syscall |\n|---|---:|\n| untraced | {base:.1} |\n| connwatch watch | {traced:.1} |\n\nEvery syscall of every process pays {:.1} ns more ({:.2}x) while connwatch's syscall tracepoints are attached.\n",
-        s.calls,
-        traced - base,
-        traced / base
+        "{} `getppid` and {} of each epoll call per run, medians over rounds.\n\n\
+         | syscall | untraced ns | connwatch watch ns | added ns | ratio |\n|---|---:|---:|---:|---:|",
+        s.calls, s.epoll_calls
     );
+    for (name, pick) in rows {
+        let (base, traced) = (of(Config::Untraced, pick), of(Config::ConnwatchWatch, pick));
+        let _ = writeln!(
+            md,
+            "| {name} | {base:.1} | {traced:.1} | {:.1} | {:.2}x |",
+            traced - base,
+            traced / base
+        );
+    }
     md
 }
