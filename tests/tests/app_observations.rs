@@ -28,12 +28,22 @@ fn connected_without(
     port: u16,
     left_out: &[&str],
 ) -> (Topology, Peer, Peer, Session, i32) {
+    let left_out: Vec<String> = left_out.iter().map(|h| h.to_string()).collect();
+    connected_with(tag, server_addr, port, |o| LoadOptions { left_out, ..o })
+}
+
+/// [`connected`], traced with the options `adjust` makes of the usual ones.
+fn connected_with(
+    tag: &str,
+    server_addr: &str,
+    port: u16,
+    adjust: impl FnOnce(LoadOptions) -> LoadOptions,
+) -> (Topology, Peer, Peer, Session, i32) {
     require_root();
     let topology = Topology::new(tag);
     let mut server = Peer::spawn(&topology.server);
     let mut client = Peer::spawn(&topology.client);
-    let left_out = left_out.iter().map(|h| h.to_string()).collect();
-    let session = Session::start(LoadOptions { left_out, ..traced(&[server.pid(), client.pid()]) });
+    let session = Session::start(adjust(traced(&[server.pid(), client.pid()])));
     server.ok(&format!("listen {server_addr} {port}"));
     client.ok(&format!("connect {server_addr} {port}"));
     let fd = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
@@ -51,6 +61,15 @@ fn socket_of(events: &[Event], pid: u32, kind: &str) -> Option<SockId> {
 
 fn of_type<'a>(events: &'a [Event], sock: SockId, kind: &str) -> Vec<&'a Event> {
     events.iter().filter(|e| e.sock == sock && e.detail.type_name() == kind).collect()
+}
+
+/// An epoll result that told process `pid` of a peer's FIN (EPOLLRDHUP).
+fn told_rdhup(pid: u32) -> impl Fn(&Event) -> bool {
+    move |e| {
+        pid_of(e) == Some(pid)
+            && matches!(&e.detail, Detail::Readiness { via: Via::Epoll, mask, .. }
+                if readiness_names(Via::Epoll, *mask).contains(&"EPOLLRDHUP".into()))
+    }
 }
 
 fn kstate(e: &Event) -> &'static str {
@@ -258,12 +277,8 @@ fn epoll_registered_before_connwatch_started_resolves_to_the_socket() {
     client.ok("close");
     let ready = server.ok("epoll-wait");
     assert!(ready.starts_with("ready 1"), "{ready}");
-    let told = |e: &Event| {
-        pid_of(e) == Some(spid)
-            && matches!(&e.detail, Detail::Readiness { via: Via::Epoll, mask, .. }
-                if readiness_names(Via::Epoll, *mask).contains(&"EPOLLRDHUP".into()))
-    };
-    session.wait_until("the EPOLLRDHUP of the older registration", |evs| evs.iter().any(told));
+    let told = told_rdhup(spid);
+    session.wait_until("the EPOLLRDHUP of the older registration", |evs| evs.iter().any(&told));
     let e = session.events.iter().find(|e| told(e)).unwrap();
     assert_eq!(e.detail.fd(), Some(fd), "{}", describe(e));
     assert_eq!(kstate(e), "CLOSE_WAIT");
@@ -274,29 +289,20 @@ fn epoll_registered_before_connwatch_started_resolves_to_the_socket() {
 /// not reported; once the peer's FIN arrives, the same process's EPOLLRDHUP is reported.
 #[test]
 fn readiness_of_healthy_connections_is_counted_not_examined_for_findings() {
-    require_root();
-    let topology = Topology::new("rdneed");
-    let (addr, port) = (Topology::SERVER_V4, 22017);
-    let mut server = Peer::spawn(&topology.server);
-    let mut client = Peer::spawn(&topology.client);
-    let (spid, cpid) = (server.pid(), client.pid());
-    let mut session =
-        Session::start(LoadOptions { healthy_readiness: false, ..traced(&[spid, cpid]) });
-    server.ok(&format!("listen {addr} {port}"));
-    client.ok(&format!("connect {addr} {port}"));
-    let fd: i32 = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
+    let (_t, mut server, mut client, mut session, fd) =
+        connected_with("rdneed", Topology::SERVER_V4, 22017, |o| LoadOptions {
+            healthy_readiness: false,
+            ..o
+        });
+    let spid = server.pid();
     client.ok("write 100");
     assert!(server.ok("poll").starts_with("ready 1"));
     server.ok("epoll-add ptr");
     assert!(server.ok("epoll-wait").starts_with("ready 1"), "the 100 bytes are still unread");
     client.ok("close");
     assert!(server.ok("epoll-wait").starts_with("ready 1"));
-    let told = |e: &Event| {
-        pid_of(e) == Some(spid)
-            && matches!(&e.detail, Detail::Readiness { via: Via::Epoll, mask, .. }
-                if readiness_names(Via::Epoll, *mask).contains(&"EPOLLRDHUP".into()))
-    };
-    session.wait_until("the EPOLLRDHUP after the FIN", |evs| evs.iter().any(told));
+    let told = told_rdhup(spid);
+    session.wait_until("the EPOLLRDHUP after the FIN", |evs| evs.iter().any(&told));
     let summary = session.finish();
     let readiness: Vec<&Event> = session
         .events
