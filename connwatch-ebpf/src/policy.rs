@@ -128,16 +128,9 @@ pub fn trusted(sk: u64) -> bool {
 /// `ATTENTION` until a look finds it healthy again or it is gone.
 #[inline(always)]
 pub fn distrust(sk: u64, attention_of: u32) {
-    let io = match IO_STATE.get_ptr_mut(&sk) {
-        Some(io) => io,
-        None if attention_of != 0 => {
-            let _ = IO_STATE.insert(&sk, &ZERO_IO_STATE, 0);
-            let Some(io) = IO_STATE.get_ptr_mut(&sk) else {
-                return;
-            };
-            io
-        }
-        None => return,
+    let io = if attention_of != 0 { io_state_or_new(sk) } else { IO_STATE.get_ptr_mut(&sk) };
+    let Some(io) = io else {
+        return;
     };
     // SAFETY: a valid map value pointer.
     unsafe { (*io).trusted = 0 };
@@ -167,6 +160,13 @@ pub fn needs_attention(tgid: u32) -> bool {
     })
 }
 
+/// Whom news of this socket concerns: its owner, unless the owner let go of it (closed it)
+/// or is unknown (0).
+#[inline(always)]
+pub fn attention_of(info: &SocketInfo) -> u32 {
+    if info.flags & SOCKET_APP_CLOSED != 0 { 0 } else { info.owner.tgid }
+}
+
 /// Counts the socket against `tgid` (moving any count it held against another process).
 #[inline(always)]
 fn charge(io: *mut IoState, tgid: u32) {
@@ -179,13 +179,6 @@ fn charge(io: *mut IoState, tgid: u32) {
             attention_add(previous as u32, u64::MAX);
         }
     }
-}
-
-/// Whom news of this socket concerns: its owner, unless the owner let go of it (closed it)
-/// or is unknown (0).
-#[inline(always)]
-pub fn attention_of(info: &SocketInfo) -> u32 {
-    if info.flags & SOCKET_APP_CLOSED != 0 { 0 } else { info.owner.tgid }
 }
 
 /// Takes back the socket's count, if it holds one: exactly once, whoever races for it.
@@ -223,6 +216,16 @@ fn select(io: &mut IoState, path: Path) -> &mut IoTally {
 #[unsafe(no_mangle)]
 static ZERO_IO_STATE: IoState = unsafe { core::mem::zeroed() };
 
+/// The socket's tallies, created empty if it has none yet.
+#[inline(always)]
+fn io_state_or_new(sk: u64) -> Option<*mut IoState> {
+    if let Some(io) = IO_STATE.get_ptr_mut(&sk) {
+        return Some(io);
+    }
+    let _ = IO_STATE.insert(&sk, &ZERO_IO_STATE, 0);
+    IO_STATE.get_ptr_mut(&sk)
+}
+
 /// Tallies one call of `bytes` made at `started_ns`; returns what is due, or `None` when the
 /// call was folded into the tally. `healthy_now`, when given, is what the caller just read of
 /// the socket: it decides whether the caller's next routine calls may take the fast path.
@@ -242,13 +245,7 @@ pub fn tally(
     if conf!(flags) & FLAG_ALL_IO != 0 {
         return Some(Due { earlier: None, this: single });
     }
-    let io = match IO_STATE.get_ptr_mut(&sk) {
-        Some(io) => io,
-        None => {
-            let _ = IO_STATE.insert(&sk, &ZERO_IO_STATE, 0);
-            IO_STATE.get_ptr_mut(&sk)?
-        }
-    };
+    let io = io_state_or_new(sk)?;
     // SAFETY: a valid map value pointer; tallies of one socket race only with themselves.
     let io = unsafe { &mut *io };
     if let Some(healthy) = healthy_now {

@@ -63,6 +63,11 @@ fn of_type<'a>(events: &'a [Event], sock: SockId, kind: &str) -> Vec<&'a Event> 
     events.iter().filter(|e| e.sock == sock && e.detail.type_name() == kind).collect()
 }
 
+/// The events of one kind attributed to process `pid`.
+fn of_process<'a>(events: &'a [Event], pid: u32, kind: &str) -> Vec<&'a Event> {
+    events.iter().filter(|e| pid_of(e) == Some(pid) && e.detail.type_name() == kind).collect()
+}
+
 /// An epoll result that told process `pid` of a peer's FIN (EPOLLRDHUP).
 fn told_rdhup(pid: u32) -> impl Fn(&Event) -> bool {
     move |e| {
@@ -304,12 +309,7 @@ fn readiness_of_healthy_connections_is_counted_not_examined_for_findings() {
     let told = told_rdhup(spid);
     session.wait_until("the EPOLLRDHUP after the FIN", |evs| evs.iter().any(&told));
     let summary = session.finish();
-    let readiness: Vec<&Event> = session
-        .events
-        .iter()
-        .filter(|e| pid_of(e) == Some(spid) && e.detail.type_name() == "readiness")
-        .collect();
-    for e in &readiness {
+    for e in of_process(&session.events, spid, "readiness") {
         assert_eq!(e.detail.fd(), Some(fd), "{}", describe(e));
         assert_eq!(kstate(e), "CLOSE_WAIT", "healthy readiness reported: {}", describe(e));
     }
@@ -393,11 +393,7 @@ fn fd_reuse_never_mixes_two_sockets() {
             == 2
             && evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
     });
-    let connects: Vec<&Event> = session
-        .events
-        .iter()
-        .filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "connect")
-        .collect();
+    let connects = of_process(&session.events, cpid, "connect");
     assert_eq!(connects[0].detail.fd(), connects[1].detail.fd(), "the fd number is reused");
     assert_ne!(connects[0].sock, connects[1].sock, "but the sockets are two");
     let second = connects[1].sock;
@@ -482,11 +478,7 @@ fn all_io_reports_every_call() {
             >= SENDS as usize
     });
     let summary = session.finish();
-    let sends: Vec<&Event> = session
-        .events
-        .iter()
-        .filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
-        .collect();
+    let sends = of_process(&session.events, cpid, "send");
     assert_eq!(sends.len(), SENDS as usize);
     assert!(
         sends.iter().all(|e| matches!(

@@ -131,6 +131,7 @@ pub(super) fn keep_send_start(sk: u64) -> bool {
     keep_in(unsafe { &mut *slot }, sk, bpf_get_current_pid_tgid())
 }
 
+/// [`keep_send_start`] into this CPU's `slot`, for `thread`.
 #[inline(always)]
 fn keep_in(slot: &mut SendStart, sk: u64, thread: u64) -> bool {
     // A trusted socket is ESTABLISHED with no error and no timeout: nothing to read.

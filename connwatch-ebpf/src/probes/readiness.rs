@@ -59,10 +59,10 @@ const FEW: u64 = 4;
 
 /// Registrations are learnt at ADD only. MOD, which event loops built like redis's `ae` call
 /// several times per request to re-arm write interest, returns at once: it keeps the data word
-/// in every event loop we know of (a MOD that changed it would leave the new word unknown, its
-/// readiness unreported, never misattributed to another live registration). Registrations
-/// older than connwatch are seeded from `/proc` at start (`EpollTarget::sk` 0, resolved when
-/// first reported).
+/// in every event loop we know of. A MOD that changed it would leave the new word unknown (its
+/// readiness unreported) or, should the new word be one an earlier, since closed registration
+/// used, standing for that registration's socket. Registrations older than connwatch are
+/// seeded from `/proc` at start (`EpollTarget::sk` 0, resolved when first reported).
 #[tracepoint]
 pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 1) != EPOLL_CTL_ADD {

@@ -90,7 +90,8 @@ fn socket_registrations(
         entry.file_name().to_str()?.parse::<u32>().ok().filter(|&pid| pid != self_pid)
     });
     pids.flat_map(move |pid| {
-        let fd_dir = proc.join(pid.to_string()).join("fd");
+        let process = proc.join(pid.to_string());
+        let fd_dir = process.join("fd");
         let epolls: Vec<i32> = fs::read_dir(&fd_dir)
             .into_iter()
             .flatten()
@@ -99,10 +100,9 @@ fn socket_registrations(
             .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
             .collect();
         epolls.into_iter().flat_map(move |epfd| {
-            let fdinfo = proc.join(pid.to_string()).join("fdinfo").join(epfd.to_string());
-            let text = fs::read_to_string(fdinfo).unwrap_or_default();
-            let fd_dir = proc.join(pid.to_string()).join("fd");
-            parse_fdinfo(&text)
+            let text = fs::read_to_string(process.join("fdinfo").join(epfd.to_string()));
+            let fd_dir = fd_dir.clone();
+            parse_fdinfo(&text.unwrap_or_default())
                 .into_iter()
                 .filter(move |r| {
                     let link = fs::read_link(fd_dir.join(r.fd.to_string()));

@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
+use super::rounds::median;
 use crate::vm;
 
 /// The kernel's own events, which every mechanism can reach.
@@ -151,12 +152,6 @@ fn parse(console: &str) -> anyhow::Result<Vec<Run>> {
         runs.push(Run { mode: mode.to_string(), round: round.parse()?, connections, cost });
     }
     Ok(runs)
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
 }
 
 fn runs_of<'a>(section: &'a MechanismSection, mode: &'a str) -> impl Iterator<Item = &'a Run> {

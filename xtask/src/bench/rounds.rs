@@ -87,3 +87,28 @@ fn traced<T>(
     }
     Ok((result, Some(sample)))
 }
+
+/// The median of the finite `values` (the mean of the middle two for an even count); `None`
+/// when there are none.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[n / 2]),
+        n => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_finite_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN, 5.0, f64::INFINITY]), Some(5.0));
+        assert_eq!(median(vec![]), None);
+    }
+}

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{
     config::Config,
     report::thousands,
-    rounds::{RoundResult, Setup, round_robin},
+    rounds::{self, RoundResult, Setup, round_robin},
 };
 
 const NGINX_PORT: u16 = 25080;
@@ -188,13 +188,8 @@ fn section(name: &'static str, load: String, results: Vec<RoundResult<Load>>) ->
     ServerSection { name, load, rounds }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+fn median(values: Vec<f64>) -> f64 {
+    rounds::median(values).unwrap_or(f64::NAN)
 }
 
 pub fn markdown(sections: &[ServerSection]) -> String {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     config::Config,
-    rounds::{Setup, round_robin},
+    rounds::{self, Setup, round_robin},
 };
 
 const CALLS: u64 = 5_000_000;
@@ -37,7 +37,7 @@ pub struct SyscallSection {
 /// An epoll instance watching an idle listening TCP socket (never ready), with `data` = fd.
 struct IdleEpoll {
     epfd: i32,
-    _listener: std::net::TcpListener,
+    listener: std::net::TcpListener,
     event: libc::epoll_event,
 }
 
@@ -52,14 +52,14 @@ impl IdleEpoll {
         // SAFETY: as above; `event` outlives the call.
         let added = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut event) };
         anyhow::ensure!(added == 0, "epoll_ctl: {}", std::io::Error::last_os_error());
-        Ok(Self { epfd, _listener: listener, event })
+        Ok(Self { epfd, listener, event })
     }
 
     /// Re-arms the listener with the same data word, alternating the interest mask.
     fn modify(&mut self, i: u64) {
         let out = if i.is_multiple_of(2) { libc::EPOLLOUT as u32 } else { 0 };
         self.event.events = libc::EPOLLIN as u32 | out;
-        let fd = self._listener.as_raw_fd();
+        let fd = self.listener.as_raw_fd();
         // SAFETY: both descriptors are open; `event` outlives the call.
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut self.event) };
     }
@@ -112,9 +112,8 @@ pub fn run(setup: &Setup<'_>, rounds: u32) -> anyhow::Result<SyscallSection> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+fn median(values: Vec<f64>) -> f64 {
+    rounds::median(values).unwrap_or(f64::NAN)
 }
 
 /// A table row: its label and the timing it shows.
