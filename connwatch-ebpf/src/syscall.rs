@@ -1,7 +1,11 @@
-//! Syscall tracepoints: arguments at their tracefs offsets, and the arguments a syscall's exit
-//! needs kept from its entry.
+//! Syscall tracepoints: arguments at their tracefs offsets, the arguments a syscall's exit
+//! needs kept from its entry, or read at its exit from the registers the call was made with.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
+    programs::TracePointContext,
+};
 use connwatch_common::socket::PendingCall;
 
 use crate::{config::conf, maps::PENDING};
@@ -20,6 +24,44 @@ pub fn ret(ctx: &TracePointContext) -> i64 {
     let offset = conf!(tracepoints.sys_exit_ret) as usize;
     // SAFETY: offset from this kernel's tracefs format file.
     unsafe { ctx.read_at::<i64>(offset) }.unwrap_or(-1)
+}
+
+/// The user registers the current thread entered its syscall with (`bpf_task_pt_regs`, Linux
+/// 5.15). A syscall leaves its argument registers as it found them, so an exit program can read
+/// its arguments here and needs no entry program: one hit per call instead of two. x86-64 only
+/// (arm64 overwrites its first argument with the result); elsewhere the loader keeps arguments
+/// at entry instead.
+pub struct CallRegs(*const pt_regs);
+
+impl CallRegs {
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: helpers; the verifier types both results (a trusted task, its pt_regs).
+        Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs)
+    }
+
+    /// Argument `n` (0 to 3) of the syscall.
+    #[cfg(bpf_target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn arg(&self, n: u32) -> u64 {
+        // SAFETY: a pointer the kernel typed as `struct pt_regs`; the verifier checks each load
+        // against that type.
+        unsafe {
+            match n {
+                0 => (*self.0).rdi,
+                1 => (*self.0).rsi,
+                2 => (*self.0).rdx,
+                _ => (*self.0).r10,
+            }
+        }
+    }
+
+    /// Never loaded off x86-64 (the loader does not offer these variants there).
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    #[inline(always)]
+    pub fn arg(&self, _n: u32) -> u64 {
+        0
+    }
 }
 
 /// The agent's own syscalls (it polls its ring buffer constantly) are never examined.

@@ -83,6 +83,10 @@ pub struct CommonArgs {
     /// ready line names them; comma-separated or repeated): `ready` lists them as degraded.
     #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_optional_hook)]
     pub leave_out: Vec<String>,
+    /// Keep the readiness calls' arguments at their entry even where their exit can read them
+    /// (as on kernels before 5.15): for comparing the two in `cargo xtask bench`.
+    #[arg(long, hide = true)]
+    pub args_at_entry: bool,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +195,7 @@ impl CommonArgs {
             // watch and agent: findings only (trace overrides it).
             healthy_readiness: false,
             left_out: self.leave_out.clone(),
+            args_at_entry: self.args_at_entry,
         }
     }
 }

@@ -121,7 +121,19 @@ fn so_error_after_reset_reads_econnreset_then_zero() {
 
 /// EPOLLIN|EPOLLRDHUP after the peer's FIN, then recv 0 in CLOSE_WAIT, on the server's socket.
 fn epoll_sees_eof(tag: &str, server_addr: &str, port: u16, data: &str) {
-    let (_t, mut server, mut client, mut session, fd) = connected(tag, server_addr, port);
+    epoll_sees_eof_with(tag, server_addr, port, data, |o| o);
+}
+
+/// [`epoll_sees_eof`], traced with the options `adjust` makes of the usual ones.
+fn epoll_sees_eof_with(
+    tag: &str,
+    server_addr: &str,
+    port: u16,
+    data: &str,
+    adjust: impl FnOnce(LoadOptions) -> LoadOptions,
+) {
+    let (_t, mut server, mut client, mut session, fd) =
+        connected_with(tag, server_addr, port, adjust);
     let spid = server.pid();
     server.ok(&format!("epoll-add {data}"));
     client.ok("close");
@@ -233,8 +245,53 @@ fn epoll_eof_over_ipv6() {
 
 #[test]
 fn poll_and_select_readiness() {
+    poll_and_select_readiness_with(("pollsel", 22021), |o| o);
+}
+
+/// Kernels without `bpf_task_pt_regs` (before 5.15), and other architectures, keep the
+/// readiness calls' arguments at entry: the same results, from the entry programs.
+#[test]
+fn readiness_with_arguments_kept_at_entry() {
+    let at_entry = |o| LoadOptions { args_at_entry: true, ..o };
+    epoll_sees_eof_with("epentry", Topology::SERVER_V4, 22019, "ptr", at_entry);
+    poll_and_select_readiness_with(("psentry", 22023), at_entry);
+}
+
+/// Where the readiness exits read the arguments themselves (x86-64, Linux 5.15 on), no entry
+/// program runs on epoll_wait, poll or select; with them kept at entry, all of them do.
+#[test]
+fn readiness_entry_programs_attach_only_where_needed() {
+    require_root();
+    let entries =
+        ["epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6"]
+            .map(|call| format!("syscalls:sys_enter_{call}"));
+    let attached = |options: LoadOptions| -> Vec<String> {
+        let session = Session::start(options);
+        let hooks = session.tracer.ready().hooks;
+        entries.iter().filter(|e| hooks.iter().any(|(h, _)| h == *e)).cloned().collect()
+    };
+    assert_eq!(attached(LoadOptions { args_at_entry: true, ..traced(&[1]) }), entries);
+    if cfg!(target_arch = "x86_64") && kernel_at_least(5, 15) {
+        assert_eq!(attached(traced(&[1])), Vec::<String>::new());
+    } else {
+        println!("skipped the second half: needs x86-64 and Linux 5.15 (bpf_task_pt_regs)");
+    }
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release.trim().split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Poll and select report the peer's data as readable, on the server's socket, with its fd.
+fn poll_and_select_readiness_with(
+    (tag, port): (&str, u16),
+    adjust: impl FnOnce(LoadOptions) -> LoadOptions,
+) {
     let (_t, mut server, mut client, mut session, fd) =
-        connected("pollsel", Topology::SERVER_V4, 22021);
+        connected_with(tag, Topology::SERVER_V4, port, adjust);
     let spid = server.pid();
     client.ok("write 100");
     assert!(server.ok("poll").starts_with("ready 1"));

@@ -32,7 +32,7 @@ use crate::{
     owner,
     policy::{self, Caller, Path},
     sock,
-    syscall::{self, arg, ret},
+    syscall::{self, CallRegs, arg, ret},
 };
 
 const EPOLL_CTL_ADD: u64 = 1;
@@ -116,6 +116,19 @@ fn keep_wait(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// The arguments read at exit ([`CallRegs`], x86-64, Linux 5.15): the epoll_wait family needs
+/// no entry program, and a result that is not examined costs one hit that reads nothing but
+/// its return value. Otherwise as [`tp_sys_exit_epoll_wait`].
+#[tracepoint]
+pub fn tp_sys_exit_epoll_wait_regs(ctx: TracePointContext) -> u32 {
+    let ready = ret(&ctx);
+    if examined_at_exit(ready) {
+        let regs = CallRegs::current();
+        epoll_looped(ready, regs.arg(0) as i32, regs.arg(1));
+    }
+    0
+}
+
 /// Every ready entry, up to `READINESS_PER_CALL_LOOPED`, one `bpf_loop` step each (Linux 5.17
 /// on; the loader falls back to the unrolled variants below where the helper is missing).
 #[tracepoint]
@@ -124,17 +137,17 @@ pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ready = ret(&ctx);
-    if !examined(ready) {
-        return 0;
+    if examined(ready) {
+        epoll_looped(ready, call.fd, call.ptr);
     }
-    let mut scan = EpollScan {
-        events: call.ptr,
-        caller: Caller::current(0),
-        epfd: call.fd,
-        _pad: 0,
-        examined: 0,
-        tallied: 0,
-    };
+    0
+}
+
+/// Walks the `ready` entries of the result array at `events` with `bpf_loop`.
+#[inline(always)]
+fn epoll_looped(ready: i64, epfd: i32, events: u64) {
+    let mut scan =
+        EpollScan { events, caller: Caller::current(0), epfd, _pad: 0, examined: 0, tallied: 0 };
     let steps = (ready as u64).min(READINESS_PER_CALL_LOOPED as u64) as u32;
     // SAFETY: the step is a static function of the helper's callback type; `scan` outlives the
     // call.
@@ -142,7 +155,6 @@ pub fn tp_sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
         bpf_loop(steps, epoll_step as *mut c_void, &mut scan as *mut EpollScan as *mut c_void, 0)
     };
     finish_epoll(ready as u64, scan.examined, scan.tallied);
-    0
 }
 
 #[tracepoint]
@@ -288,6 +300,18 @@ fn keep_poll(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// [`tp_sys_exit_poll`] with the arguments read at exit, as [`tp_sys_exit_epoll_wait_regs`].
+#[tracepoint]
+pub fn tp_sys_exit_poll_regs(ctx: TracePointContext) -> u32 {
+    let ready = ret(&ctx);
+    if examined_at_exit(ready) {
+        let regs = CallRegs::current();
+        // `nfds` is an unsigned int: the register's upper half is not the caller's.
+        poll_looped(ready, regs.arg(0), regs.arg(1) as u32 as u64);
+    }
+    0
+}
+
 /// Every descriptor of the array, up to `READINESS_PER_CALL_LOOPED`, one `bpf_loop` step each.
 #[tracepoint]
 pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
@@ -295,18 +319,23 @@ pub fn tp_sys_exit_poll(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ready = ret(&ctx);
-    if !examined(ready) {
-        return 0;
+    if examined(ready) {
+        poll_looped(ready, call.ptr, call.aux);
     }
-    let mut scan = PollScan { fds: call.ptr, seen: 0 };
-    let steps = call.aux.min(READINESS_PER_CALL_LOOPED as u64) as u32;
+    0
+}
+
+/// Walks the `nfds` descriptors of the array at `fds` with `bpf_loop`.
+#[inline(always)]
+fn poll_looped(ready: i64, fds: u64, nfds: u64) {
+    let mut scan = PollScan { fds, seen: 0 };
+    let steps = nfds.min(READINESS_PER_CALL_LOOPED as u64) as u32;
     // SAFETY: the step is a static function of the helper's callback type; `scan` outlives the
     // call.
     unsafe {
         bpf_loop(steps, poll_step as *mut c_void, &mut scan as *mut PollScan as *mut c_void, 0)
     };
     unexamined((ready as u64).saturating_sub(scan.seen));
-    0
 }
 
 #[tracepoint]
@@ -406,13 +435,29 @@ fn keep_select(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// [`tp_sys_exit_select`] with the arguments read at exit, as [`tp_sys_exit_epoll_wait_regs`].
+#[tracepoint]
+pub fn tp_sys_exit_select_regs(ctx: TracePointContext) -> u32 {
+    let ready = ret(&ctx);
+    if examined_at_exit(ready) {
+        let regs = CallRegs::current();
+        select_looped(ready as u64, SelectSets::read(regs.arg(1), regs.arg(2), regs.arg(3)));
+    }
+    0
+}
+
 /// Every descriptor below 64 in the three sets, one `bpf_loop` step each: the step's index is
 /// the descriptor.
 #[tracepoint]
 pub fn tp_sys_exit_select(ctx: TracePointContext) -> u32 {
-    let Some((ready, mut sets)) = select_result(&ctx) else {
-        return 0;
-    };
+    if let Some((ready, sets)) = select_result(&ctx) {
+        select_looped(ready, sets);
+    }
+    0
+}
+
+#[inline(always)]
+fn select_looped(ready: u64, mut sets: SelectSets) {
     // SAFETY: the step is a static function of the helper's callback type; `sets` outlives
     // the call.
     unsafe {
@@ -425,7 +470,6 @@ pub fn tp_sys_exit_select(ctx: TracePointContext) -> u32 {
     };
     // select returns the number of set bits in all three sets, up to its nfds.
     unexamined(ready.saturating_sub(sets.seen));
-    0
 }
 
 #[tracepoint]
@@ -454,6 +498,20 @@ struct SelectSets {
 }
 
 impl SelectSets {
+    /// The first word of each set at these user addresses (0: no such set).
+    #[inline(always)]
+    fn read(read: u64, write: u64, except: u64) -> Self {
+        let word = |ptr: u64| -> u64 {
+            // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+            if ptr == 0 {
+                0
+            } else {
+                unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0)
+            }
+        };
+        Self { read: word(read), write: word(write), except: word(except), seen: 0 }
+    }
+
     /// Reports the lowest descriptor still set and clears it; false once none is. Visits set
     /// bits only, without branching on each bit: unrolled, a branch per descriptor would
     /// multiply the verifier's work.
@@ -511,17 +569,7 @@ fn select_result(ctx: &TracePointContext) -> Option<(u64, SelectSets)> {
     if !examined(ready) {
         return None;
     }
-    let word = |ptr: u64| -> u64 {
-        // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-        if ptr == 0 { 0 } else { unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0) }
-    };
-    let sets = SelectSets {
-        read: word(call.ptr),
-        write: word(call.aux),
-        except: word(call.aux2),
-        seen: 0,
-    };
-    Some((ready as u64, sets))
+    Some((ready as u64, SelectSets::read(call.ptr, call.aux, call.aux2)))
 }
 
 #[inline(always)]
@@ -562,6 +610,13 @@ fn examined(ready: i64) -> bool {
     }
     emit::count(COUNTER_READINESS_NOT_NEEDED, ready as u64);
     false
+}
+
+/// [`examined`] for a program without an entry program, which would have let the agent's own
+/// calls go.
+#[inline(always)]
+fn examined_at_exit(ready: i64) -> bool {
+    ready > 0 && !syscall::from_agent() && examined(ready)
 }
 
 /// Counts ready entries the bounded loops did not examine.

@@ -26,18 +26,31 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// What to leave unattached although the kernel offers it.
+pub struct Leave<'a> {
+    /// Hooks (`category:name`), as if this kernel lacked them.
+    pub hooks: &'a [String],
+    /// Variants that read a syscall's arguments at its exit, as on kernels before 5.15.
+    pub args_at_exit: bool,
+}
+
 pub fn attach_all(
     ebpf: &mut Ebpf,
     mode: AttachMode,
     layouts: &Layouts,
-    left_out: &[String],
+    leave: Leave,
 ) -> Result<(Vec<Attached>, Vec<Skipped>), ProbeError> {
     let wanted = match mode {
         AttachMode::Prefer(mechanism) => Some(mechanism),
         AttachMode::Auto => None,
     };
-    let mut attacher =
-        Attacher { ebpf, kernel: Kernel { layouts, btf: None }, refused: Vec::new(), wanted };
+    let mut attacher = Attacher {
+        ebpf,
+        kernel: Kernel { layouts, btf: None },
+        refused: Vec::new(),
+        wanted,
+        args_at_exit: !leave.args_at_exit,
+    };
     let mut attached: Vec<Attached> = Vec::new();
     let mut skipped = Vec::new();
     for hook in HOOKS {
@@ -46,7 +59,12 @@ pub fn attach_all(
         {
             continue;
         }
-        let tried = if left_out.contains(&hook.id()) {
+        if let Some(exit) = hook.keeps_args_for
+            && !attached.iter().any(|a| a.hook.id() == exit && !a.variant.args_at_exit)
+        {
+            continue; // Its exit reads the arguments itself, or is not attached.
+        }
+        let tried = if leave.hooks.contains(&hook.id()) {
             Tried::left_out()
         } else {
             attacher.try_variants(hook, preference(hook, mode))
@@ -96,6 +114,8 @@ struct Attacher<'a> {
     refused: Vec<(&'static str, String, bool)>,
     /// The mechanism an explicit `--attach` names.
     wanted: Option<Mechanism>,
+    /// Whether variants that read syscall arguments at exit may be tried.
+    args_at_exit: bool,
 }
 
 /// What trying one hook's variants came to.
@@ -124,6 +144,9 @@ impl Attacher<'_> {
     fn try_variants(&mut self, hook: &'static Hook, variants: Vec<Variant>) -> Tried {
         let mut tried = Tried { live: None, reasons: Vec::new(), wanted_excused: false };
         for variant in variants {
+            if variant.args_at_exit && !self.args_at_exit {
+                continue;
+            }
             let wanted = Some(variant.mechanism) == self.wanted;
             let mut fail = |reason: String, excused: bool| {
                 tried.reasons.push((Some(variant.mechanism), reason));

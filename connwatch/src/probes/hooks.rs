@@ -54,6 +54,10 @@ pub struct Variant {
     /// fentry and fexit only: the program for each of `functions`, in order (the kernel binds
     /// such a program to one function when it loads it); empty otherwise.
     pub per_function: &'static [&'static str],
+    /// A syscall exit program that reads the call's arguments from the registers it was made
+    /// with (x86-64, Linux 5.15): its hook's entry program (`Hook::keeps_args_for`) is not
+    /// attached.
+    pub args_at_exit: bool,
 }
 
 impl Variant {
@@ -71,6 +75,7 @@ const fn raw(program: &'static str) -> Variant {
         gives_up: None,
         functions: &[],
         per_function: &[],
+        args_at_exit: false,
     }
 }
 
@@ -81,7 +86,13 @@ const fn tp(program: &'static str) -> Variant {
         gives_up: None,
         functions: &[],
         per_function: &[],
+        args_at_exit: false,
     }
+}
+
+/// A syscall exit's classic-tracepoint variant that reads the call's arguments at exit.
+const fn tp_args_at_exit(program: &'static str) -> Variant {
+    Variant { args_at_exit: true, ..tp(program) }
 }
 
 /// A smaller classic-tracepoint variant, for kernels whose verifier refuses the full one.
@@ -91,7 +102,14 @@ const fn tp_reduced(program: &'static str, gives_up: &'static str) -> Variant {
 
 /// One kprobe program on each of `functions`.
 const fn kprobe(program: &'static str, functions: &'static [&'static str]) -> Variant {
-    Variant { mechanism: Mechanism::Kprobe, program, gives_up: None, functions, per_function: &[] }
+    Variant {
+        mechanism: Mechanism::Kprobe,
+        program,
+        gives_up: None,
+        functions,
+        per_function: &[],
+        args_at_exit: false,
+    }
 }
 
 /// One fentry program per function: `programs[i]` on `functions[i]`.
@@ -110,7 +128,14 @@ const fn trampoline(
     programs: &'static [&'static str],
 ) -> Variant {
     assert!(functions.len() == programs.len() && !programs.is_empty());
-    Variant { mechanism, program: programs[0], gives_up: None, functions, per_function: programs }
+    Variant {
+        mechanism,
+        program: programs[0],
+        gives_up: None,
+        functions,
+        per_function: programs,
+        args_at_exit: false,
+    }
 }
 
 /// What a hook contributes; decides whether connwatch can run without it.
@@ -146,6 +171,9 @@ pub struct Hook {
     pub variants: &'static [Variant],
     /// A stand-in, attached only where the hook with this id could not be.
     pub instead_of: Option<&'static str>,
+    /// A syscall entry that keeps arguments for the exit hook with this id: attached only where
+    /// that hook is, in a variant that does not read them at exit itself. Listed after it.
+    pub keeps_args_for: Option<&'static str>,
 }
 
 impl Hook {
@@ -174,13 +202,31 @@ macro_rules! syscall {
             role: Role::Observation,
             variants: &[tp($program)],
             instead_of: $instead_of,
+            keeps_args_for: None,
+        }
+    };
+}
+
+/// A readiness call's entry (`sys_enter_*` of epoll_wait, poll, select and their siblings),
+/// whose program keeps the arguments for `$exit` where that reads them only from its entry.
+macro_rules! readiness_entry {
+    ($name:literal, $program:literal, $exit:literal) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[tp($program)],
+            instead_of: None,
+            keeps_args_for: Some(concat!("syscalls:", $exit)),
         }
     };
 }
 
 /// A readiness result (`sys_exit_*` of epoll_wait, poll, select and their siblings): the
-/// `bpf_loop` program that examines `$all` entries (Linux 5.17 on), then unrolled loops with
-/// smaller bounds where a kernel lacks the helper or its verifier refuses them.
+/// `bpf_loop` program that examines `$all` entries (Linux 5.17 on), first in the variant that
+/// reads the call's arguments at exit (x86-64, Linux 5.15), then in the one whose entry program
+/// keeps them; then unrolled loops with smaller bounds where a kernel lacks the helper or its
+/// verifier refuses them.
 macro_rules! readiness {
     ($name:literal, $program:literal, $all:literal) => {
         Hook {
@@ -188,6 +234,7 @@ macro_rules! readiness {
             name: $name,
             role: Role::Observation,
             variants: &[
+                tp_args_at_exit(concat!($program, "_regs")),
                 tp($program),
                 tp_reduced(
                     concat!($program, "_unrolled"),
@@ -215,6 +262,7 @@ macro_rules! readiness {
                 ),
             ],
             instead_of: None,
+            keeps_args_for: None,
         }
     };
 }
@@ -241,6 +289,7 @@ macro_rules! kernel_hook {
                 kprobe($kprobe, &[$($function),+]),
             ],
             instead_of: None,
+            keeps_args_for: None,
         }
     };
 }
@@ -278,6 +327,7 @@ pub static HOOKS: &[Hook] = &[
             tp("tp_sock_send_length"),
         ],
         instead_of: None,
+        keeps_args_for: None,
     },
     // The classic record carries no socket address. The function is on every kernel connwatch
     // runs on; its tracepoint only from 6.10.
@@ -305,6 +355,7 @@ pub static HOOKS: &[Hook] = &[
             tp("tp_sock_recv_length"),
         ],
         instead_of: None,
+        keeps_args_for: None,
     },
     syscall!("sys_exit_accept4"),
     syscall!("sys_exit_accept", program = "tp_sys_exit_accept4"),
@@ -314,20 +365,20 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_enter_getsockopt"),
     syscall!("sys_exit_getsockopt"),
     syscall!("sys_enter_epoll_ctl"),
-    syscall!("sys_enter_epoll_wait"),
     readiness!("sys_exit_epoll_wait", "tp_sys_exit_epoll_wait", "1,024"),
-    syscall!("sys_enter_epoll_pwait", program = "tp_sys_enter_epoll_wait"),
+    readiness_entry!("sys_enter_epoll_wait", "tp_sys_enter_epoll_wait", "sys_exit_epoll_wait"),
     readiness!("sys_exit_epoll_pwait", "tp_sys_exit_epoll_wait", "1,024"),
-    syscall!("sys_enter_epoll_pwait2", program = "tp_sys_enter_epoll_wait"),
+    readiness_entry!("sys_enter_epoll_pwait", "tp_sys_enter_epoll_wait", "sys_exit_epoll_pwait"),
     readiness!("sys_exit_epoll_pwait2", "tp_sys_exit_epoll_wait", "1,024"),
-    syscall!("sys_enter_poll"),
+    readiness_entry!("sys_enter_epoll_pwait2", "tp_sys_enter_epoll_wait", "sys_exit_epoll_pwait2"),
     readiness!("sys_exit_poll", "tp_sys_exit_poll", "1,024"),
-    syscall!("sys_enter_ppoll", program = "tp_sys_enter_poll"),
+    readiness_entry!("sys_enter_poll", "tp_sys_enter_poll", "sys_exit_poll"),
     readiness!("sys_exit_ppoll", "tp_sys_exit_poll", "1,024"),
-    syscall!("sys_enter_select"),
+    readiness_entry!("sys_enter_ppoll", "tp_sys_enter_poll", "sys_exit_ppoll"),
     readiness!("sys_exit_select", "tp_sys_exit_select", "64"),
-    syscall!("sys_enter_pselect6", program = "tp_sys_enter_select"),
+    readiness_entry!("sys_enter_select", "tp_sys_enter_select", "sys_exit_select"),
     readiness!("sys_exit_pselect6", "tp_sys_exit_select", "64"),
+    readiness_entry!("sys_enter_pselect6", "tp_sys_enter_select", "sys_exit_pselect6"),
     syscall!("sys_enter_read", RECV),
     syscall!("sys_exit_read", RECV),
     syscall!("sys_enter_recvfrom", RECV),

@@ -75,6 +75,9 @@ pub struct LoadOptions {
     /// Hooks (`category:name`) not to attach, as if this kernel lacked them: their stand-ins
     /// (if any) attach instead.
     pub left_out: Vec<String>,
+    /// Keep the readiness calls' arguments at their entry, as on kernels without
+    /// `bpf_task_pt_regs` (before 5.15) or off x86-64, even where their exit could read them.
+    pub args_at_entry: bool,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +89,7 @@ impl Default for LoadOptions {
             all_io: false,
             healthy_readiness: true,
             left_out: Vec::new(),
+            args_at_entry: false,
         }
     }
 }
@@ -147,8 +151,12 @@ impl Probes {
             .map_max_entries(MAP_EVENTS, options.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         fill_filters(&mut ebpf, &options.filters)?;
-        let (attached, skipped) =
-            attach::attach_all(&mut ebpf, options.attach, &layouts, &options.left_out)?;
+        let (attached, skipped) = attach::attach_all(
+            &mut ebpf,
+            options.attach,
+            &layouts,
+            attach::Leave { hooks: &options.left_out, args_at_exit: options.args_at_entry },
+        )?;
         // After attaching: a registration made meanwhile is learnt by the kernel, and kept.
         let epoll_seeded = epoll_seed::seed(&mut ebpf, std::process::id())
             .map_err(|source| ProbeError::Map { map: MAP_EPOLL_WATCH, source })?;

@@ -28,6 +28,10 @@ impl Absent {
 /// What the running kernel lacks for this variant, if anything (checked before anything is
 /// loaded).
 pub fn missing(hook: &Hook, variant: &Variant) -> Option<Absent> {
+    if variant.args_at_exit && !cfg!(target_arch = "x86_64") {
+        // Its program reads x86-64 registers; the next variant keeps the arguments at entry.
+        return Some(Absent::Mechanism("reads syscall arguments at exit on x86-64 only".into()));
+    }
     match variant.mechanism {
         Mechanism::RawTracepoint | Mechanism::Tracepoint => {
             (!tracefs::exists(hook.category, hook.name))

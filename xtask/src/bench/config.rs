@@ -24,6 +24,9 @@ pub enum Config {
     ConnwatchWatch,
     /// `connwatch agent --json`: watch plus metrics, inventory and attribution.
     ConnwatchAgent,
+    /// `connwatch watch --json --args-at-entry`: watch as on kernels before 5.15, whose
+    /// readiness programs keep the calls' arguments at entry (one more hit per call).
+    ConnwatchWatchArgsAtEntry,
     /// `connwatch watch --json` with the kernel's BPF statistics on for its run alone: where
     /// the others' throughput is measured without them, the run that reports program time.
     ConnwatchWatchCosted,
@@ -51,6 +54,7 @@ impl Config {
             Self::ConnwatchTracepoint => "connwatch trace --attach tracepoint",
             Self::ConnwatchWatch => "connwatch watch",
             Self::ConnwatchAgent => "connwatch agent",
+            Self::ConnwatchWatchArgsAtEntry => "connwatch watch, readiness arguments kept at entry",
             Self::ConnwatchWatchCosted => "connwatch watch, BPF statistics on",
         }
     }
@@ -68,6 +72,7 @@ impl Config {
                 | Self::ConnwatchTracepoint
                 | Self::ConnwatchWatch
                 | Self::ConnwatchAgent
+                | Self::ConnwatchWatchArgsAtEntry
                 | Self::ConnwatchWatchCosted
         )
     }
@@ -91,6 +96,7 @@ impl Config {
             Self::ConnwatchTracepoint => connwatch(&["trace", "--json", "--attach", "tracepoint"]),
             Self::ConnwatchWatch | Self::ConnwatchWatchCosted => connwatch(&["watch", "--json"]),
             Self::ConnwatchAgent => connwatch(&["agent", "--json", "--listen", "127.0.0.1:25743"]),
+            Self::ConnwatchWatchArgsAtEntry => connwatch(&["watch", "--json", "--args-at-entry"]),
         }
     }
 

@@ -22,10 +22,11 @@ const NGINX_PORT: u16 = 25080;
 const REDIS_PORT: u16 = 25379;
 const POSTGRES_PORT: u16 = 25432;
 /// The configurations compared.
-pub const CONFIGS: [Config; 4] = [
+pub const CONFIGS: [Config; 5] = [
     Config::Untraced,
     Config::ConnwatchWatch,
     Config::ConnwatchAgent,
+    Config::ConnwatchWatchArgsAtEntry,
     Config::ConnwatchWatchCosted,
 ];
 
