@@ -114,14 +114,16 @@ pub struct EpollKey {
 }
 assert_size!(EpollKey, 16);
 
+/// The descriptor an epoll registration was made for. Its socket is resolved when epoll
+/// reports it, inside the process: the descriptor may have been closed and reused since, by
+/// a new connection an event loop registers with the same user data (`data.fd`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpollTarget {
-    pub sk: u64,
     pub fd: i32,
     pub _pad: u32,
 }
-assert_size!(EpollTarget, 16);
+assert_size!(EpollTarget, 8);
 
 /// A syscall's arguments kept from its entry to its exit, keyed by thread (`pid_tgid`).
 #[repr(C)]

@@ -321,6 +321,35 @@ fn poll_and_select_readiness_with(
     }
 }
 
+/// An event loop closes a connection (the kernel drops its epoll registration), accepts the
+/// next one into the same descriptor and registers it with the same user data (`data.fd`):
+/// connwatch knows that registration already, and its readiness is the new socket's.
+#[test]
+fn epoll_registration_of_a_reused_descriptor_is_the_new_socket() {
+    let (_t, mut server, mut client, mut session, fd) =
+        connected("epreuse", Topology::SERVER_V4, 22024);
+    let spid = server.pid();
+    server.ok("epoll-add fd");
+    server.ok("close");
+    client.ok("close");
+    client.ok(&format!("connect {} 22024", Topology::SERVER_V4));
+    let again: i32 = server.ok("accept").trim_start_matches("accepted ").parse().unwrap();
+    assert_eq!(again, fd, "the descriptor is reused");
+    server.ok("epoll-add fd");
+    client.ok("close");
+    assert!(server.ok("epoll-wait").starts_with("ready 1"));
+    let told = told_rdhup(spid);
+    session.wait_until("the second connection's EPOLLRDHUP and both accepts", |evs| {
+        evs.iter().any(&told) && of_process(evs, spid, "accept").len() == 2
+    });
+    let accepts = of_process(&session.events, spid, "accept");
+    assert_ne!(accepts[0].sock, accepts[1].sock, "two connections");
+    for e in session.events.iter().filter(|e| told(e)) {
+        assert_eq!(e.sock, accepts[1].sock, "the readiness is the new socket's: {}", describe(e));
+        assert_eq!(e.detail.fd(), Some(fd));
+    }
+}
+
 /// A registration made before connwatch started is read from /proc at start: the EPOLLRDHUP it
 /// reports after the peer's FIN is joined to the socket, with its descriptor.
 #[test]

@@ -57,12 +57,13 @@ const POLLFD_SIZE: u64 = 8;
 /// in 60k); entries beyond any bound are counted in `COUNTER_READINESS_UNEXAMINED`.
 const FEW: u64 = 4;
 
-/// Registrations are learnt at ADD only. MOD, which event loops built like redis's `ae` call
-/// several times per request to re-arm write interest, returns at once: it keeps the data word
-/// in every event loop we know of. A MOD that changed it would leave the new word unknown (its
-/// readiness unreported) or, should the new word be one an earlier, since closed registration
-/// used, standing for that registration's socket. Registrations older than connwatch are
-/// seeded from `/proc` at start (`EpollTarget::sk` 0, resolved when first reported).
+/// Registrations are learnt at ADD only, as the descriptor each (process, epfd, data) stands
+/// for; its socket is resolved when epoll reports it (`epoll_entry`). MOD, which event loops
+/// built like redis's `ae` call several times per request to re-arm write interest, returns at
+/// once: it keeps the data word in every event loop we know of. A MOD that changed it would
+/// leave the new word unknown (its readiness unreported) or, should the new word be one an
+/// earlier, since closed registration used, standing for whatever that registration's
+/// descriptor holds now. Registrations older than connwatch are seeded from `/proc` at start.
 #[tracepoint]
 pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 1) != EPOLL_CTL_ADD {
@@ -77,21 +78,19 @@ pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
     let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_DATA) as *const u64) }) else {
         return 0;
     };
-    let Some(sk) = sock::sock_of_fd(fd as i64) else {
-        return 0;
-    };
     let key = EpollKey { tgid, epfd, data };
     // Clients built on `ae` (redis-benchmark) delete and add the same registration per request:
-    // one that is known already needs no look at the socket and no map update.
+    // one that is known already costs one lookup, no look at the descriptor.
     if EPOLL_WATCH
         .get_ptr(&key)
         // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
-        .is_some_and(|known| unsafe { ((*known).sk, (*known).fd) } == (sk, fd))
+        .is_some_and(|known| unsafe { (*known).fd } == fd)
     {
         return 0;
     }
-    if sock::tcp_endpoints(sk).is_some() {
-        let _ = EPOLL_WATCH.insert(&key, &EpollTarget { sk, fd, _pad: 0 }, 0);
+    // Only TCP sockets are kept (not eventfds, timers, pipes, other sockets).
+    if sock::sock_of_fd(fd as i64).is_some_and(|sk| sock::tcp_endpoints(sk).is_some()) {
+        let _ = EPOLL_WATCH.insert(&key, &EpollTarget { fd, _pad: 0 }, 0);
     }
     0
 }
@@ -243,37 +242,32 @@ fn epoll_entry(events: u64, index: u64, epfd: i32, caller: &Caller) -> Entry {
     };
     let (mask, data) = (entry.events as i32, entry.data);
     let key = EpollKey { tgid: caller.tgid, epfd, data };
-    let Some(known) = EPOLL_WATCH.get_ptr_mut(&key) else {
+    let Some(known) = EPOLL_WATCH.get_ptr(&key) else {
         return Entry::Examined;
     };
     // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
-    let mut target = unsafe { *known };
-    if target.sk == 0 {
-        // Seeded from /proc at start: its descriptor is resolved once, by the process itself
-        // (a socket that is not TCP is passed over where the entry is examined).
-        let sk = socket_of_seeded(target.fd);
-        if sk == 0 {
-            let _ = EPOLL_WATCH.remove(&key);
-            return Entry::Examined;
-        }
-        target.sk = sk;
-        // SAFETY: the same valid map value pointer.
-        unsafe { (*known).sk = sk };
+    let fd = unsafe { (*known).fd };
+    // The descriptor's socket now, in the process epoll just told: a registration whose
+    // descriptor is gone (closed, the kernel dropped it) is let go of.
+    let sk = socket_of_registered(fd);
+    if sk == 0 {
+        let _ = EPOLL_WATCH.remove(&key);
+        return Entry::Examined;
     }
     // Busy event loops: a trusted socket's routine readiness is one more lookup.
     let routine = mask & HANGUP_OR_ERROR == 0;
-    if routine && policy::fast_tally(target.sk, Path::Readiness, 0, VIA_EPOLL as u32, caller) {
+    if routine && policy::fast_tally(sk, Path::Readiness, 0, VIA_EPOLL as u32, caller) {
         return Entry::Tallied;
     }
-    on_ready(target.sk, target.fd, mask, VIA_EPOLL);
+    on_ready(sk, fd, mask, VIA_EPOLL);
     Entry::Examined
 }
 
-/// The socket behind a seeded registration's descriptor, or 0. Not inlined: its reads stay
-/// off the stack of the loop step that calls it, which Linux 6.1 counts together with
-/// [`on_ready`]'s (512 bytes for the whole chain).
+/// The socket behind a registration's descriptor, or 0. Not inlined: its reads stay off the
+/// stack of the loop step that calls it, which Linux 6.1 counts together with [`on_ready`]'s
+/// (512 bytes for the whole chain).
 #[inline(never)]
-fn socket_of_seeded(fd: i32) -> u64 {
+fn socket_of_registered(fd: i32) -> u64 {
     sock::sock_of_fd(fd as i64).unwrap_or(0)
 }
 

@@ -69,7 +69,7 @@ pub fn seed(ebpf: &mut Ebpf, self_pid: u32) -> Result<usize, MapError> {
             break;
         }
         let key = EpollKey { tgid, epfd, data: registration.data };
-        let target = EpollTarget { sk: 0, fd: registration.fd, _pad: 0 };
+        let target = EpollTarget { fd: registration.fd, _pad: 0 };
         match watch.insert(key, target, NO_EXIST) {
             Ok(()) => seeded += 1,
             // Learnt by the kernel since it attached (EEXIST): the kernel's is the newer.

@@ -4,7 +4,7 @@
 //!
 //! Commands: `listen ADDR PORT`, `accept`, `connect ADDR PORT`, `connect-nb ADDR PORT`,
 //! `wait-writable`, `write BYTES`, `burst COUNT BYTES`, `recv`, `recv-bytes TOTAL`, `read-eof`,
-//! `so-error`, `epoll-add fd|ptr`, `epoll-wait`, `poll`, `select`, `linger0`, `close`,
+//! `so-error`, `epoll-add fd|ptr` (to the peer's one epoll instance), `epoll-wait`, `poll`, `select`, `linger0`, `close`,
 //! `close-listener`, `refuse-flood ADDR PORT COUNT`, `write-every MS COUNT BYTES` (a periodic
 //! writer), `heartbeat BYTES TIMEOUT_MS` (send, await a reply, close if none), `fork-writer`
 //! (a child process that shares the connection, writes one byte on it and holds it until this
@@ -152,7 +152,9 @@ impl Peer {
                 })
             }
             ["epoll-add", data] => {
-                self.epoll = check(unsafe { libc::epoll_create1(0) })?;
+                if self.epoll < 0 {
+                    self.epoll = check(unsafe { libc::epoll_create1(0) })?;
+                }
                 let data = match *data {
                     "fd" => self.conn as u64,
                     "ptr" => &*self.token as *const u64 as u64,
