@@ -594,23 +594,28 @@ fn on_ready_fd(fd: i32, mask: i32, via: u8) {
 /// process holds no socket the kernel had news of; such entries are counted.
 #[inline(always)]
 fn examined(ready: i64) -> bool {
-    if ready <= 0 {
-        return false;
-    }
-    if conf!(flags) & FLAG_READINESS_ON_ATTENTION == 0
-        || policy::needs_attention((bpf_get_current_pid_tgid() >> 32) as u32)
-    {
-        return true;
-    }
-    emit::count(COUNTER_READINESS_NOT_NEEDED, ready as u64);
-    false
+    ready > 0 && examined_in(ready, (bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 /// [`examined`] for a program without an entry program, which would have let the agent's own
 /// calls go.
 #[inline(always)]
 fn examined_at_exit(ready: i64) -> bool {
-    ready > 0 && !syscall::from_agent() && examined(ready)
+    if ready <= 0 {
+        return false;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    tgid != conf!(self_tgid) && examined_in(ready, tgid)
+}
+
+/// [`examined`] for a result of `ready` entries (at least one) in process `tgid`.
+#[inline(always)]
+fn examined_in(ready: i64, tgid: u32) -> bool {
+    if conf!(flags) & FLAG_READINESS_ON_ATTENTION == 0 || policy::needs_attention(tgid) {
+        return true;
+    }
+    emit::count(COUNTER_READINESS_NOT_NEEDED, ready as u64);
+    false
 }
 
 /// Counts ready entries the bounded loops did not examine.
