@@ -17,6 +17,9 @@ use connwatch_common::socket::BIRTH_ADOPTED;
 
 use crate::decode::{Detail, Event, SockId};
 
+/// The hasher of the per-socket tables (see `Correlator::tracks`).
+type FastHash = foldhash::fast::RandomState;
+
 /// Default `--max-sockets`.
 pub const DEFAULT_MAX_SOCKETS: usize = 65_536;
 /// How many tracked sockets are sampled to choose one to evict (an approximate LRU).
@@ -37,9 +40,11 @@ pub struct Correlator {
     last_idle_sweep: u64,
     audited: u64,
     /// Boxed: the table's buckets (twice the sockets, at worst) then hold pointers, not tracks.
-    tracks: HashMap<SockId, Box<Track>>,
+    /// Both tables are looked up several times per event: hashed with foldhash rather than
+    /// SipHash (their keys are kernel addresses and times, not chosen by anyone).
+    tracks: HashMap<SockId, Box<Track>, FastHash>,
     /// The tracked life at each socket address whose birth the kernel saw (see `joined`).
-    by_addr: HashMap<u64, SockId>,
+    by_addr: HashMap<u64, SockId, FastHash>,
     thresholds: Thresholds,
     max_sockets: usize,
     /// Timer detectors' deadlines.
@@ -62,8 +67,8 @@ impl Correlator {
             prober: None,
             last_idle_sweep: 0,
             audited: 0,
-            tracks: HashMap::new(),
-            by_addr: HashMap::new(),
+            tracks: HashMap::default(),
+            by_addr: HashMap::default(),
             thresholds,
             max_sockets: max_sockets.max(1),
             deadlines: BTreeSet::new(),

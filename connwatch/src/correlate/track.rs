@@ -7,6 +7,22 @@ use crate::decode::{Detail, Errno, Event, Family, Io, Owner, Snapshot, Via};
 
 /// The timeline keeps at most this many events per socket (the earliest anchors stay).
 pub const TIMELINE: usize = 12;
+/// Room for the first events (an idle connection's whole life so far: its opening, the
+/// handshake's state changes), then doubled up to `TIMELINE`.
+const TIMELINE_FIRST: usize = 3;
+/// Room for the first facts, then doubled.
+const SPANS_FIRST: usize = 4;
+
+/// Makes room for one more element: `first` at the first, then twice the room, never more
+/// than `most`. Growing by one each time (to spend nothing on room never used) made every
+/// new fact and timeline entry a `realloc`: under connection churn that was 40% of
+/// connwatch's CPU (`perf`, 4 churners on 2 CPUs), and the ring buffer overflowed.
+fn grow<T>(v: &mut Vec<T>, first: usize, most: usize) {
+    if v.len() == v.capacity() {
+        let room = if v.is_empty() { first } else { (v.len() * 2).min(most) };
+        v.reserve_exact(room.saturating_sub(v.len()).max(1));
+    }
+}
 
 const EPOLLHUP: u32 = 0x010;
 const EPOLLRDHUP: u32 = 0x2000;
@@ -167,12 +183,12 @@ impl Facts {
 }
 
 /// Spans of the facts that happened, in `Fact` order, one bit each in `present`: a tracked
-/// socket costs 16 bytes per fact it has, not per fact there is (65,536 tracked sockets held
-/// 23 spans each, 368 bytes, mostly never set).
+/// socket costs 16 bytes per fact it has room for, not per fact there is (65,536 tracked
+/// sockets held 23 spans each, 368 bytes, mostly never set).
 #[derive(Clone, Debug, Default)]
 struct Spans {
     present: u32,
-    spans: Box<[Span]>,
+    spans: Vec<Span>,
 }
 
 impl Spans {
@@ -194,9 +210,8 @@ impl Spans {
     fn get_mut(&mut self, fact: Fact) -> &mut Span {
         let at = self.index(fact);
         if !self.has(fact) {
-            let mut spans = std::mem::take(&mut self.spans).into_vec();
-            spans.insert(at, Span::default());
-            self.spans = spans.into_boxed_slice();
+            grow(&mut self.spans, SPANS_FIRST, usize::MAX);
+            self.spans.insert(at, Span::default());
             self.present |= 1 << fact as u32;
         }
         &mut self.spans[at]
@@ -269,9 +284,7 @@ impl Track {
             self.timeline.remove(TIMELINE / 2);
         }
         let at = at.min(self.timeline.len());
-        // Grown one entry at a time (at most `TIMELINE` per socket): doubling left tens of
-        // thousands of tracked sockets with room for events they never see.
-        self.timeline.reserve_exact(1);
+        grow(&mut self.timeline, TIMELINE_FIRST, TIMELINE);
         self.timeline.insert(at, (ts, until, detail));
     }
 
