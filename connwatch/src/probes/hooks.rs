@@ -196,13 +196,16 @@ macro_rules! syscall {
         syscall!($name, concat!("tp_", $name), $instead_of)
     };
     ($name:literal, $program:expr, $instead_of:expr) => {
+        syscall!($name, $program, $instead_of, None)
+    };
+    ($name:literal, $program:expr, $instead_of:expr, $keeps_args_for:expr) => {
         Hook {
             category: "syscalls",
             name: $name,
             role: Role::Observation,
             variants: &[tp($program)],
             instead_of: $instead_of,
-            keeps_args_for: None,
+            keeps_args_for: $keeps_args_for,
         }
     };
 }
@@ -211,14 +214,7 @@ macro_rules! syscall {
 /// whose program keeps the arguments for `$exit` where that reads them only from its entry.
 macro_rules! readiness_entry {
     ($name:literal, $program:literal, $exit:literal) => {
-        Hook {
-            category: "syscalls",
-            name: $name,
-            role: Role::Observation,
-            variants: &[tp($program)],
-            instead_of: None,
-            keeps_args_for: Some(concat!("syscalls:", $exit)),
-        }
+        syscall!($name, $program, None, Some(concat!("syscalls:", $exit)))
     };
 }
 
