@@ -254,7 +254,7 @@ fn epoll_entry(events: u64, index: u64, epfd: i32, caller: &Caller) -> Entry {
         let _ = EPOLL_WATCH.remove(&key);
         return Entry::Examined;
     }
-    // Busy event loops: a trusted socket's routine readiness is one more lookup.
+    // Busy event loops: a trusted socket's routine readiness is tallied after one more lookup.
     let routine = mask & HANGUP_OR_ERROR == 0;
     if routine && policy::fast_tally(sk, Path::Readiness, 0, VIA_EPOLL as u32, caller) {
         return Entry::Tallied;
