@@ -160,7 +160,8 @@ fn sum(page: &str, metric: &str) -> f64 {
     page.lines()
         .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        // Not `sum()`: over no samples it gives -0.0, which the table printed as "-0".
+        .fold(0.0, |total, v| total + v)
 }
 
 pub fn markdown(s: &Soak) -> String {
