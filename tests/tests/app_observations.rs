@@ -54,9 +54,14 @@ fn pid_of(e: &Event) -> Option<u32> {
     e.owner.as_ref().map(|o| o.pid)
 }
 
+/// Whether `e` is of kind `kind` and attributed to process `pid`.
+fn is(e: &Event, pid: u32, kind: &str) -> bool {
+    pid_of(e) == Some(pid) && e.detail.type_name() == kind
+}
+
 /// The socket a process accepted or connected (its `accept`/`connect` observation).
 fn socket_of(events: &[Event], pid: u32, kind: &str) -> Option<SockId> {
-    events.iter().find(|e| pid_of(e) == Some(pid) && e.detail.type_name() == kind).map(|e| e.sock)
+    events.iter().find(|e| is(e, pid, kind)).map(|e| e.sock)
 }
 
 fn of_type<'a>(events: &'a [Event], sock: SockId, kind: &str) -> Vec<&'a Event> {
@@ -65,7 +70,7 @@ fn of_type<'a>(events: &'a [Event], sock: SockId, kind: &str) -> Vec<&'a Event> 
 
 /// The events of one kind attributed to process `pid`.
 fn of_process<'a>(events: &'a [Event], pid: u32, kind: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| pid_of(e) == Some(pid) && e.detail.type_name() == kind).collect()
+    events.iter().filter(|e| is(e, pid, kind)).collect()
 }
 
 /// An epoll result that told process `pid` of a peer's FIN (EPOLLRDHUP).
@@ -88,9 +93,7 @@ fn so_error_after_reset_reads_econnreset_then_zero() {
     let cpid = client.pid();
     server.ok("linger0");
     server.ok("close");
-    session.wait_until("the RST at the client", |evs| {
-        evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
-    });
+    session.wait_until("the RST at the client", |evs| evs.iter().any(|e| is(e, cpid, "reset")));
     assert_eq!(client.ok("so-error"), "ECONNRESET");
     assert_eq!(client.ok("so-error"), "0", "SO_ERROR clears the error it returns");
     session.wait_until("both SO_ERROR reads", |evs| {
@@ -111,11 +114,7 @@ fn so_error_after_reset_reads_econnreset_then_zero() {
         assert_eq!(e.detail.fd(), connect_fd, "same fd: {}", describe(e));
         assert_eq!(kstate(e), "CLOSE");
     }
-    let reset = session
-        .events
-        .iter()
-        .find(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
-        .unwrap();
+    let reset = session.events.iter().find(|e| is(e, cpid, "reset")).unwrap();
     assert_eq!(reset.sock, sock, "the application's socket is the kernel's socket");
 }
 
@@ -467,27 +466,20 @@ fn fd_reuse_never_mixes_two_sockets() {
     // socket memory and fd number are both free for the next one).
     server.ok("linger0");
     server.ok("close");
-    session.wait_until("the RST", |evs| {
-        evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "reset")
-    });
+    session.wait_until("the RST", |evs| evs.iter().any(|e| is(e, cpid, "reset")));
     client.ok("close");
     client.ok(&format!("connect {} 22051", Topology::SERVER_V4));
     server.ok("accept");
     client.ok("write 5");
     session.wait_until("two connects and the second's send", |evs| {
-        evs.iter().filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "connect").count()
-            == 2
-            && evs.iter().any(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
+        evs.iter().filter(|e| is(e, cpid, "connect")).count() == 2
+            && evs.iter().any(|e| is(e, cpid, "send"))
     });
     let connects = of_process(&session.events, cpid, "connect");
     assert_eq!(connects[0].detail.fd(), connects[1].detail.fd(), "the fd number is reused");
     assert_ne!(connects[0].sock, connects[1].sock, "but the sockets are two");
     let second = connects[1].sock;
-    let send = session
-        .events
-        .iter()
-        .find(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send")
-        .unwrap();
+    let send = session.events.iter().find(|e| is(e, cpid, "send")).unwrap();
     assert_eq!(send.sock, second, "the send belongs to the new connection: {}", describe(send));
     for e in session.events.iter().filter(|e| e.sock == connects[0].sock) {
         assert!(
@@ -524,7 +516,7 @@ fn busy_connections_are_summarised_but_eof_is_always_reported() {
         session
             .events
             .iter()
-            .filter(|e| pid_of(e) == Some(pid) && e.detail.type_name() == kind)
+            .filter(|e| is(e, pid, kind))
             .map(|e| match e.detail {
                 Detail::Send { io, .. } | Detail::Recv { io, .. } => io,
                 _ => unreachable!(),
@@ -560,8 +552,7 @@ fn all_io_reports_every_call() {
     server.ok("accept");
     client.ok(&format!("burst {SENDS} 10"));
     session.wait_until("every send", |evs| {
-        evs.iter().filter(|e| pid_of(e) == Some(cpid) && e.detail.type_name() == "send").count()
-            >= SENDS as usize
+        evs.iter().filter(|e| is(e, cpid, "send")).count() >= SENDS as usize
     });
     let summary = session.finish();
     let sends = of_process(&session.events, cpid, "send");
@@ -593,11 +584,7 @@ fn without_socket_layer_tracepoints_a_write_is_judged_at_its_start() {
                 && matches!(e.detail, Detail::Send { io: Io { last: Ok(10), .. }, .. })
         })
     });
-    let send = session
-        .events
-        .iter()
-        .find(|e| pid_of(e) == Some(spid) && e.detail.type_name() == "send")
-        .unwrap();
+    let send = session.events.iter().find(|e| is(e, spid, "send")).unwrap();
     assert_eq!(kstate(send), "CLOSE_WAIT", "{}", describe(send));
 }
 
