@@ -49,20 +49,13 @@ pub fn attach_all(
         kernel: Kernel { layouts, btf: None },
         refused: Vec::new(),
         wanted,
-        args_at_exit: !leave.args_at_exit,
+        leave_args_at_exit: leave.args_at_exit,
     };
     let mut attached: Vec<Attached> = Vec::new();
     let mut skipped = Vec::new();
     for hook in HOOKS {
-        if let Some(primary) = hook.instead_of
-            && attached.iter().any(|a| a.hook.id() == primary)
-        {
+        if !needed(hook, &attached) {
             continue;
-        }
-        if let Some(exit) = hook.keeps_args_for
-            && !attached.iter().any(|a| a.hook.id() == exit && !a.variant.args_at_exit)
-        {
-            continue; // Its exit reads the arguments itself, or is not attached.
         }
         let tried = if leave.hooks.contains(&hook.id()) {
             Tried::left_out()
@@ -105,6 +98,19 @@ pub fn attach_all(
     Ok((attached, skipped))
 }
 
+/// Whether `hook` is wanted, given the hooks attached before it: a stand-in only where its
+/// primary is not attached; a syscall entry that keeps arguments only where its exit is
+/// attached in a variant that reads them from it.
+fn needed(hook: &Hook, attached: &[Attached]) -> bool {
+    let live = |id: &str| attached.iter().find(|a| a.hook.id() == id);
+    if let Some(primary) = hook.instead_of
+        && live(primary).is_some()
+    {
+        return false;
+    }
+    hook.keeps_args_for.is_none_or(|exit| live(exit).is_some_and(|a| !a.variant.args_at_exit))
+}
+
 /// Loads and attaches variants, remembering what the kernel refused.
 struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
@@ -114,8 +120,8 @@ struct Attacher<'a> {
     refused: Vec<(&'static str, String, bool)>,
     /// The mechanism an explicit `--attach` names.
     wanted: Option<Mechanism>,
-    /// Whether variants that read syscall arguments at exit may be tried.
-    args_at_exit: bool,
+    /// Variants that read syscall arguments at exit are not tried.
+    leave_args_at_exit: bool,
 }
 
 /// What trying one hook's variants came to.
@@ -144,7 +150,7 @@ impl Attacher<'_> {
     fn try_variants(&mut self, hook: &'static Hook, variants: Vec<Variant>) -> Tried {
         let mut tried = Tried { live: None, reasons: Vec::new(), wanted_excused: false };
         for variant in variants {
-            if variant.args_at_exit && !self.args_at_exit {
+            if variant.args_at_exit && self.leave_args_at_exit {
                 continue;
             }
             let wanted = Some(variant.mechanism) == self.wanted;

@@ -1,8 +1,8 @@
 //! Epoll registrations made before connwatch started. The kernel learns registrations at
 //! `epoll_ctl(ADD)`; those older than connwatch (an agent restarted under a long-running
-//! server) are read from `/proc/PID/fdinfo/EPFD` instead and put into `EPOLL_WATCH` with the
-//! socket still unresolved (`sk` 0): the epoll result program resolves the descriptor inside
-//! the process itself the first time the registration is reported.
+//! server) are read from `/proc/PID/fdinfo/EPFD` instead and put into `EPOLL_WATCH` as the
+//! kernel would have: the registered descriptor, which the epoll result program resolves to
+//! its socket inside the process whenever the registration is reported.
 
 use std::{fs, path::Path};
 
