@@ -135,7 +135,12 @@ impl Probes {
         privileges::lift_memlock_limit();
         validate(options)?;
         tracefs::ensure_mounted()?;
-        let btf = KernelBtf::load()?;
+        // Let go of the kernel's BTF before aya reads its own copy: held together, they made
+        // start-up's peak memory.
+        let (sock, task) = {
+            let btf = KernelBtf::load()?;
+            (btf.sock_offsets()?, btf.task_offsets()?)
+        };
         let layouts = layouts::read_all();
         let config = Config {
             self_tgid: std::process::id(),
@@ -143,8 +148,8 @@ impl Probes {
             comm: options.filters.comm.as_deref().map(comm_bytes).unwrap_or_default(),
             wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
             tracepoints: layouts.fields,
-            sock: btf.sock_offsets()?,
-            task: btf.task_offsets()?,
+            sock,
+            task,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_CONFIG, &config, true)
