@@ -5,20 +5,19 @@
 pub mod detect;
 pub mod finding;
 pub mod liveness;
+mod table;
 pub mod track;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use detect::Thresholds;
 pub use finding::{Evidence, Finding, Kind, Measures, Severity};
+use table::Tracks;
 use track::Track;
 
 use connwatch_common::socket::BIRTH_ADOPTED;
 
 use crate::decode::{Detail, Event, SockId};
-
-/// The hasher of the per-socket tables (see `Correlator::tracks`).
-type FastHash = foldhash::fast::RandomState;
 
 /// Default `--max-sockets`.
 pub const DEFAULT_MAX_SOCKETS: usize = 65_536;
@@ -39,12 +38,7 @@ pub struct Correlator {
     /// asked for their settings.
     last_idle_sweep: u64,
     audited: u64,
-    /// Boxed: the table's buckets (twice the sockets, at worst) then hold pointers, not tracks.
-    /// Both tables are looked up several times per event: hashed with foldhash rather than
-    /// SipHash (their keys are kernel addresses and times, not chosen by anyone).
-    tracks: HashMap<SockId, Box<Track>, FastHash>,
-    /// The tracked life at each socket address whose birth the kernel saw (see `joined`).
-    by_addr: HashMap<u64, SockId, FastHash>,
+    tracks: Tracks,
     thresholds: Thresholds,
     max_sockets: usize,
     /// Timer detectors' deadlines.
@@ -67,8 +61,7 @@ impl Correlator {
             prober: None,
             last_idle_sweep: 0,
             audited: 0,
-            tracks: HashMap::default(),
-            by_addr: HashMap::default(),
+            tracks: Tracks::default(),
             thresholds,
             max_sockets: max_sockets.max(1),
             deadlines: BTreeSet::new(),
@@ -97,14 +90,11 @@ impl Correlator {
             }
             None => event,
         };
-        if !self.tracks.contains_key(&event.sock) && self.tracks.len() >= self.max_sockets {
+        if !self.tracks.contains(&event.sock) && self.tracks.len() >= self.max_sockets {
             self.make_room();
         }
-        if event.sock.birth_ns & BIRTH_ADOPTED == 0 && !self.tracks.contains_key(&event.sock) {
-            self.by_addr.insert(event.sock.addr, event.sock);
-        }
         let threshold = self.thresholds.retransmits;
-        let track = self.tracks.entry(event.sock).or_insert_with(|| Box::new(Track::new(event)));
+        let track = self.tracks.get_or_insert_with(event.sock, || Track::new(event));
         track.apply(event, threshold);
         let found = detect::on_event(track);
         // The evidence runs to the latest event known: the proof may have arrived before the
@@ -132,19 +122,10 @@ impl Correlator {
     /// begin with a birth the kernel saw (even), so an adopted identity at an address whose
     /// seen-born life is still tracked is that same life.
     fn joined(&self, event: &Event) -> Option<SockId> {
-        if event.sock.birth_ns & BIRTH_ADOPTED == 0 || self.tracks.contains_key(&event.sock) {
+        if event.sock.birth_ns & BIRTH_ADOPTED == 0 || self.tracks.contains(&event.sock) {
             return None;
         }
-        let live = self.by_addr.get(&event.sock.addr)?;
-        self.tracks.contains_key(live).then_some(*live)
-    }
-
-    /// Stops tracking a socket.
-    fn drop_track(&mut self, sock: &SockId) -> bool {
-        if self.by_addr.get(&sock.addr) == Some(sock) {
-            self.by_addr.remove(&sock.addr);
-        }
-        self.tracks.remove(sock).is_some()
+        self.tracks.seen_born_at(event.sock.addr)
     }
 
     /// Checks the timer detectors due at `now` (CLOCK_MONOTONIC ns).
@@ -176,7 +157,7 @@ impl Correlator {
             }
             self.finished.pop_first();
             if self.tracks.get(&sock).is_some_and(|t| t.last_ts + quiet_window(t) <= now) {
-                self.drop_track(&sock);
+                self.tracks.remove(&sock);
             }
         }
         findings
@@ -196,8 +177,8 @@ impl Correlator {
         let due: Vec<SockId> = self
             .tracks
             .iter()
-            .filter(|(_, t)| detect::idle_candidate(t, now, &self.thresholds))
-            .map(|(sock, _)| *sock)
+            .filter(|t| detect::idle_candidate(t, now, &self.thresholds))
+            .map(|t| t.sock)
             .collect();
         let grace_s = self.thresholds.idle_grace_ns / 1_000_000_000;
         for sock in due {
@@ -363,7 +344,7 @@ impl Correlator {
     /// loss), otherwise the least recently active socket (counted as evicted).
     fn make_room(&mut self) {
         while let Some((_, sock)) = self.finished.pop_first() {
-            if self.drop_track(&sock) {
+            if self.tracks.remove(&sock) {
                 return;
             }
         }
@@ -376,10 +357,10 @@ impl Correlator {
             .tracks
             .iter()
             .take(EVICTION_SAMPLE)
-            .min_by_key(|(_, track)| track.last_ts)
-            .map(|(sock, _)| *sock);
+            .min_by_key(|track| track.last_ts)
+            .map(|track| track.sock);
         if let Some(sock) = oldest {
-            self.drop_track(&sock);
+            self.tracks.remove(&sock);
             self.evicted += 1;
         }
     }

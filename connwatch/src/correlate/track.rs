@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::decode::{Detail, Errno, Event, Family, Io, Owner, Snapshot, Via};
+use crate::decode::{Detail, Errno, Event, Family, Io, Owner, Snapshot, SockId, Via};
 
 /// The timeline keeps at most this many events per socket (the earliest anchors stay).
 pub const TIMELINE: usize = 12;
@@ -221,6 +221,8 @@ impl Spans {
 /// One tracked socket.
 #[derive(Clone, Debug)]
 pub struct Track {
+    /// Which life of which socket (the tracks' key).
+    pub sock: SockId,
     pub owner: Option<Owner>,
     pub fd: Option<i32>,
     pub family: Family,
@@ -240,6 +242,7 @@ pub struct Track {
 impl Track {
     pub fn new(e: &Event) -> Self {
         Self {
+            sock: e.sock,
             owner: e.owner.clone(),
             fd: e.detail.fd(),
             family: e.family,
