@@ -6,6 +6,7 @@ pub mod detect;
 pub mod finding;
 pub mod liveness;
 mod table;
+mod timeline;
 pub mod track;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -284,12 +285,12 @@ impl Correlator {
         let evidence = track
             .timeline
             .iter()
-            .filter(|(t, _, _)| *t <= ts)
+            .take_while(|(t, _, _)| *t <= ts)
             .map(|(t, until, detail)| Evidence {
-                ts_ns: *t,
-                until_ns: *until,
-                source: source(detail),
-                detail: detail.clone(),
+                ts_ns: t,
+                until_ns: until,
+                source: source(&detail),
+                detail,
             })
             .collect();
         let first_ts = track.first_ts;

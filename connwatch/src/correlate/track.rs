@@ -3,24 +3,20 @@
 
 use std::net::SocketAddr;
 
+use super::timeline::Timeline;
 use crate::decode::{Detail, Errno, Event, Family, Io, Owner, Snapshot, SockId, Via};
 
-/// The timeline keeps at most this many events per socket (the earliest anchors stay).
-pub const TIMELINE: usize = 12;
-/// Room for the first events (an idle connection's whole life so far: its opening, the
-/// handshake's state changes), then doubled up to `TIMELINE`.
-const TIMELINE_FIRST: usize = 3;
 /// Room for the first facts, then doubled.
 const SPANS_FIRST: usize = 4;
 
-/// Makes room for one more element: `first` at the first, then twice the room, never more
-/// than `most`. Growing by one each time (to spend nothing on room never used) made every
-/// new fact and timeline entry a `realloc`: under connection churn that was 40% of
-/// connwatch's CPU (`perf`, 4 churners on 2 CPUs), and the ring buffer overflowed.
-fn grow<T>(v: &mut Vec<T>, first: usize, most: usize) {
+/// Makes room for one more element: `first` at the first, then twice the room. Growing by one
+/// each time (to spend nothing on room never used) made every new fact a `realloc`: under
+/// connection churn that was 40% of connwatch's CPU (`perf`, 4 churners on 2 CPUs), and the
+/// ring buffer overflowed.
+fn grow<T>(v: &mut Vec<T>, first: usize) {
     if v.len() == v.capacity() {
-        let room = if v.is_empty() { first } else { (v.len() * 2).min(most) };
-        v.reserve_exact(room.saturating_sub(v.len()).max(1));
+        let room = if v.is_empty() { first } else { v.len() * 2 };
+        v.reserve_exact(room - v.len());
     }
 }
 
@@ -210,7 +206,7 @@ impl Spans {
     fn get_mut(&mut self, fact: Fact) -> &mut Span {
         let at = self.index(fact);
         if !self.has(fact) {
-            grow(&mut self.spans, SPANS_FIRST, usize::MAX);
+            grow(&mut self.spans, SPANS_FIRST);
             self.spans.insert(at, Span::default());
             self.present |= 1 << fact as u32;
         }
@@ -232,7 +228,7 @@ pub struct Track {
     pub last_ts: u64,
     pub facts: Facts,
     /// Notable events (from, until, what), ordered by time.
-    pub timeline: Vec<(u64, u64, Detail)>,
+    pub timeline: Timeline,
     /// Kinds already reported (bit per `Kind as u8`).
     pub reported: u16,
     /// When the liveness audit last asked this socket for its settings.
@@ -251,7 +247,7 @@ impl Track {
             first_ts: e.ts_ns,
             last_ts: e.ts_ns,
             facts: Facts::default(),
-            timeline: Vec::new(),
+            timeline: Timeline::default(),
             reported: 0,
             idle_audited_ns: 0,
         }
@@ -272,32 +268,8 @@ impl Track {
         }
         self.last_ts = self.last_ts.max(e.until_ns);
         if note(&mut self.facts, e.ts_ns, e.until_ns, &e.detail, void_threshold) {
-            self.record(e.ts_ns, e.until_ns, e.detail.clone());
+            self.timeline.record(e.ts_ns, e.until_ns, &e.detail);
         }
-    }
-
-    /// Inserts into the time-ordered timeline; when full, the newest events replace the latest
-    /// but the earliest anchors (FIN, connect, first error) stay.
-    fn record(&mut self, ts: u64, until: u64, detail: Detail) {
-        let at = self.timeline.partition_point(|(t, _, _)| *t <= ts);
-        if self.timeline.len() >= TIMELINE {
-            if at < TIMELINE / 2 {
-                return;
-            }
-            self.timeline.remove(TIMELINE / 2);
-        }
-        let at = at.min(self.timeline.len());
-        grow(&mut self.timeline, TIMELINE_FIRST, TIMELINE);
-        self.timeline.insert(at, (ts, until, detail));
-    }
-
-    /// The most recent application snapshot at or before `ts`, if any is kept.
-    pub fn snapshot_before(&self, ts: u64) -> Option<(u64, Snapshot)> {
-        self.timeline
-            .iter()
-            .rev()
-            .filter(|(t, _, _)| *t <= ts)
-            .find_map(|(t, _, d)| d.snapshot().map(|s| (*t, *s)))
     }
 }
 
