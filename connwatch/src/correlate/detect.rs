@@ -83,7 +83,7 @@ pub fn on_event(track: &Track) -> Vec<(Kind, Option<Measures>)> {
 
 /// Told the stream had ended, the application came back for more, twice or more.
 fn eof_ignored(f: &Facts) -> bool {
-    f.eof_seen().first().is_some_and(|eof| f.polled_after_peer_close.count_after(eof) >= 2)
+    f.eof_seen().first().is_some_and(|eof| f.polled_after_peer_close().count_after(eof) >= 2)
 }
 
 /// A successful write that began after the peer had closed and after the application had been
@@ -113,10 +113,10 @@ fn told_peer_closed_before(f: &Facts, t: u64) -> bool {
 }
 
 fn half_open_write(f: &Facts) -> Option<Measures> {
-    let (sent, snapshot) = (f.sent_into_void().last()?, f.void_snapshot?);
+    let (sent, snapshot) = (f.sent_into_void().last()?, f.void_snapshot()?);
     let since = f.retransmit().first().unwrap_or(sent);
     Some(Measures {
-        retransmits: f.retransmits.max(u32::from(snapshot.rto_retransmits)),
+        retransmits: f.retransmits().max(u32::from(snapshot.rto_retransmits)),
         seconds_without_progress: sent.saturating_sub(since) as f64 / 1e9,
         unacked_bytes: snapshot.unacked_bytes,
     })
@@ -163,7 +163,7 @@ pub fn idle_candidate(track: &Track, now: u64, t: &Thresholds) -> bool {
         && f.established().first().is_some()
         && !over
         && track.owner.is_some()
-        && track.fd.is_some()
+        && track.fd().is_some()
         && track.last_ts.saturating_add(t.idle_grace_ns) <= now
         && track.idle_audited_ns.saturating_add(t.idle_grace_ns) <= now
 }

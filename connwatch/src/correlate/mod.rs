@@ -3,6 +3,7 @@
 //! `tick`, never from a clock of its own.
 
 pub mod detect;
+mod ends;
 pub mod finding;
 pub mod liveness;
 mod table;
@@ -201,8 +202,8 @@ impl Correlator {
     /// Asks the socket's holder's copy for its settings.
     fn probe(&mut self, sock: SockId) -> Option<liveness::Settings> {
         let track = self.tracks.get(&sock)?;
-        let (pid, fd) = (track.owner.as_ref()?.pid, track.fd?);
-        let (local, remote) = (track.local, track.remote);
+        let (pid, fd) = (track.owner.as_ref()?.pid, track.fd()?);
+        let (local, remote) = (track.ends().local(), track.ends().remote());
         self.prober.as_mut()?.settings(pid, fd, local, remote)
     }
 
@@ -301,10 +302,10 @@ impl Correlator {
             ts_ns: ts,
             sock,
             owner: track.owner.clone(),
-            fd: track.fd,
-            family: track.family,
-            local: track.local,
-            remote: track.remote,
+            fd: track.fd(),
+            family: track.ends().family(),
+            local: track.ends().local(),
+            remote: track.ends().remote(),
             evidence,
             measures,
             evidence_incomplete,

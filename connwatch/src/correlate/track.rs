@@ -1,13 +1,13 @@
 //! Everything the correlator keeps about one socket: facts with their times (first or last
 //! occurrence, so arrival order does not matter), and a short timeline of notable events.
 
-use std::net::SocketAddr;
+use super::{ends::Ends, timeline::Timeline};
+use crate::decode::{Detail, Errno, Event, Io, Owner, Snapshot, SockId, Via};
 
-use super::timeline::Timeline;
-use crate::decode::{Detail, Errno, Event, Family, Io, Owner, Snapshot, SockId, Via};
-
-/// Room for the first facts, then doubled.
-const SPANS_FIRST: usize = 4;
+/// Room for the first facts (a held connection has three), then doubled.
+const SPANS_FIRST: usize = 3;
+/// `Track::fd` before any observation names a descriptor (none is negative).
+const NO_FD: i32 = -1;
 
 /// Makes room for one more element: `first` at the first, then twice the room. Growing by one
 /// each time (to spend nothing on room never used) made every new fact a `realloc`: under
@@ -157,15 +157,39 @@ span_facts! {
 pub struct Facts {
     /// The facts that happened (a socket sees a handful of the twenty-odd).
     spans: Spans,
-    /// How many retransmissions (the `retransmit` fact's count).
-    pub retransmits: u32,
-    /// The snapshot of the last `sent_into_void` send to arrive.
-    pub void_snapshot: Option<Snapshot>,
-    /// Readiness reports and recv calls on a socket whose peer had closed (the latest three).
-    pub polled_after_peer_close: Latest3,
+    /// Counts and snapshots of trouble: most sockets never need them.
+    rare: Option<Box<Rare>>,
+}
+
+/// The facts a healthy socket does not have, kept apart so that it carries one pointer for
+/// them rather than 48 bytes.
+#[derive(Clone, Debug, Default)]
+struct Rare {
+    retransmits: u32,
+    void_snapshot: Option<Snapshot>,
+    polled_after_peer_close: Latest3,
 }
 
 impl Facts {
+    /// How many retransmissions (the `retransmit` fact's count).
+    pub fn retransmits(&self) -> u32 {
+        self.rare.as_ref().map_or(0, |r| r.retransmits)
+    }
+
+    /// The snapshot of the last `sent_into_void` send to arrive.
+    pub fn void_snapshot(&self) -> Option<Snapshot> {
+        self.rare.as_ref()?.void_snapshot
+    }
+
+    /// Readiness reports and recv calls on a socket whose peer had closed (the latest three).
+    pub fn polled_after_peer_close(&self) -> Latest3 {
+        self.rare.as_ref().map(|r| r.polled_after_peer_close).unwrap_or_default()
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
     pub fn add(&mut self, fact: Fact, ts: u64) {
         self.spans.get_mut(fact).add(ts);
     }
@@ -220,10 +244,10 @@ pub struct Track {
     /// Which life of which socket (the tracks' key).
     pub sock: SockId,
     pub owner: Option<Owner>,
-    pub fd: Option<i32>,
-    pub family: Family,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    /// The holder's descriptor, `NO_FD` until an observation names one (see [`Track::fd`]).
+    fd: i32,
+    /// Family and endpoints (see [`Track::ends`]).
+    ends: Ends,
     pub first_ts: u64,
     pub last_ts: u64,
     pub facts: Facts,
@@ -240,10 +264,8 @@ impl Track {
         Self {
             sock: e.sock,
             owner: e.owner.clone(),
-            fd: e.detail.fd(),
-            family: e.family,
-            local: e.local,
-            remote: e.remote,
+            fd: e.detail.fd().unwrap_or(NO_FD),
+            ends: Ends::new(e.family, e.local, e.remote),
             first_ts: e.ts_ns,
             last_ts: e.ts_ns,
             facts: Facts::default(),
@@ -260,16 +282,26 @@ impl Track {
             self.owner = e.owner.clone();
         }
         if let Some(fd) = e.detail.fd() {
-            self.fd = Some(fd);
+            self.fd = fd;
         }
         // The most complete view of the endpoints wins (ports are 0 early and late in life).
         if e.local.port() != 0 && e.remote.port() != 0 {
-            (self.local, self.remote) = (e.local, e.remote);
+            self.ends = Ends::new(self.ends.family(), e.local, e.remote);
         }
         self.last_ts = self.last_ts.max(e.until_ns);
         if note(&mut self.facts, e.ts_ns, e.until_ns, &e.detail, void_threshold) {
             self.timeline.record(e.ts_ns, e.until_ns, &e.detail);
         }
+    }
+
+    /// The application's descriptor of the socket, once an observation named it.
+    pub fn fd(&self) -> Option<i32> {
+        (self.fd != NO_FD).then_some(self.fd)
+    }
+
+    /// The socket's family and endpoints.
+    pub fn ends(&self) -> Ends {
+        self.ends
     }
 }
 
@@ -319,7 +351,7 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
         }
         Detail::Retransmit { .. } => {
             f.add(Fact::Retransmit, ts);
-            f.retransmits += 1;
+            f.rare().retransmits += 1;
             true
         }
         Detail::SoError { value, snapshot, .. } => {
@@ -335,7 +367,7 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
         Detail::Readiness { via, mask, snapshot, .. } => {
             f.add_span(Fact::AppTouched, ts, until);
             if peer_gone(snapshot) {
-                f.polled_after_peer_close.add(until);
+                f.rare().polled_after_peer_close.add(until);
             }
             // HUP alone is the end of the stream; with ERR it is a failure (a refused
             // connect polls HUP|ERR), which is no EOF to ignore.
@@ -352,7 +384,7 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
             f.add_span(Fact::AppTouched, ts, until);
             f.add_span(Fact::Io, ts, until);
             if peer_gone(snapshot) {
-                f.polled_after_peer_close.add(until);
+                f.rare().polled_after_peer_close.add(until);
             }
             let eof = io.calls == 1 && io.last == Ok(0) && snapshot.peer_closed();
             if eof {
@@ -374,7 +406,7 @@ fn note(f: &mut Facts, ts: u64, until: u64, detail: &Detail, void_threshold: u8)
                 }
                 if snapshot.rto_retransmits >= void_threshold {
                     f.add(Fact::SentIntoVoid, until);
-                    f.void_snapshot = Some(*snapshot);
+                    f.rare().void_snapshot = Some(*snapshot);
                 }
             }
             failed(f, io, until) || unhealthy(snapshot) || f.fin().first().is_some()

@@ -8,8 +8,9 @@ use crate::decode::Detail;
 
 /// At most this many events per socket (the earliest anchors stay).
 pub const MOST: usize = 12;
-/// Room for a held connection's first events (its opening and handshake), then doubled.
-const FIRST_BYTES: usize = 32;
+/// Room for a held connection's first events (its opening and handshake: about 30 bytes),
+/// then doubled. 40 bytes take the same 48-byte heap chunk as 32.
+const FIRST_BYTES: usize = 40;
 
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
