@@ -1,8 +1,12 @@
-//! The tracked sockets: one hash table of boxed tracks, each keyed by the identity it holds
-//! and hashed by the socket's kernel address alone. The lives of one address share a probe
-//! sequence, so the seen-born life at an address is found without a second table, and a
-//! bucket is one pointer: 9 bytes a bucket instead of the 50 bytes per socket that a map
-//! from identity to track plus a map from address to identity took.
+//! The tracked sockets, in two hash tables of boxed tracks, each track keyed by the identity it
+//! holds (a bucket is one pointer):
+//! - `current`: the newest life the kernel saw born at each socket address (plus lives it
+//!   adopted later there), hashed by the address alone, so an adopted identity finds the
+//!   seen-born life at its address without a second index;
+//! - `older`: every life that a newer birth at the same address has ended (under churn, the
+//!   kernel reuses a freed socket's memory within microseconds, and finished lives stay for
+//!   the reorder window), hashed by the whole identity. Hashed by address, hundreds of them
+//!   shared one probe sequence, and every lookup walked it.
 
 use std::hash::BuildHasher as _;
 
@@ -12,27 +16,42 @@ use hashbrown::HashTable;
 use super::track::Track;
 use crate::decode::SockId;
 
-/// Keys are kernel addresses, not chosen by anyone: foldhash rather than SipHash.
+/// Keys are kernel addresses and times, not chosen by anyone: foldhash rather than SipHash.
 type FastHash = foldhash::fast::RandomState;
 
 #[derive(Default)]
 pub struct Tracks {
-    table: HashTable<Box<Track>>,
+    current: HashTable<Box<Track>>,
+    older: HashTable<Box<Track>>,
     hasher: FastHash,
 }
 
+fn seen_born(sock: &SockId) -> bool {
+    sock.birth_ns & BIRTH_ADOPTED == 0
+}
+
 impl Tracks {
-    fn hash(&self, addr: u64) -> u64 {
+    fn by_addr(&self, addr: u64) -> u64 {
         self.hasher.hash_one(addr)
     }
 
+    fn by_id(&self, sock: &SockId) -> u64 {
+        self.hasher.hash_one(sock)
+    }
+
     pub fn get(&self, sock: &SockId) -> Option<&Track> {
-        self.table.find(self.hash(sock.addr), |t| t.sock == *sock).map(|t| &**t)
+        let is = |t: &Box<Track>| t.sock == *sock;
+        let found = self.current.find(self.by_addr(sock.addr), is);
+        found.or_else(|| self.older.find(self.by_id(sock), is)).map(|t| &**t)
     }
 
     pub fn get_mut(&mut self, sock: &SockId) -> Option<&mut Track> {
-        let hash = self.hash(sock.addr);
-        self.table.find_mut(hash, |t| t.sock == *sock).map(|t| &mut **t)
+        let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(sock));
+        let is = |t: &Box<Track>| t.sock == *sock;
+        match self.current.find_mut(by_addr, is) {
+            Some(t) => Some(&mut **t),
+            None => self.older.find_mut(by_id, is).map(|t| &mut **t),
+        }
     }
 
     pub fn contains(&self, sock: &SockId) -> bool {
@@ -41,32 +60,68 @@ impl Tracks {
 
     /// The track of `sock`, made by `new` if there is none.
     pub fn get_or_insert_with(&mut self, sock: SockId, new: impl FnOnce() -> Track) -> &mut Track {
-        let hash = self.hash(sock.addr);
+        if self.contains(&sock) {
+            return self.get_mut(&sock).expect("just found");
+        }
+        let track = Box::new(new());
+        let newer_at_addr = seen_born(&sock) && self.end_lives_before(sock);
         let hasher = &self.hasher;
-        let entry = self.table.entry(hash, |t| t.sock == sock, |t| hasher.hash_one(t.sock.addr));
-        entry.or_insert_with(|| Box::new(new())).into_mut()
+        let entry = if newer_at_addr {
+            let rehash = |t: &Box<Track>| hasher.hash_one(t.sock);
+            self.older.insert_unique(hasher.hash_one(sock), track, rehash)
+        } else {
+            let rehash = |t: &Box<Track>| hasher.hash_one(t.sock.addr);
+            self.current.insert_unique(hasher.hash_one(sock.addr), track, rehash)
+        };
+        entry.into_mut()
+    }
+
+    /// A life born at `sock.birth_ns`: every current life at its address born before it has
+    /// ended (the kernel reused the memory) and moves to `older`. Returns whether a current
+    /// life there is newer still (`sock`'s events came late), so `sock` itself is older.
+    fn end_lives_before(&mut self, sock: SockId) -> bool {
+        let by_addr = self.by_addr(sock.addr);
+        let mut newer = false;
+        while let Ok(entry) = self.current.find_entry(by_addr, |t| {
+            newer |=
+                t.sock.addr == sock.addr && seen_born(&t.sock) && t.sock.birth_ns > sock.birth_ns;
+            t.sock.addr == sock.addr && t.sock.birth_ns < sock.birth_ns
+        }) {
+            let (ended, _) = entry.remove();
+            let hasher = &self.hasher;
+            let hash = hasher.hash_one(ended.sock);
+            self.older.insert_unique(hash, ended, |t| hasher.hash_one(t.sock));
+        }
+        newer
     }
 
     pub fn remove(&mut self, sock: &SockId) -> bool {
-        let hash = self.hash(sock.addr);
-        self.table.find_entry(hash, |t| t.sock == *sock).map(|e| e.remove()).is_ok()
+        let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(sock));
+        let is = |t: &Box<Track>| t.sock == *sock;
+        match self.current.find_entry(by_addr, is) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => self.older.find_entry(by_id, is).map(|e| e.remove()).is_ok(),
+        }
     }
 
     /// The newest tracked life at `addr` whose birth the kernel saw (not adopted).
     pub fn seen_born_at(&self, addr: u64) -> Option<SockId> {
-        self.table
-            .iter_hash(self.hash(addr))
-            .filter(|t| t.sock.addr == addr && t.sock.birth_ns & BIRTH_ADOPTED == 0)
+        self.current
+            .iter_hash(self.by_addr(addr))
+            .filter(|t| t.sock.addr == addr && seen_born(&t.sock))
             .map(|t| t.sock)
             .max_by_key(|sock| sock.birth_ns)
     }
 
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.current.len() + self.older.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Track> {
-        self.table.iter().map(|t| &**t)
+        self.current.iter().chain(self.older.iter()).map(|t| &**t)
     }
 }
 
@@ -76,18 +131,22 @@ mod tests {
     use crate::correlate::track::Track;
     use crate::decode::{Detail, Event, Family, SockId, TcpState};
 
-    fn track(addr: u64, birth_ns: u64) -> Track {
+    fn track(sock: SockId) -> Track {
         let any = "127.0.0.1:1".parse().expect("literal");
         Track::new(&Event {
             ts_ns: 1,
             until_ns: 1,
             owner: None,
-            sock: SockId { addr, birth_ns },
+            sock,
             family: Family::Inet,
             local: any,
             remote: any,
             detail: Detail::Destroy { state: TcpState::new(7).expect("CLOSE") },
         })
+    }
+
+    fn insert(tracks: &mut Tracks, sock: SockId) {
+        tracks.get_or_insert_with(sock, || track(sock));
     }
 
     #[test]
@@ -99,7 +158,7 @@ mod tests {
             SockId { addr: 7, birth_ns: 31 },
         );
         for sock in [old, new, adopted] {
-            tracks.get_or_insert_with(sock, || track(sock.addr, sock.birth_ns));
+            insert(&mut tracks, sock);
         }
         tracks.get_or_insert_with(new, || panic!("already tracked"));
         assert_eq!(tracks.len(), 3);
@@ -107,7 +166,30 @@ mod tests {
         assert_eq!(tracks.seen_born_at(8), None);
         assert!(tracks.remove(&new));
         assert!(!tracks.remove(&new));
-        assert_eq!(tracks.seen_born_at(7), Some(old));
         assert!(tracks.contains(&adopted) && tracks.get(&old).is_some_and(|t| t.sock == old));
+        assert!(tracks.remove(&old) && tracks.remove(&adopted) && tracks.len() == 0);
+    }
+
+    #[test]
+    fn an_old_life_arriving_late_stays_behind_the_newer_one() {
+        let mut tracks = Tracks::default();
+        let (old, new) = (SockId { addr: 7, birth_ns: 10 }, SockId { addr: 7, birth_ns: 20 });
+        insert(&mut tracks, new);
+        insert(&mut tracks, old);
+        assert_eq!(tracks.seen_born_at(7), Some(new));
+        assert!(tracks.get_mut(&old).is_some() && tracks.get_mut(&new).is_some());
+    }
+
+    #[test]
+    fn an_address_reused_many_times_keeps_one_current_life() {
+        let mut tracks = Tracks::default();
+        for birth in 1..=1_000u64 {
+            insert(&mut tracks, SockId { addr: 7, birth_ns: birth * 2 });
+        }
+        let at_7 = tracks.current.iter_hash(tracks.by_addr(7)).filter(|t| t.sock.addr == 7);
+        assert_eq!(at_7.count(), 1, "ended lives leave the address's probe sequence");
+        assert_eq!(tracks.seen_born_at(7), Some(SockId { addr: 7, birth_ns: 2_000 }));
+        assert_eq!(tracks.len(), 1_000);
+        assert!((1..=1_000u64).all(|b| tracks.contains(&SockId { addr: 7, birth_ns: b * 2 })));
     }
 }
