@@ -40,17 +40,15 @@ impl Tracks {
     }
 
     pub fn get(&self, sock: &SockId) -> Option<&Track> {
-        let is = |t: &Box<Track>| t.sock == *sock;
-        let found = self.current.find(self.by_addr(sock.addr), is);
-        found.or_else(|| self.older.find(self.by_id(sock), is)).map(|t| &**t)
+        let found = self.current.find(self.by_addr(sock.addr), |t| t.sock == *sock);
+        found.or_else(|| self.older.find(self.by_id(sock), |t| t.sock == *sock)).map(|t| &**t)
     }
 
     pub fn get_mut(&mut self, sock: &SockId) -> Option<&mut Track> {
         let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(sock));
-        let is = |t: &Box<Track>| t.sock == *sock;
-        match self.current.find_mut(by_addr, is) {
+        match self.current.find_mut(by_addr, |t| t.sock == *sock) {
             Some(t) => Some(&mut **t),
-            None => self.older.find_mut(by_id, is).map(|t| &mut **t),
+            None => self.older.find_mut(by_id, |t| t.sock == *sock).map(|t| &mut **t),
         }
     }
 
@@ -67,11 +65,10 @@ impl Tracks {
         let newer_at_addr = seen_born(&sock) && self.end_lives_before(sock);
         let hasher = &self.hasher;
         let entry = if newer_at_addr {
-            let rehash = |t: &Box<Track>| hasher.hash_one(t.sock);
-            self.older.insert_unique(hasher.hash_one(sock), track, rehash)
+            self.older.insert_unique(hasher.hash_one(sock), track, |t| hasher.hash_one(t.sock))
         } else {
-            let rehash = |t: &Box<Track>| hasher.hash_one(t.sock.addr);
-            self.current.insert_unique(hasher.hash_one(sock.addr), track, rehash)
+            let by_addr = hasher.hash_one(sock.addr);
+            self.current.insert_unique(by_addr, track, |t| hasher.hash_one(t.sock.addr))
         };
         entry.into_mut()
     }
@@ -97,13 +94,12 @@ impl Tracks {
 
     pub fn remove(&mut self, sock: &SockId) -> bool {
         let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(sock));
-        let is = |t: &Box<Track>| t.sock == *sock;
-        match self.current.find_entry(by_addr, is) {
+        match self.current.find_entry(by_addr, |t| t.sock == *sock) {
             Ok(entry) => {
                 entry.remove();
                 true
             }
-            Err(_) => self.older.find_entry(by_id, is).map(|e| e.remove()).is_ok(),
+            Err(_) => self.older.find_entry(by_id, |t| t.sock == *sock).map(|e| e.remove()).is_ok(),
         }
     }
 
