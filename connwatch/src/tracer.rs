@@ -121,10 +121,11 @@ impl Tracer {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
+        self.batch.clear();
         let taken = self.ring.drain(&mut self.batch, POLL_BATCH);
-        for record in self.batch.take() {
+        for record in self.batch.records() {
             self.bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
-            match decode::decode(&record) {
+            match decode::decode(record) {
                 Ok(event) => {
                     *self.events_by_type.entry(event.detail.type_name()).or_default() += 1;
                     out.push(event);

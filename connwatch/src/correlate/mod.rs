@@ -92,7 +92,7 @@ impl Correlator {
             }
             None => event,
         };
-        if !self.tracks.contains(&event.sock) && self.tracks.len() >= self.max_sockets {
+        if self.tracks.len() >= self.max_sockets && !self.tracks.contains(&event.sock) {
             self.make_room();
         }
         let threshold = self.thresholds.retransmits;
@@ -113,8 +113,7 @@ impl Correlator {
                 findings.push(finding);
             }
         }
-        self.schedule(event.sock);
-        self.retire_when_quiet(event.sock);
+        self.schedule_or_retire(event.sock);
         findings
     }
 
@@ -314,10 +313,6 @@ impl Correlator {
         })
     }
 
-    fn schedule(&mut self, sock: SockId) {
-        self.schedule_after(sock, 0);
-    }
-
     /// Schedules the socket's next timer, if one is pending and later than `now`.
     fn schedule_after(&mut self, sock: SockId, now: u64) {
         if let Some(track) = self.tracks.get(&sock)
@@ -328,16 +323,21 @@ impl Correlator {
         }
     }
 
-    /// A socket both sides are done with can hold no further finding: it is forgotten once
-    /// no late event has arrived for a while.
-    fn retire_when_quiet(&mut self, sock: SockId) {
+    /// After an event: schedules the socket's next timer if one is pending; otherwise, once
+    /// both sides are done with it (no finding can follow), it is forgotten when no late
+    /// event has arrived for a while.
+    fn schedule_or_retire(&mut self, sock: SockId) {
         let Some(track) = self.tracks.get(&sock) else {
             return;
         };
+        if let Some(deadline) = detect::next_deadline(track, &self.thresholds) {
+            self.deadlines.insert((deadline, sock));
+            return;
+        }
         let f = &track.facts;
         let kernel_done = f.kernel_closed().first().is_some();
         let app_done = f.app_closed().first().is_some() || f.app_touched().first().is_none();
-        if kernel_done && app_done && detect::next_deadline(track, &self.thresholds).is_none() {
+        if kernel_done && app_done {
             self.finished.insert((track.last_ts + quiet_window(track), sock));
         }
     }

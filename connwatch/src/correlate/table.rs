@@ -58,8 +58,14 @@ impl Tracks {
 
     /// The track of `sock`, made by `new` if there is none.
     pub fn get_or_insert_with(&mut self, sock: SockId, new: impl FnOnce() -> Track) -> &mut Track {
-        if self.contains(&sock) {
-            return self.get_mut(&sock).expect("just found");
+        let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(&sock));
+        // By bucket index: a reference returned from the lookup would hold the tables borrowed
+        // on the path that inserts.
+        if let Some(at) = self.current.find_bucket_index(by_addr, |t| t.sock == sock) {
+            return self.current.get_bucket_mut(at).expect("just found");
+        }
+        if let Some(at) = self.older.find_bucket_index(by_id, |t| t.sock == sock) {
+            return self.older.get_bucket_mut(at).expect("just found");
         }
         let track = Box::new(new());
         let newer_at_addr = seen_born(&sock) && self.end_lives_before(sock);
