@@ -162,10 +162,10 @@ pub fn idle_candidate(track: &Track, now: u64, t: &Thresholds) -> bool {
     track.reported & (1 << Kind::LivenessUnchecked as u16) == 0
         && f.established().first().is_some()
         && !over
-        && track.owner.is_some()
+        && track.owner().is_some()
         && track.fd().is_some()
         && track.last_ts.saturating_add(t.idle_grace_ns) <= now
-        && track.idle_audited_ns.saturating_add(t.idle_grace_ns) <= now
+        && track.idle_audited_ns().saturating_add(t.idle_grace_ns) <= now
 }
 
 /// Conditions that hold once time has passed without the application reacting.

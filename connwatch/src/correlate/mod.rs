@@ -6,6 +6,7 @@ pub mod detect;
 mod ends;
 pub mod finding;
 pub mod liveness;
+mod room;
 mod table;
 mod timeline;
 pub mod track;
@@ -184,7 +185,7 @@ impl Correlator {
         let grace_s = self.thresholds.idle_grace_ns / 1_000_000_000;
         for sock in due {
             if let Some(track) = self.tracks.get_mut(&sock) {
-                track.idle_audited_ns = now;
+                track.mark_idle_audited(now);
             }
             self.audited += 1;
             let Some(settings) = self.probe(sock) else { continue };
@@ -201,7 +202,7 @@ impl Correlator {
     /// Asks the socket's holder's copy for its settings.
     fn probe(&mut self, sock: SockId) -> Option<liveness::Settings> {
         let track = self.tracks.get(&sock)?;
-        let (pid, fd) = (track.owner.as_ref()?.pid, track.fd()?);
+        let (pid, fd) = (track.owner()?.pid, track.fd()?);
         let (local, remote) = (track.ends().local(), track.ends().remote());
         self.prober.as_mut()?.settings(pid, fd, local, remote)
     }
@@ -300,7 +301,7 @@ impl Correlator {
             kind,
             ts_ns: ts,
             sock,
-            owner: track.owner.clone(),
+            owner: track.owner().cloned(),
             fd: track.fd(),
             family: track.ends().family(),
             local: track.ends().local(),

@@ -1,24 +1,16 @@
 //! Everything the correlator keeps about one socket: facts with their times (first or last
 //! occurrence, so arrival order does not matter), and a short timeline of notable events.
 
-use super::{ends::Ends, timeline::Timeline};
-use crate::decode::{Detail, Errno, Event, Io, Owner, Snapshot, SockId, Via};
+use super::{ends::Ends, room, timeline::Timeline};
+use crate::decode::{Comm, Detail, Errno, Event, Io, Owner, Snapshot, SockId, Via};
 
 /// Room for the first facts (a held connection has three), then doubled.
 const SPANS_FIRST: usize = 3;
 /// `Track::fd` before any observation names a descriptor (none is negative).
 const NO_FD: i32 = -1;
-
-/// Makes room for one more element: `first` at the first, then twice the room. Growing by one
-/// each time (to spend nothing on room never used) made every new fact a `realloc`: under
-/// connection churn that was 40% of connwatch's CPU (`perf`, 4 churners on 2 CPUs), and the
-/// ring buffer overflowed.
-fn grow<T>(v: &mut Vec<T>, first: usize) {
-    if v.len() == v.capacity() {
-        let room = if v.is_empty() { first } else { v.len() * 2 };
-        v.reserve_exact(room - v.len());
-    }
-}
+/// `Track::owner` before any process touched the socket.
+const NO_OWNER: Owner = Owner { pid: 0, comm: Comm::EMPTY };
+const NS_PER_S: u64 = 1_000_000_000;
 
 const EPOLLHUP: u32 = 0x010;
 const EPOLLRDHUP: u32 = 0x2000;
@@ -208,7 +200,8 @@ impl Facts {
 #[derive(Clone, Debug, Default)]
 struct Spans {
     present: u32,
-    spans: Vec<Span>,
+    /// The first `present.count_ones()` are in use.
+    spans: Box<[Span]>,
 }
 
 impl Spans {
@@ -230,8 +223,10 @@ impl Spans {
     fn get_mut(&mut self, fact: Fact) -> &mut Span {
         let at = self.index(fact);
         if !self.has(fact) {
-            grow(&mut self.spans, SPANS_FIRST);
-            self.spans.insert(at, Span::default());
+            let used = self.present.count_ones() as usize;
+            room::make_room(&mut self.spans, used, 1, SPANS_FIRST);
+            self.spans.copy_within(at..used, at + 1);
+            self.spans[at] = Span::default();
             self.present |= 1 << fact as u32;
         }
         &mut self.spans[at]
@@ -243,7 +238,8 @@ impl Spans {
 pub struct Track {
     /// Which life of which socket (the tracks' key).
     pub sock: SockId,
-    pub owner: Option<Owner>,
+    /// The holding process, pid 0 while unknown (see [`Track::owner`]; no process has pid 0).
+    owner: Owner,
     /// The holder's descriptor, `NO_FD` until an observation names one (see [`Track::fd`]).
     fd: i32,
     /// Family and endpoints (see [`Track::ends`]).
@@ -255,15 +251,16 @@ pub struct Track {
     pub timeline: Timeline,
     /// Kinds already reported (bit per `Kind as u8`).
     pub reported: u16,
-    /// When the liveness audit last asked this socket for its settings.
-    pub idle_audited_ns: u64,
+    /// When the liveness audit last asked this socket for its settings, in seconds (see
+    /// [`Track::idle_audited_ns`]).
+    idle_audited_s: u32,
 }
 
 impl Track {
     pub fn new(e: &Event) -> Self {
         Self {
             sock: e.sock,
-            owner: e.owner.clone(),
+            owner: e.owner.clone().unwrap_or(NO_OWNER),
             fd: e.detail.fd().unwrap_or(NO_FD),
             ends: Ends::new(e.family, e.local, e.remote),
             first_ts: e.ts_ns,
@@ -271,15 +268,15 @@ impl Track {
             facts: Facts::default(),
             timeline: Timeline::default(),
             reported: 0,
-            idle_audited_ns: 0,
+            idle_audited_s: 0,
         }
     }
 
     pub fn apply(&mut self, e: &Event, void_threshold: u8) {
         self.first_ts = self.first_ts.min(e.ts_ns);
         self.last_ts = self.last_ts.max(e.ts_ns);
-        if e.owner.is_some() {
-            self.owner = e.owner.clone();
+        if let Some(owner) = &e.owner {
+            self.owner = owner.clone();
         }
         if let Some(fd) = e.detail.fd() {
             self.fd = fd;
@@ -292,6 +289,22 @@ impl Track {
         if note(&mut self.facts, e.ts_ns, e.until_ns, &e.detail, void_threshold) {
             self.timeline.record(e.ts_ns, e.until_ns, &e.detail);
         }
+    }
+
+    /// The process holding the socket, once one touched it in process context.
+    pub fn owner(&self) -> Option<&Owner> {
+        (self.owner.pid != 0).then_some(&self.owner)
+    }
+
+    /// When the liveness audit last asked this socket for its settings (0: never).
+    pub fn idle_audited_ns(&self) -> u64 {
+        u64::from(self.idle_audited_s) * NS_PER_S
+    }
+
+    /// The liveness audit asked the socket at `now`: kept in whole seconds, rounded up (the
+    /// audit runs at most once a second).
+    pub fn mark_idle_audited(&mut self, now: u64) {
+        self.idle_audited_s = u32::try_from(now.div_ceil(NS_PER_S)).unwrap_or(u32::MAX);
     }
 
     /// The application's descriptor of the socket, once an observation named it.

@@ -38,6 +38,9 @@ pub struct Comm {
 }
 
 impl Comm {
+    /// No name.
+    pub const EMPTY: Self = Self { bytes: [0; 16], len: 0 };
+
     /// From the kernel's NUL-padded `comm`.
     pub fn from_kernel(raw: &[u8; 16]) -> Self {
         let len = raw.iter().take(15).position(|&b| b == 0).unwrap_or(15);

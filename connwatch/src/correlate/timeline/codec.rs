@@ -3,8 +3,40 @@
 
 use crate::decode::{Detail, Direction, Errno, Io, Snapshot, TcpState, Via};
 
-/// Writes `(ts, until, detail)` after `base`, the timeline's reference time.
-pub fn put_entry(out: &mut Vec<u8>, base: u64, ts: u64, until: u64, detail: &Detail) {
+/// The longest entry: two times (10 bytes each at most), the tag, and a `Recv`'s fields.
+const MOST_BYTES: usize = 64;
+
+/// One entry being written (on the stack: recording an event allocates nothing).
+pub struct Entry {
+    bytes: [u8; MOST_BYTES],
+    len: usize,
+}
+
+impl Entry {
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn extend<const N: usize>(&mut self, bytes: [u8; N]) {
+        for b in bytes {
+            self.push(b);
+        }
+    }
+}
+
+/// `(ts, until, detail)`, written after `base`, the timeline's reference time.
+pub fn encode(base: u64, ts: u64, until: u64, detail: &Detail) -> Entry {
+    let mut out = Entry { bytes: [0; MOST_BYTES], len: 0 };
+    put_entry(&mut out, base, ts, until, detail);
+    out
+}
+
+fn put_entry(out: &mut Entry, base: u64, ts: u64, until: u64, detail: &Detail) {
     put_i64(out, ts.wrapping_sub(base) as i64);
     put_u64(out, until.wrapping_sub(ts));
     put_detail(out, detail);
@@ -23,7 +55,7 @@ pub fn entry_ts(bytes: &[u8], base: u64) -> u64 {
     base.wrapping_add(Reader(bytes).i64() as u64)
 }
 
-fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+fn put_u64(out: &mut Entry, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -31,11 +63,11 @@ fn put_u64(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_i64(out: &mut Vec<u8>, v: i64) {
+fn put_i64(out: &mut Entry, v: i64) {
     put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-fn put_errno(out: &mut Vec<u8>, e: Option<Errno>) {
+fn put_errno(out: &mut Entry, e: Option<Errno>) {
     match e {
         None => out.push(0),
         Some(Errno(v)) => {
@@ -45,14 +77,14 @@ fn put_errno(out: &mut Vec<u8>, e: Option<Errno>) {
     }
 }
 
-fn put_snapshot(out: &mut Vec<u8>, s: &Snapshot) {
+fn put_snapshot(out: &mut Entry, s: &Snapshot) {
     out.extend([s.state.value(), s.rto_retransmits]);
     put_errno(out, s.sk_err);
     put_u64(out, s.unacked_bytes.into());
     put_u64(out, s.srtt_us.into());
 }
 
-fn put_io(out: &mut Vec<u8>, io: &Io) {
+fn put_io(out: &mut Entry, io: &Io) {
     match io.last {
         Ok(n) => {
             out.push(0);
@@ -79,8 +111,8 @@ const DESTROY: u8 = 10;
 const SEEN: u8 = 11;
 const CLOSE: u8 = 12;
 
-fn put_detail(out: &mut Vec<u8>, detail: &Detail) {
-    let fd = |out: &mut Vec<u8>, fd: i32| put_i64(out, fd.into());
+fn put_detail(out: &mut Entry, detail: &Detail) {
+    let fd = |out: &mut Entry, fd: i32| put_i64(out, fd.into());
     match detail {
         Detail::State { old, new } => out.extend([STATE, old.value(), new.value()]),
         Detail::Reset { direction, state } => {
@@ -275,19 +307,30 @@ mod tests {
             Detail::Seen { state: st(8), at_start: true },
             Detail::Seen { state: st(1), at_start: false },
             Detail::Close { fd: 4, others: u32::MAX, snapshot: odd },
+            // The longest entry there can be.
+            Detail::Send {
+                io: Io { last: Err(Errno(i32::MIN)), bytes: u64::MAX, calls: u32::MAX },
+                snapshot: snapshot(8, Some(i32::MIN), u8::MAX, u32::MAX, u32::MAX),
+            },
         ]
     }
 
     #[test]
     fn every_variant_comes_back_as_written() {
-        let times = [(0, 0), (5, 5), (u64::MAX, u64::MAX), (1 << 40, (1 << 40) + 999), (3, 2)];
+        let times = [
+            (0, 0),
+            (5, 5),
+            (u64::MAX, u64::MAX),
+            (1 << 40, (1 << 40) + 999),
+            (3, 2),
+            (1 << 63, u64::MAX),
+        ];
         for base in [0, 1 << 40, u64::MAX] {
             for detail in details() {
                 for (ts, until) in times {
-                    let mut bytes = Vec::new();
-                    put_entry(&mut bytes, base, ts, until, &detail);
-                    assert_eq!(entry(&bytes, base), (ts, until, detail.clone()));
-                    assert_eq!(entry_ts(&bytes, base), ts);
+                    let written = encode(base, ts, until, &detail);
+                    assert_eq!(entry(written.bytes(), base), (ts, until, detail.clone()));
+                    assert_eq!(entry_ts(written.bytes(), base), ts);
                 }
             }
         }
@@ -295,10 +338,9 @@ mod tests {
 
     #[test]
     fn a_state_change_near_the_base_takes_five_bytes() {
-        let mut bytes = Vec::new();
         let change =
             Detail::State { old: TcpState::new(2).unwrap(), new: TcpState::new(1).unwrap() };
-        put_entry(&mut bytes, 1_000, 1_050, 1_050, &change);
-        assert_eq!(bytes.len(), 5, "ts, until, tag, old, new");
+        let written = encode(1_000, 1_050, 1_050, &change);
+        assert_eq!(written.bytes().len(), 5, "ts, until, tag, old, new");
     }
 }

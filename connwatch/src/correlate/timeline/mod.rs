@@ -4,18 +4,20 @@
 
 mod codec;
 
+use super::room;
 use crate::decode::Detail;
 
 /// At most this many events per socket (the earliest anchors stay).
 pub const MOST: usize = 12;
 /// Room for a held connection's first events (its opening and handshake: about 30 bytes),
-/// then doubled. 40 bytes take the same 48-byte heap chunk as 32.
+/// then doubled.
 const FIRST_BYTES: usize = 40;
 
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
-    /// Entries in time order, each its length (one byte) followed by its encoding.
-    bytes: Vec<u8>,
+    /// Entries in time order, each its length (one byte) followed by its encoding; a zero
+    /// length (or the end) ends them, and every byte after the last entry is zero.
+    bytes: Box<[u8]>,
     /// The time entries are written relative to (the first one recorded).
     base: u64,
 }
@@ -26,31 +28,36 @@ impl Timeline {
     pub fn record(&mut self, ts: u64, until: u64, detail: &Detail) {
         if self.bytes.is_empty() {
             self.base = ts;
-            self.bytes.reserve_exact(FIRST_BYTES);
         }
-        let (mut at, mut index, mut count) = (self.bytes.len(), None, 0);
+        let (mut used, mut at, mut index, mut count) = (0, None, None, 0);
         for (start, end) in self.entries() {
             if index.is_none() && codec::entry_ts(&self.bytes[start..end], self.base) > ts {
-                (at, index) = (start - 1, Some(count));
+                (at, index) = (Some(start - 1), Some(count));
             }
             count += 1;
+            used = end;
         }
+        let mut at = at.unwrap_or(used);
         if count >= MOST {
             if index.unwrap_or(count) < MOST / 2 {
                 return;
             }
             let (start, end) = self.entries().nth(MOST / 2).expect("the timeline is full");
-            self.bytes.drain(start - 1..end);
+            let removed = end - start + 1;
+            self.bytes.copy_within(end..used, start - 1);
+            self.bytes[used - removed..used].fill(0);
+            used -= removed;
             if at >= end {
-                at -= end - start + 1;
+                at -= removed;
             }
         }
-        let new = self.bytes.len();
-        self.bytes.push(0);
-        codec::put_entry(&mut self.bytes, self.base, ts, until, detail);
-        let len = self.bytes.len() - new - 1;
-        self.bytes[new] = u8::try_from(len).expect("an entry encodes in under 256 bytes");
-        self.bytes[at..].rotate_right(len + 1);
+        let entry = codec::encode(self.base, ts, until, detail);
+        let entry = entry.bytes();
+        let len = u8::try_from(entry.len()).expect("an entry encodes in under 256 bytes");
+        room::make_room(&mut self.bytes, used, entry.len() + 1, FIRST_BYTES);
+        self.bytes.copy_within(at..used, at + entry.len() + 1);
+        self.bytes[at] = len;
+        self.bytes[at + 1..=at + entry.len()].copy_from_slice(entry);
     }
 
     /// `(from, until, what)`, in time order.
@@ -68,6 +75,9 @@ impl Timeline {
         let mut at = 0;
         std::iter::from_fn(move || {
             let len = usize::from(*self.bytes.get(at)?);
+            if len == 0 {
+                return None;
+            }
             let entry = (at + 1, at + 1 + len);
             at = entry.1;
             Some(entry)
