@@ -14,6 +14,10 @@ pub const FLAG_ALL_IO: u32 = 8;
 /// Readiness results are examined only in processes that hold a socket needing attention
 /// (`ATTENTION`); `watch` and `agent` set it, `trace` reports every readiness.
 pub const FLAG_READINESS_ON_ATTENTION: u32 = 16;
+/// Once the application has closed a socket, its remaining state changes (the kernel finishing
+/// the close) are kept in the socket's entry and reported in one record when it reaches CLOSE
+/// ([`crate::event::StatesEvent`]); `watch` and `agent` set it, `trace` reports each at once.
+pub const FLAG_CLOSING_TOGETHER: u32 = 32;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.

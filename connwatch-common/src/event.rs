@@ -20,6 +20,9 @@ pub const KIND_ACCEPT: u8 = 11;
 /// `tcp:tcp_destroy_sock` on a socket whose last holder never called close() on it (the process
 /// exited, or was killed): every holder has let go.
 pub const KIND_DESTROY: u8 = 12;
+/// A socket's state changes since its application closed it, reported together when it
+/// reaches CLOSE ([`crate::config::FLAG_CLOSING_TOGETHER`]); a lost one counts as `KIND_STATE`.
+pub const KIND_STATES: u8 = 13;
 /// Slots of the per-CPU loss counter; every kind's value is below it.
 pub const KIND_SLOTS: u32 = 16;
 
@@ -84,6 +87,32 @@ pub struct StateEvent {
     pub _pad: [u8; 6],
 }
 assert_size!(StateEvent, 96);
+
+/// One state change of a [`StatesEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateChange {
+    pub ts_ns: u64,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad: [u8; 6],
+}
+assert_size!(StateChange, 16);
+
+/// The most changes one [`StatesEvent`] carries: those kept while closing, and the last.
+pub const STATES_MAX: usize = crate::socket::CLOSING_SLOTS + 1;
+
+/// [`KIND_STATES`]: `count` state changes in order, each with its own time (the header's is the
+/// last's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StatesEvent {
+    pub header: EventHeader,
+    pub count: u8,
+    pub _pad: [u8; 7],
+    pub changes: [StateChange; STATES_MAX],
+}
+assert_size!(StatesEvent, 160);
 
 /// `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`.
 #[repr(C)]

@@ -44,6 +44,33 @@ pub struct SocketInfo {
 }
 assert_size!(SocketInfo, 40);
 
+/// State changes after the application's close, not reported yet ([`SocketEntry::closing`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closing {
+    pub ts_ns: [u64; CLOSING_SLOTS],
+    pub old_state: [u8; CLOSING_SLOTS],
+    pub new_state: [u8; CLOSING_SLOTS],
+    /// How many of the slots are in use.
+    pub count: u8,
+    pub _pad: u8,
+}
+assert_size!(Closing, 32);
+
+/// State changes kept per socket: a clean close passes through at most three before CLOSE
+/// (FIN_WAIT1, FIN_WAIT2 / CLOSING, TIME_WAIT's CLOSE; or LAST_ACK).
+pub const CLOSING_SLOTS: usize = 3;
+
+/// The `SOCKETS` map's value: who the socket is, and its closing state changes not yet
+/// reported. Kept apart so hooks copy only the `info` they read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketEntry {
+    pub info: SocketInfo,
+    pub closing: Closing,
+}
+assert_size!(SocketEntry, 72);
+
 /// [`SocketInfo::flags`]: the last holder's close() was seen (so the kernel's destruction of
 /// the socket needs no report).
 pub const SOCKET_APP_CLOSED: u32 = 1;
@@ -167,6 +194,7 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding.
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::SocketInfo {}
+    unsafe impl aya::Pod for super::SocketEntry {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::IoState {}
     unsafe impl aya::Pod for super::EpollKey {}

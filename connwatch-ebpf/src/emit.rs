@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
-    event::{AppEvent, EventHeader, SockSnapshot},
+    event::{AppEvent, EventHeader, KIND_STATE, KIND_STATES, SockSnapshot},
     socket::{OWNER_UNKNOWN, SocketInfo},
 };
 
@@ -56,7 +56,8 @@ pub fn emit<T: 'static>(
     body: impl FnOnce(&mut T),
 ) {
     let Some(mut entry): Option<RingBufEntry<T>> = EVENTS.reserve::<T>(0) else {
-        count_lost(kind);
+        // State changes reported together are lost as state changes.
+        count_lost(if kind == KIND_STATES { KIND_STATE } else { kind });
         return;
     };
     let record = entry.as_mut_ptr();

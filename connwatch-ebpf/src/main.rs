@@ -11,6 +11,7 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core_intrinsics: atomic exchange and add on map values")]
 
+mod closing;
 mod config;
 mod emit;
 mod maps;

@@ -10,7 +10,7 @@ use connwatch_common::{
         ATTENTION_SLOTS, MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
         MAX_PENDING_CALLS, MAX_SOCKETS,
     },
-    socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, SendStart, SocketInfo},
+    socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, SendStart, SocketEntry},
 };
 
 use crate::syscall::KeptCall;
@@ -23,10 +23,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_SLOTS, 0);
 
-/// Identity (birth) and owner of every socket seen, keyed by `struct sock` address. LRU keeps it
-/// bounded: the least recently touched socket goes first.
+/// Identity (birth) and owner of every socket seen, and its closing state changes not reported
+/// yet, keyed by `struct sock` address. LRU keeps it bounded: the least recently touched
+/// socket goes first.
 #[map(name = "SOCKETS")]
-pub static SOCKETS: LruHashMap<u64, SocketInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+pub static SOCKETS: LruHashMap<u64, SocketEntry> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// A new `SOCKETS` entry, built here (one slot per CPU) rather than on the stack.
+#[map(name = "NEW_SOCKET")]
+pub static NEW_SOCKET: PerCpuArray<SocketEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Owners of listening sockets, so children created in softirq context inherit them.
 #[map(name = "LISTENERS")]

@@ -7,7 +7,7 @@
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use connwatch_common::socket::{ListenerKey, Owner, SocketInfo};
 
-use crate::maps::{LISTENERS, SOCKETS};
+use crate::maps::{LISTENERS, NEW_SOCKET, SOCKETS};
 
 /// The process running this (process-context) hook.
 #[inline(always)]
@@ -38,7 +38,17 @@ const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 #[inline(always)]
 fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
     let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
-    let _ = SOCKETS.insert(&sk, &info, 0);
+    // Built in this CPU's scratch slot, not on the stack: the readiness programs' combined
+    // stack is near the 512-byte limit.
+    if let Some(entry) = NEW_SOCKET.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else runs on this CPU while we do. Closing slots
+        // past `count` are never read.
+        unsafe {
+            (*entry).info = info;
+            (*entry).closing.count = 0;
+            let _ = SOCKETS.insert(&sk, &*entry, 0);
+        }
+    }
     crate::policy::release(sk);
     info
 }
@@ -49,7 +59,7 @@ fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
 pub fn known(sk: u64) -> SocketInfo {
     match SOCKETS.get_ptr(&sk) {
         // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
-        Some(info) => unsafe { *info },
+        Some(entry) => unsafe { (*entry).info },
         None => remember(sk, Owner::UNKNOWN, now() | ADOPTED),
     }
 }
@@ -61,9 +71,9 @@ pub fn known(sk: u64) -> SocketInfo {
 pub fn touch(sk: u64) -> SocketInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     match SOCKETS.get_ptr_mut(&sk) {
-        Some(info) => {
+        Some(entry) => {
             // SAFETY: a valid map value pointer; concurrent writers store whole owners.
-            let info = unsafe { &mut *info };
+            let info = unsafe { &mut (*entry).info };
             if info.owner.tgid != tgid {
                 info.owner = current();
             }
@@ -106,9 +116,9 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
 pub fn app_closed(sk: u64, state: u8) {
     if state == connwatch_common::tcp::TCP_CLOSE {
         forget(sk);
-    } else if let Some(info) = SOCKETS.get_ptr_mut(&sk) {
+    } else if let Some(entry) = SOCKETS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer.
-        unsafe { (*info).flags |= connwatch_common::socket::SOCKET_APP_CLOSED };
+        unsafe { (*entry).info.flags |= connwatch_common::socket::SOCKET_APP_CLOSED };
     }
 }
 
@@ -129,8 +139,8 @@ pub fn complete_ports(sk: u64, info: &SocketInfo, ends: &mut crate::sock::Endpoi
         {
             // SAFETY: a valid map value pointer.
             unsafe {
-                (*entry).sport = ends.sport;
-                (*entry).dport = ends.dport;
+                (*entry).info.sport = ends.sport;
+                (*entry).info.dport = ends.dport;
             }
         }
     } else if info.sport != 0 {

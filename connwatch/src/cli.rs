@@ -192,8 +192,9 @@ impl CommonArgs {
                 comm: self.comm.clone(),
             },
             all_io: false,
-            // watch and agent: findings only (trace overrides it).
+            // watch and agent: findings only (trace overrides both).
             healthy_readiness: false,
+            closing_together: true,
             left_out: self.leave_out.clone(),
             args_at_entry: self.args_at_entry,
         }
@@ -202,7 +203,12 @@ impl CommonArgs {
 
 impl TraceArgs {
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { all_io: self.all_io, healthy_readiness: true, ..self.common.load_options() }
+        LoadOptions {
+            all_io: self.all_io,
+            healthy_readiness: true,
+            closing_together: false,
+            ..self.common.load_options()
+        }
     }
 }
 
@@ -354,6 +360,8 @@ mod tests {
         assert_eq!(o.left_out, ["syscalls:sys_exit_select", "syscalls:sys_exit_pselect6"]);
         assert!(o.healthy_readiness, "trace reports every readiness");
         assert!(!watch(&["watch"]).common.load_options().healthy_readiness);
+        assert!(!o.closing_together, "trace reports every state change as it happens");
+        assert!(watch(&["watch"]).common.load_options().closing_together);
     }
 
     #[test]

@@ -125,10 +125,12 @@ impl Tracer {
         let taken = self.ring.drain(&mut self.batch, POLL_BATCH);
         for record in self.batch.records() {
             self.bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
-            match decode::decode(record) {
-                Ok(event) => {
-                    *self.events_by_type.entry(event.detail.type_name()).or_default() += 1;
-                    out.push(event);
+            let decoded = out.len();
+            match decode::decode_into(record, out) {
+                Ok(()) => {
+                    for event in &out[decoded..] {
+                        *self.events_by_type.entry(event.detail.type_name()).or_default() += 1;
+                    }
                 }
                 Err(_) => self.malformed += 1,
             }

@@ -73,6 +73,7 @@ impl Watching {
             session: Session::start(LoadOptions {
                 filters,
                 healthy_readiness: false,
+                closing_together: true,
                 ..LoadOptions::default()
             }),
             // As `watch` runs it: sockets can be asked for their settings (the liveness audit,

@@ -6,7 +6,9 @@ use connwatch::{
     correlate::{Finding, Kind},
     decode::{Detail, Event, SockId},
 };
-use connwatch_tests::{Peer, Topology, Watching, firewall::drop_tcp_input, require_root};
+use connwatch_tests::{
+    Peer, Topology, Watching, firewall::drop_tcp_input, require_root, session::transition,
+};
 
 /// A client and a server, connected, watched.
 struct Scene {
@@ -90,6 +92,54 @@ fn reading_to_eof_and_closing_finds_nothing() {
     s.server.ok("close");
     let spid = s.server.pid();
     s.expect_none_after_close(spid);
+}
+
+type Change = (&'static str, &'static str);
+
+/// The last `n` of a socket's timed state changes.
+fn last(changes: &[(u64, Change)], n: usize) -> Vec<Change> {
+    changes[changes.len().saturating_sub(n)..].iter().map(|c| c.1).collect()
+}
+
+/// Under watch, a closed socket's last state changes come in one record when it reaches CLOSE;
+/// each still arrives, in order, at the time it happened.
+#[test]
+fn a_clean_close_delivers_every_closing_state_change() {
+    let mut s = Scene::connected("closing", 23017);
+    let (cpid, spid) = (s.client.pid(), s.server.pid());
+    s.client.ok("close");
+    s.server.ok("read-eof");
+    s.server.ok("close");
+    s.watching.wait_until("both closes", |evs| {
+        [cpid, spid]
+            .iter()
+            .all(|&pid| evs.iter().any(|e| owned_by(e, pid) && e.detail.type_name() == "close"))
+    });
+    let (client, server) = (s.socket_of(cpid), s.socket_of(spid));
+    let closed = |evs: &[Event], sock: SockId| {
+        evs.iter().any(|e| e.sock == sock && transition(e).is_some_and(|(_, new)| new == "CLOSE"))
+    };
+    s.watching.wait_until("both sockets' CLOSE", |evs| closed(evs, client) && closed(evs, server));
+    let changes = |sock: SockId| -> Vec<(u64, Change)> {
+        let events = &s.watching.session.events;
+        events
+            .iter()
+            .filter(|e| e.sock == sock)
+            .filter_map(|e| Some((e.ts_ns, transition(e)?)))
+            .collect()
+    };
+    let (client, server) = (changes(client), changes(server));
+    assert_eq!(
+        last(&client, 3),
+        [("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE")],
+        "{client:?}"
+    );
+    assert_eq!(last(&server, 2), [("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")], "{server:?}");
+    for changes in [&client, &server] {
+        assert!(changes.windows(2).all(|w| w[0].0 <= w[1].0), "in time order: {changes:?}");
+    }
+    let findings = s.watching.settle();
+    assert!(findings.is_empty(), "a clean close has no finding: {findings:#?}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! the socket's identity and tallies go with it, so nothing carries over to the next socket
 //! allocated at the same address. When no holder's close() was seen (the process exited or was
 //! killed, and the kernel closed its descriptors), the end is reported: the application let go
-//! all the same. Raw only among tracepoints: the socket address is all it needs. Or the function
+//! all the same. Closing state changes still kept (see `closing`) are reported too. Raw only among tracepoints: the socket address is all it needs. Or the function
 //! that fires it, `tcp_v4_destroy_sock(struct sock *sk)` (IPv6 sockets pass through it too).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
@@ -12,7 +12,7 @@ use connwatch_common::{
     socket::SOCKET_APP_CLOSED,
 };
 
-use crate::{emit, maps::SOCKETS, owner, sock};
+use crate::{closing, emit, maps::SOCKETS, owner, sock};
 
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
@@ -29,17 +29,25 @@ socket_functions! {
 #[inline(always)]
 fn on_destroy(sk: u64) {
     // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
-    if let Some(info) = SOCKETS.get_ptr(&sk).map(|info| unsafe { *info })
-        && info.flags & SOCKET_APP_CLOSED == 0
-        && info.owner.tgid != 0
-        && let Some(mut ends) = sock::tcp_endpoints(sk)
-        && emit::wanted(sk, &info, &mut ends)
+    if let Some((info, kept)) =
+        SOCKETS.get_ptr(&sk).map(|entry| unsafe { ((*entry).info, (*entry).closing.count) })
     {
-        let state = ends.state;
-        emit::emit(KIND_DESTROY, sk, &info, &ends, |event: &mut DestroyEvent| {
-            event.state = state;
-            crate::zero::zero(&mut event._pad);
-        });
+        let app_closed = info.flags & SOCKET_APP_CLOSED != 0;
+        let unreported = if app_closed { kept != 0 } else { info.owner.tgid != 0 };
+        if unreported
+            && let Some(mut ends) = sock::tcp_endpoints(sk)
+            && emit::wanted(sk, &info, &mut ends)
+        {
+            if app_closed {
+                closing::report_left(sk, &info, &ends);
+            } else {
+                let state = ends.state;
+                emit::emit(KIND_DESTROY, sk, &info, &ends, |event: &mut DestroyEvent| {
+                    event.state = state;
+                    crate::zero::zero(&mut event._pad);
+                });
+            }
+        }
     }
     owner::forget(sk);
 }

@@ -17,7 +17,7 @@ use connwatch_common::{
     },
 };
 
-use crate::{config::conf, emit, owner, policy, sock};
+use crate::{closing, config::conf, emit, owner, policy, sock};
 
 #[tracepoint]
 pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -88,7 +88,7 @@ fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8) {
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
-    if emit::wanted(sk, &info, &mut ends) {
+    if emit::wanted(sk, &info, &mut ends) && !closing::keep_or_report(sk, &info, &ends, old, new) {
         emit::emit(KIND_STATE, sk, &info, &ends, |event: &mut StateEvent| {
             event.old_state = old;
             event.new_state = new;

@@ -10,8 +10,8 @@ use connwatch_common::{
     event::{
         AppEvent, DestroyEvent, ErrorEvent, EventHeader, KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT,
         KIND_DESTROY, KIND_ERROR, KIND_READINESS, KIND_RECV, KIND_RESET, KIND_RETRANSMIT,
-        KIND_SEND, KIND_SO_ERROR, KIND_STATE, RESET_RX, RESET_TX, ResetEvent, RetransmitEvent,
-        SockSnapshot, StateEvent, VIA_EPOLL, VIA_POLL, VIA_SELECT,
+        KIND_SEND, KIND_SO_ERROR, KIND_STATE, KIND_STATES, RESET_RX, RESET_TX, ResetEvent,
+        RetransmitEvent, SockSnapshot, StateEvent, StatesEvent, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
     socket::OWNER_UNKNOWN,
     tcp::{AF_INET, AF_INET6},
@@ -40,6 +40,8 @@ pub enum DecodeError {
     InvalidVia(u8),
     #[error("a record standing for no calls")]
     NoCalls,
+    #[error("a record of {0} state changes")]
+    InvalidCount(u8),
 }
 
 /// The JSON / summary name of an event kind.
@@ -101,14 +103,40 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
-    let (family, local, remote) = endpoints(&header)?;
-    let owner = (header.tgid != OWNER_UNKNOWN)
-        .then(|| Owner { pid: header.tgid, comm: Comm::from_kernel(&header.comm) });
+    event(&header, ts_ns, header.ts_ns, detail)
+}
+
+/// Decodes one record into the events it holds, appended to `out`: one, or for a
+/// [`KIND_STATES`] record each of its state changes, at its own time. A bad record appends
+/// nothing.
+pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    let header: EventHeader = read(record)?;
+    if header.kind != KIND_STATES {
+        out.push(decode(record)?);
+        return Ok(());
+    }
+    let e: StatesEvent = read(record)?;
+    let changes = e.changes.get(..usize::from(e.count)).filter(|c| !c.is_empty());
+    let changes = changes.ok_or(DecodeError::InvalidCount(e.count))?;
+    let details = changes
+        .iter()
+        .map(|c| Ok((c.ts_ns, TcpState::new(c.old_state)?, TcpState::new(c.new_state)?)))
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    for (ts_ns, old, new) in details {
+        out.push(event(&header, ts_ns, ts_ns, Detail::State { old, new })?);
+    }
+    Ok(())
+}
+
+fn event(h: &EventHeader, ts_ns: u64, until_ns: u64, detail: Detail) -> Result<Event, DecodeError> {
+    let (family, local, remote) = endpoints(h)?;
+    let owner =
+        (h.tgid != OWNER_UNKNOWN).then(|| Owner { pid: h.tgid, comm: Comm::from_kernel(&h.comm) });
     Ok(Event {
         ts_ns,
-        until_ns: header.ts_ns,
+        until_ns,
         owner,
-        sock: SockId { addr: header.sk, birth_ns: header.birth_ns },
+        sock: SockId { addr: h.sk, birth_ns: h.birth_ns },
         family,
         local,
         remote,

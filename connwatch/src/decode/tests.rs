@@ -2,10 +2,14 @@ use std::net::SocketAddr;
 
 use connwatch_common::{
     event::{
-        ErrorEvent, EventHeader, KIND_ERROR, KIND_RESET, KIND_RETRANSMIT, KIND_STATE, RESET_RX,
-        RESET_TX, ResetEvent, RetransmitEvent, StateEvent,
+        ErrorEvent, EventHeader, KIND_ERROR, KIND_RESET, KIND_RETRANSMIT, KIND_STATE, KIND_STATES,
+        RESET_RX, RESET_TX, ResetEvent, RetransmitEvent, STATES_MAX, StateChange, StateEvent,
+        StatesEvent,
     },
-    tcp::{AF_INET, AF_INET6, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED},
+    tcp::{
+        AF_INET, AF_INET6, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1,
+        TCP_FIN_WAIT2, TCP_SYN_SENT,
+    },
 };
 
 use super::*;
@@ -286,4 +290,69 @@ fn malformed_observations_are_errors() {
     assert_eq!(decode(&app_record(KIND_RECV, -1, 0, 0, 0)), Err(DecodeError::NoCalls));
     let short = app_record(KIND_RECV, -1, 0, 1, 0);
     assert_eq!(decode(&short[..100]), Err(DecodeError::Short { len: 100, need: 136 }));
+}
+
+fn states_record(count: u8, changes: &[(u64, u8, u8)]) -> Vec<u8> {
+    let mut record = StatesEvent {
+        header: header(KIND_STATES, AF_INET),
+        count,
+        _pad: [0; 7],
+        changes: [StateChange { ts_ns: 0, old_state: 0, new_state: 0, _pad: [0; 6] }; STATES_MAX],
+    };
+    for (slot, &(ts_ns, old_state, new_state)) in record.changes.iter_mut().zip(changes) {
+        *slot = StateChange { ts_ns, old_state, new_state, _pad: [0; 6] };
+    }
+    bytes_of(&record)
+}
+
+#[test]
+fn closing_state_changes_decode_as_one_event_each_at_its_own_time() {
+    let closing = [
+        (10, TCP_ESTABLISHED, TCP_FIN_WAIT1),
+        (20, TCP_FIN_WAIT1, TCP_FIN_WAIT2),
+        (30, TCP_FIN_WAIT2, TCP_CLOSE),
+    ];
+    let mut out = vec![decode(&state_record(TCP_SYN_SENT, TCP_ESTABLISHED)).unwrap()];
+    decode_into(&states_record(3, &closing), &mut out).expect("valid record");
+    let changes: Vec<(u64, u64, String, String)> = out[1..]
+        .iter()
+        .map(|e| match &e.detail {
+            Detail::State { old, new } => (e.ts_ns, e.until_ns, old.to_string(), new.to_string()),
+            other => panic!("not a state change: {other:?}"),
+        })
+        .collect();
+    let expected = [
+        (10, "ESTABLISHED", "FIN_WAIT1"),
+        (20, "FIN_WAIT1", "FIN_WAIT2"),
+        (30, "FIN_WAIT2", "CLOSE"),
+    ]
+    .map(|(ts, old, new)| (ts, ts, old.to_string(), new.to_string()));
+    assert_eq!(changes, expected);
+    // Every change is the same socket's, with the record's owner and endpoints.
+    assert!(out[1..].iter().all(|e| e.sock == out[0].sock && e.owner == out[0].owner));
+    assert!(out[1..].iter().all(|e| (e.local, e.remote) == (out[0].local, out[0].remote)));
+}
+
+#[test]
+fn a_bad_record_of_state_changes_decodes_to_nothing() {
+    let one = [(10, TCP_ESTABLISHED, TCP_FIN_WAIT1)];
+    let bad_second = [(10, TCP_ESTABLISHED, TCP_FIN_WAIT1), (20, TCP_FIN_WAIT1, 99)];
+    let cases = [
+        (states_record(0, &one), DecodeError::InvalidCount(0)),
+        (
+            states_record(STATES_MAX as u8 + 1, &one),
+            DecodeError::InvalidCount(STATES_MAX as u8 + 1),
+        ),
+        (states_record(2, &bad_second), DecodeError::InvalidState(99)),
+    ];
+    for (record, error) in cases {
+        let mut out = Vec::new();
+        assert_eq!(decode_into(&record, &mut out), Err(error));
+        assert!(out.is_empty(), "nothing of a bad record is kept");
+    }
+    let mut out = Vec::new();
+    assert!(matches!(
+        decode_into(&states_record(1, &one)[..100], &mut out),
+        Err(DecodeError::Short { .. })
+    ));
 }

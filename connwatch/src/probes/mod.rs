@@ -21,7 +21,8 @@ use aya::{
 };
 use connwatch_common::{
     config::{
-        Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_READINESS_ON_ATTENTION,
+        Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_CLOSING_TOGETHER,
+        FLAG_READINESS_ON_ATTENTION,
     },
     names::{
         GLOBAL_CONFIG, MAP_EPOLL_WATCH, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER,
@@ -72,6 +73,10 @@ pub struct LoadOptions {
     /// (connecting, peer closed, reset, error, retransmitting), since no finding rests on the
     /// readiness of a healthy connection; the rest is counted (`readiness_not_needed`).
     pub healthy_readiness: bool,
+    /// Report the state changes of a socket its application has closed together, when it
+    /// reaches CLOSE (`watch` and `agent`: no finding rests on them any more), instead of each
+    /// as it happens (`trace`).
+    pub closing_together: bool,
     /// Hooks (`category:name`) not to attach, as if this kernel lacked them: their stand-ins
     /// (if any) attach instead.
     pub left_out: Vec<String>,
@@ -88,6 +93,7 @@ impl Default for LoadOptions {
             filters: Filters::default(),
             all_io: false,
             healthy_readiness: true,
+            closing_together: false,
             left_out: Vec::new(),
             args_at_entry: false,
         }
@@ -222,6 +228,9 @@ fn flag_bits(options: &LoadOptions) -> u32 {
     let mut bits = if options.all_io { FLAG_ALL_IO } else { 0 };
     if !options.healthy_readiness {
         bits |= FLAG_READINESS_ON_ATTENTION;
+    }
+    if options.closing_together {
+        bits |= FLAG_CLOSING_TOGETHER;
     }
     if !filters.pids.is_empty() {
         bits |= FILTER_PIDS;
