@@ -30,6 +30,13 @@ fn seen_born(sock: &SockId) -> bool {
     sock.birth_ns & BIRTH_ADOPTED == 0
 }
 
+/// Which of the two tables holds a track.
+#[derive(Clone, Copy)]
+enum Held {
+    Current,
+    Older,
+}
+
 impl Tracks {
     fn by_addr(&self, addr: u64) -> u64 {
         self.hasher.hash_one(addr)
@@ -39,44 +46,62 @@ impl Tracks {
         self.hasher.hash_one(sock)
     }
 
-    pub fn get(&self, sock: &SockId) -> Option<&Track> {
-        let found = self.current.find(self.by_addr(sock.addr), |t| t.sock == *sock);
-        found.or_else(|| self.older.find(self.by_id(sock), |t| t.sock == *sock)).map(|t| &**t)
-    }
-
-    pub fn get_mut(&mut self, sock: &SockId) -> Option<&mut Track> {
-        let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(sock));
-        match self.current.find_mut(by_addr, |t| t.sock == *sock) {
-            Some(t) => Some(&mut **t),
-            None => self.older.find_mut(by_id, |t| t.sock == *sock).map(|t| &mut **t),
+    fn table(&mut self, held: Held) -> &mut HashTable<Box<Track>> {
+        match held {
+            Held::Current => &mut self.current,
+            Held::Older => &mut self.older,
         }
     }
 
+    /// Where `sock`'s track is: its table and bucket.
+    fn locate(&self, sock: &SockId) -> Option<(Held, usize)> {
+        let is = |t: &Track| t.sock == *sock;
+        match self.current.find_bucket_index(self.by_addr(sock.addr), |t| is(t)) {
+            Some(at) => Some((Held::Current, at)),
+            None => Some((Held::Older, self.older.find_bucket_index(self.by_id(sock), |t| is(t))?)),
+        }
+    }
+
+    pub fn get(&self, sock: &SockId) -> Option<&Track> {
+        let (held, at) = self.locate(sock)?;
+        let table = match held {
+            Held::Current => &self.current,
+            Held::Older => &self.older,
+        };
+        table.get_bucket(at).map(|t| &**t)
+    }
+
+    pub fn get_mut(&mut self, sock: &SockId) -> Option<&mut Track> {
+        let (held, at) = self.locate(sock)?;
+        self.table(held).get_bucket_mut(at).map(|t| &mut **t)
+    }
+
     pub fn contains(&self, sock: &SockId) -> bool {
-        self.get(sock).is_some()
+        self.locate(sock).is_some()
     }
 
     /// The track of `sock`, made by `new` if there is none.
     pub fn get_or_insert_with(&mut self, sock: SockId, new: impl FnOnce() -> Track) -> &mut Track {
-        let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(&sock));
-        // By bucket index: a reference returned from the lookup would hold the tables borrowed
-        // on the path that inserts.
-        if let Some(at) = self.current.find_bucket_index(by_addr, |t| t.sock == sock) {
-            return self.current.get_bucket_mut(at).expect("just found");
-        }
-        if let Some(at) = self.older.find_bucket_index(by_id, |t| t.sock == sock) {
-            return self.older.get_bucket_mut(at).expect("just found");
+        if let Some((held, at)) = self.locate(&sock) {
+            return self.table(held).get_bucket_mut(at).expect("just found");
         }
         let track = Box::new(new());
-        let newer_at_addr = seen_born(&sock) && self.end_lives_before(sock);
-        let hasher = &self.hasher;
-        let entry = if newer_at_addr {
-            self.older.insert_unique(hasher.hash_one(sock), track, |t| hasher.hash_one(t.sock))
+        if seen_born(&sock) && self.end_lives_before(sock) {
+            self.insert(Held::Older, track)
         } else {
-            let by_addr = hasher.hash_one(sock.addr);
-            self.current.insert_unique(by_addr, track, |t| hasher.hash_one(t.sock.addr))
+            self.insert(Held::Current, track)
+        }
+    }
+
+    /// Inserts a track not yet in either table.
+    fn insert(&mut self, held: Held, track: Box<Track>) -> &mut Track {
+        let hasher = self.hasher.clone();
+        let hash = move |t: &Track| match held {
+            Held::Current => hasher.hash_one(t.sock.addr),
+            Held::Older => hasher.hash_one(t.sock),
         };
-        entry.into_mut()
+        let at = hash(&track);
+        self.table(held).insert_unique(at, track, move |t| hash(t)).into_mut()
     }
 
     /// A life born at `sock.birth_ns`: every current life at its address born before it has
@@ -84,29 +109,22 @@ impl Tracks {
     /// life there is newer still (`sock`'s events came late), so `sock` itself is older.
     fn end_lives_before(&mut self, sock: SockId) -> bool {
         let by_addr = self.by_addr(sock.addr);
-        let mut newer = false;
-        while let Ok(entry) = self.current.find_entry(by_addr, |t| {
-            newer |=
-                t.sock.addr == sock.addr && seen_born(&t.sock) && t.sock.birth_ns > sock.birth_ns;
-            t.sock.addr == sock.addr && t.sock.birth_ns < sock.birth_ns
-        }) {
-            let (ended, _) = entry.remove();
-            let hasher = &self.hasher;
-            let hash = hasher.hash_one(ended.sock);
-            self.older.insert_unique(hash, ended, |t| hasher.hash_one(t.sock));
+        let at_addr = |t: &Track| t.sock.addr == sock.addr;
+        let ended = |t: &Track| at_addr(t) && t.sock.birth_ns < sock.birth_ns;
+        while let Ok(entry) = self.current.find_entry(by_addr, |t| ended(t)) {
+            let (track, _) = entry.remove();
+            self.insert(Held::Older, track);
         }
-        newer
+        self.current
+            .iter_hash(by_addr)
+            .any(|t| at_addr(t) && seen_born(&t.sock) && t.sock.birth_ns > sock.birth_ns)
     }
 
     pub fn remove(&mut self, sock: &SockId) -> bool {
-        let (by_addr, by_id) = (self.by_addr(sock.addr), self.by_id(sock));
-        match self.current.find_entry(by_addr, |t| t.sock == *sock) {
-            Ok(entry) => {
-                entry.remove();
-                true
-            }
-            Err(_) => self.older.find_entry(by_id, |t| t.sock == *sock).map(|e| e.remove()).is_ok(),
-        }
+        let Some((held, at)) = self.locate(sock) else {
+            return false;
+        };
+        self.table(held).get_bucket_entry(at).map(|entry| entry.remove()).is_ok()
     }
 
     /// The newest tracked life at `addr` whose birth the kernel saw (not adopted).

@@ -118,14 +118,17 @@ pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeErro
     let e: StatesEvent = read(record)?;
     let changes = e.changes.get(..usize::from(e.count)).filter(|c| !c.is_empty());
     let changes = changes.ok_or(DecodeError::InvalidCount(e.count))?;
-    let details = changes
-        .iter()
-        .map(|c| Ok((c.ts_ns, TcpState::new(c.old_state)?, TcpState::new(c.new_state)?)))
-        .collect::<Result<Vec<_>, DecodeError>>()?;
-    for (ts_ns, old, new) in details {
-        out.push(event(&header, ts_ns, ts_ns, Detail::State { old, new })?);
+    let decoded = out.len();
+    let each = changes.iter().try_for_each(|c| {
+        let detail =
+            Detail::State { old: TcpState::new(c.old_state)?, new: TcpState::new(c.new_state)? };
+        out.push(event(&header, c.ts_ns, c.ts_ns, detail)?);
+        Ok(())
+    });
+    if each.is_err() {
+        out.truncate(decoded);
     }
-    Ok(())
+    each
 }
 
 fn event(h: &EventHeader, ts_ns: u64, until_ns: u64, detail: Detail) -> Result<Event, DecodeError> {
