@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    correlate::{DEFAULT_MAX_SOCKETS, Thresholds},
+    correlate::{DEFAULT_MAX_SOCKETS, Shards, Thresholds, shards::MOST_SHARDS},
     probes::{
         AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions,
         hooks::{HOOKS, Mechanism, Role},
@@ -105,6 +105,20 @@ pub struct WatchArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
+    /// Threads that join the kernel's events to what applications saw, each owning a share of
+    /// the sockets (`auto`: one per four CPUs). More keep up with more connections a second.
+    #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_correlator_threads)]
+    pub correlator_threads: CorrelatorThreads,
+}
+
+/// `--correlator-threads`: a number, or `None` for one per four CPUs.
+#[derive(Clone, Copy, Debug)]
+pub struct CorrelatorThreads(pub Option<usize>);
+
+impl WatchArgs {
+    pub fn correlator_count(&self) -> usize {
+        self.correlator_threads.0.unwrap_or_else(Shards::auto_count)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +230,18 @@ fn parse_label_values(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=100_000).contains(&n) => Ok(n),
         _ => Err(format!("{s:?}: the label value limit must be a number from 1 to 100000")),
+    }
+}
+
+fn parse_correlator_threads(s: &str) -> Result<CorrelatorThreads, String> {
+    if s == "auto" {
+        return Ok(CorrelatorThreads(None));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MOST_SHARDS).contains(&n) => Ok(CorrelatorThreads(Some(n))),
+        _ => Err(format!(
+            "{s:?}: correlator threads must be `auto` or a number from 1 to {MOST_SHARDS}"
+        )),
     }
 }
 

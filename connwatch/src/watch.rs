@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     cli::WatchArgs,
-    correlate::{Correlator, Kind, Thresholds},
+    correlate::{Correlator, Kind, Shards},
     decode::Event,
     inventory::socket_settings::PidfdProber,
     pipeline::{self, Consumer},
@@ -19,23 +19,24 @@ use crate::{
 pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let options = args.common.load_options();
     let thresholds = args.thresholds.thresholds();
+    let max_sockets = args.thresholds.max_sockets;
+    let correlators = Shards::new(args.correlator_count(), max_sockets, |each| {
+        Correlator::new(thresholds, each).with_prober(Box::new(PidfdProber))
+    });
     let mut sink = output(args.common.json, false);
-    watch(&options, thresholds, args.thresholds.max_sockets, args.common.duration, sink.as_mut())
-        .await
+    watch(&options, correlators, args.common.duration, sink.as_mut()).await
 }
 
 /// Runs the watcher on `sink` until the deadline or a signal; used by `watch` and `demo`.
 pub async fn watch(
     options: &LoadOptions,
-    thresholds: Thresholds,
-    max_sockets: usize,
+    correlators: Shards,
     duration: Option<std::time::Duration>,
     sink: &mut dyn Sink,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tracer = Tracer::start(options)?;
-    let correlator = Correlator::new(thresholds, max_sockets).with_prober(Box::new(PidfdProber));
-    let mut watcher = Watcher::new(correlator, sink);
+    let mut watcher = Watcher::new(correlators, sink);
     let outcome = match watcher.sink.ready(&tracer.ready()) {
         Ok(()) => pipeline::run(&mut tracer, duration, &mut watcher).await,
         Err(e) => Err(e),
@@ -47,8 +48,8 @@ pub async fn watch(
     quiet_broken_pipe(outcome).context("writing findings to stdout")
 }
 
-/// What a correlator found, for the `summary` line: every kind listed.
-pub fn summary_of(correlator: &Correlator) -> WatchSummary {
+/// What the correlators found, for the `summary` line: every kind listed.
+pub fn summary_of(correlator: &Shards) -> WatchSummary {
     let reported = correlator.reported();
     WatchSummary {
         findings: Kind::ALL
@@ -62,15 +63,15 @@ pub fn summary_of(correlator: &Correlator) -> WatchSummary {
 
 /// Feeds the correlator and reports what it finds.
 pub struct Watcher<'a> {
-    pub correlator: Correlator,
+    pub correlator: Shards,
     /// Every finding reported: its kind and process.
     pub found: Vec<(Kind, Option<u32>)>,
     sink: &'a mut dyn Sink,
 }
 
 impl<'a> Watcher<'a> {
-    pub fn new(correlator: Correlator, sink: &'a mut dyn Sink) -> Self {
-        Self { correlator, found: Vec::new(), sink }
+    pub fn new(correlator: impl Into<Shards>, sink: &'a mut dyn Sink) -> Self {
+        Self { correlator: correlator.into(), found: Vec::new(), sink }
     }
 
     pub fn summary(&self) -> WatchSummary {
@@ -87,10 +88,8 @@ impl Watcher<'_> {
 
 impl Consumer for Watcher<'_> {
     fn events(&mut self, events: &[Event]) -> io::Result<()> {
-        for event in events {
-            for finding in self.correlator.ingest(event) {
-                self.report(&finding)?;
-            }
+        for finding in self.correlator.ingest(events) {
+            self.report(&finding)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use connwatch::{
-    correlate::{Correlator, DEFAULT_MAX_SOCKETS, Finding, Kind, Thresholds},
+    correlate::{Correlator, DEFAULT_MAX_SOCKETS, Finding, Kind, Shards, Thresholds},
     inventory::socket_settings::PidfdProber,
     probes::{Filters, LoadOptions},
     sinks::clock::monotonic_ns,
@@ -20,9 +20,18 @@ pub const TEST_THRESHOLDS: Thresholds = Thresholds {
     idle_grace_ns: 300_000_000_000,
 };
 
+/// As `watch` runs them: sockets can be asked for their settings (the liveness audit,
+/// half-open-write's give-up time).
+fn correlators(threads: usize, thresholds: Thresholds) -> Shards {
+    Shards::new(threads, DEFAULT_MAX_SOCKETS, |each| {
+        Correlator::new(thresholds, each).with_prober(Box::new(PidfdProber))
+    })
+}
+
 pub struct Watching {
     pub session: Session,
-    pub correlator: Correlator,
+    pub correlator: Shards,
+    thresholds: Thresholds,
     pub findings: Vec<Finding>,
     fed: usize,
 }
@@ -76,21 +85,24 @@ impl Watching {
                 closing_together: true,
                 ..LoadOptions::default()
             }),
-            // As `watch` runs it: sockets can be asked for their settings (the liveness audit,
-            // half-open-write's give-up time).
-            correlator: Correlator::new(thresholds, DEFAULT_MAX_SOCKETS)
-                .with_prober(Box::new(PidfdProber)),
+            correlator: correlators(1, thresholds),
+            thresholds,
             findings: Vec::new(),
             fed: 0,
         }
     }
 
+    /// Joins events on `threads` correlator threads (`connwatch watch --correlator-threads`).
+    pub fn sharded(mut self, threads: usize) -> Self {
+        assert_eq!(self.fed, 0, "sharded before any event is fed");
+        self.correlator = correlators(threads, self.thresholds);
+        self
+    }
+
     /// Feeds new events and lets the correlator's timers run at `now`.
     fn pump(&mut self, now: u64) {
         self.session.tracer.poll(&mut self.session.events);
-        for event in &self.session.events[self.fed..] {
-            self.findings.extend(self.correlator.ingest(event));
-        }
+        self.findings.extend(self.correlator.ingest(&self.session.events[self.fed..]));
         self.fed = self.session.events.len();
         self.correlator.note_lost_total(monotonic_ns(), self.session.tracer.lost_total());
         self.findings.extend(self.correlator.tick(now));

@@ -13,13 +13,23 @@ use connwatch_tests::{Watching, require_root};
 
 #[test]
 fn parallel_churn_keeps_one_connection_per_socket_id_and_finds_nothing() {
+    churn_under_watch(1, 24200);
+}
+
+/// The same churn joined on three correlator threads, each owning a share of the sockets.
+#[test]
+fn parallel_churn_on_several_correlator_threads_finds_nothing() {
+    churn_under_watch(3, 24300);
+}
+
+fn churn_under_watch(correlator_threads: usize, first_port: u16) {
     require_root();
     let processes = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
     // Connections a second, all processes together.
     const TOTAL_RATE: usize = 4000;
     let rate = (TOTAL_RATE / processes).max(1).to_string();
-    let ports: Vec<u16> = (0..processes as u16).map(|i| 24200 + i).collect();
-    let mut watching = Watching::as_deployed(&ports);
+    let ports: Vec<u16> = (0..processes as u16).map(|i| first_port + i).collect();
+    let mut watching = Watching::as_deployed(&ports).sharded(correlator_threads);
     let made: u64 = watching.during(|| {
         let children: Vec<_> = ports
             .iter()

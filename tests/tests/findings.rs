@@ -21,12 +21,17 @@ struct Scene {
 
 impl Scene {
     fn connected(tag: &str, port: u16) -> Self {
+        Self::connected_sharded(tag, port, 1)
+    }
+
+    /// Joined on `threads` correlator threads.
+    fn connected_sharded(tag: &str, port: u16, threads: usize) -> Self {
         require_root();
         let topology = Topology::new(tag);
         let mut server = Peer::spawn(&topology.server);
         let mut client = Peer::spawn(&topology.client);
         // By port: a process the test forks must be seen too.
-        let watching = Watching::on_port(port);
+        let watching = Watching::on_port(port).sharded(threads);
         server.ok(&format!("listen {} {port}", Topology::SERVER_V4));
         client.ok(&format!("connect {} {port}", Topology::SERVER_V4));
         server.ok("accept");
@@ -172,6 +177,18 @@ fn write_after_peer_close_names_the_writer_that_had_read_eof() {
     let send = lines.iter().position(|l| l == "send 10 bytes [CLOSE_WAIT]");
     let rst = lines.iter().position(|l| l.starts_with("RST rx"));
     assert!(send.is_some() && rst.is_some() && send < rst, "{lines:#?}");
+}
+
+/// The same trap joined on three correlator threads, each owning a share of the sockets.
+#[test]
+fn write_after_peer_close_is_found_on_several_correlator_threads() {
+    let mut s = Scene::connected_sharded("wapc3", 23018, 3);
+    s.client.ok("close");
+    assert_eq!(s.server.ok("read-eof"), "eof");
+    assert_eq!(s.server.ok("write 10"), "wrote 10");
+    s.server.ok("close");
+    let spid = s.server.pid();
+    s.expect_only(Kind::WriteAfterPeerClose, spid);
 }
 
 #[test]

@@ -24,7 +24,7 @@ use self::{
 };
 use crate::{
     cli::AgentArgs,
-    correlate::{Correlator, Finding, Kind},
+    correlate::{Correlator, Finding, Kind, Shards},
     decode::{Detail, Event, SockId},
     pipeline::{self, Consumer},
     sinks::{
@@ -53,9 +53,14 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(listener, registry));
     let mut sink = output(args.watch.common.json, false);
     let thresholds = args.watch.thresholds.thresholds();
+    let correlator =
+        Shards::new(args.watch.correlator_count(), args.watch.thresholds.max_sockets, |each| {
+            Correlator::new(thresholds, each).with_prober(Box::new(feed.prober()))
+        });
     let mut agent = Agent {
-        correlator: Correlator::new(thresholds, args.watch.thresholds.max_sockets)
-            .with_prober(Box::new(feed.prober())),
+        correlator,
+        batch: Vec::new(),
+        ended: Vec::new(),
         json: args.watch.common.json,
         sink: sink.as_mut(),
         metrics,
@@ -84,6 +89,9 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     quiet_broken_pipe(outcome).context("writing findings to stdout")
 }
 
+/// Ended connections held for settling before the agent waits for its correlators.
+const ENDED_HELD: usize = 65_536;
+
 /// Running totals already added to counters that the tracer reports as totals.
 #[derive(Default)]
 struct Counted {
@@ -98,7 +106,12 @@ struct Counted {
 }
 
 struct Agent<'a> {
-    correlator: Correlator,
+    correlator: Shards,
+    /// A drain's events as the correlators take them (under the identities `joined` gives).
+    batch: Vec<Event>,
+    /// Sockets whose connection ended since the last tick: they stop counting as problems
+    /// once every finding about them is in (several correlator threads answer late).
+    ended: Vec<SockId>,
     json: bool,
     sink: &'a mut dyn Sink,
     metrics: Metrics,
@@ -132,7 +145,8 @@ impl Agent<'_> {
         (comm, cgroup, attribution)
     }
 
-    fn ingest(&mut self, event: &Event) -> io::Result<()> {
+    /// Counts what the event tells the metrics, and queues it for the correlators.
+    fn count(&mut self, event: &Event) {
         let comm = event.owner.as_ref().map(|o| o.comm.to_string()).unwrap_or_default();
         let pid = event.owner.as_ref().map(|o| o.pid);
         match &event.detail {
@@ -166,21 +180,11 @@ impl Agent<'_> {
             }
             _ => {}
         }
-        let aliased;
         let event = match self.joined(event) {
-            Some(sock) => {
-                aliased = Event { sock, ..event.clone() };
-                &aliased
-            }
-            None => event,
+            Some(sock) => Event { sock, ..event.clone() },
+            None => event.clone(),
         };
-        for finding in self.correlator.ingest(event) {
-            self.report(finding)?;
-        }
-        if ends_connection(&event.detail) {
-            self.settle_problems(event.sock);
-        }
-        Ok(())
+        self.batch.push(event);
     }
 
     /// The event under the identity the inventory gave its socket, when it has one: a socket
@@ -236,6 +240,13 @@ impl Agent<'_> {
         )
     }
 
+    /// Every finding given so far is in: the ended sockets settle after theirs.
+    fn settle_ended(&mut self) {
+        for sock in std::mem::take(&mut self.ended) {
+            self.settle_problems(sock);
+        }
+    }
+
     /// A finding's socket closed: it no longer counts as a problem.
     fn settle_problems(&mut self, sock: SockId) {
         if let Some(labels) = self.problems.remove(&sock) {
@@ -260,7 +271,7 @@ impl Agent<'_> {
             self.seen_at_start
                 .insert((seen.socket.local, seen.socket.remote), (seen.socket.cookie, sock));
             let event = seen.event(sock, now);
-            for finding in self.correlator.ingest(&event) {
+            for finding in self.correlator.ingest_one(&event) {
                 self.report(finding)?;
             }
         }
@@ -275,10 +286,10 @@ impl Agent<'_> {
             self.seen_at_start.remove(&(local, remote));
             self.aliases.retain(|_, known| *known != sock);
             let event = inventory_feed::gone(sock, local, remote, now);
-            for finding in self.correlator.ingest(&event) {
+            for finding in self.correlator.ingest_one(&event) {
                 self.report(finding)?;
             }
-            self.settle_problems(sock);
+            self.ended.push(sock);
         }
         Ok(())
     }
@@ -298,7 +309,21 @@ fn ends_connection(detail: &Detail) -> bool {
 impl Consumer for Agent<'_> {
     fn events(&mut self, events: &[Event]) -> io::Result<()> {
         for event in events {
-            self.ingest(event)?;
+            self.count(event);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        for finding in self.correlator.ingest(&batch) {
+            self.report(finding)?;
+        }
+        self.ended.extend(batch.iter().filter(|e| ends_connection(&e.detail)).map(|e| e.sock));
+        self.batch = batch;
+        self.batch.clear();
+        if self.ended.len() >= ENDED_HELD {
+            // A drain that never empties the ring buffer reaches no tick: settle here.
+            for finding in self.correlator.finish_pending() {
+                self.report(finding)?;
+            }
+            self.settle_ended();
         }
         Ok(())
     }
@@ -311,6 +336,7 @@ impl Consumer for Agent<'_> {
         for finding in self.correlator.tick(now_ns) {
             self.report(finding)?;
         }
+        self.settle_ended();
         for (kind, pid, count) in self.log.closed(now_ns) {
             self.window_line(kind, pid, count)?;
         }

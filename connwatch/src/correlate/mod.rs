@@ -7,6 +7,7 @@ mod ends;
 pub mod finding;
 pub mod liveness;
 mod room;
+pub mod shards;
 mod table;
 mod timeline;
 pub mod track;
@@ -15,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use detect::Thresholds;
 pub use finding::{Evidence, Finding, Kind, Measures, Severity};
+pub use shards::Shards;
 use table::Tracks;
 use track::Track;
 
@@ -36,7 +38,7 @@ const ACCEPT_WINDOW_NS: u64 = 10_000_000_000;
 pub struct Correlator {
     /// Reads sockets' own settings for the liveness audit and the half-open-write evidence;
     /// without one, neither runs (unit tests, `--idle-grace 0`).
-    prober: Option<Box<dyn liveness::SocketProber>>,
+    prober: Option<Box<dyn liveness::SocketProber + Send>>,
     /// When the liveness audit last looked for idle connections, and how many sockets it has
     /// asked for their settings.
     last_idle_sweep: u64,
@@ -78,7 +80,7 @@ impl Correlator {
     }
 
     /// Lets the correlator ask sockets for their settings (the liveness audit).
-    pub fn with_prober(mut self, prober: Box<dyn liveness::SocketProber>) -> Self {
+    pub fn with_prober(mut self, prober: Box<dyn liveness::SocketProber + Send>) -> Self {
         self.prober = Some(prober);
         self
     }

@@ -659,3 +659,66 @@ fn at_capacity_finished_sockets_go_first_and_are_not_evictions() {
     c.ingest(&at(SockId { addr: 4, birth_ns: 1 }, 1007, change("CLOSE", "SYN_SENT")));
     assert_eq!((c.tracked(), c.evicted()), (2, 1), "then a live one is evicted, and counted");
 }
+
+// shards
+
+/// Three kinds of socket, interleaved in one batch: a write after the peer's close, a
+/// CLOSE_WAIT left behind, and a correct close; with adopted identities at reused addresses.
+fn a_busy_batch(sockets: u64) -> Vec<Event> {
+    let mut lives: Vec<Vec<Event>> = Vec::new();
+    for i in 0..sockets {
+        let sock = SockId { addr: 0xffff_8881_0000_0000 + i * 2048, birth_ns: 2 };
+        let life = match i % 3 {
+            0 => with(
+                peer_closed_and_left(sock),
+                vec![
+                    at(sock, 1001, recv(Ok(0), "CLOSE_WAIT")),
+                    at(sock, 1099, send(Ok(10), "CLOSE_WAIT")),
+                    // The kernel met this life again under an adopted identity.
+                    at(SockId { birth_ns: 3, ..sock }, 1100, rst_rx("CLOSE_WAIT")),
+                    at(sock, 1100, change("CLOSE_WAIT", "CLOSE")),
+                    at(sock, 1101, close("CLOSE")),
+                ],
+            ),
+            1 => peer_closed_and_left(sock),
+            _ => with(
+                peer_closed_and_left(sock),
+                vec![
+                    at(sock, 1002, recv(Ok(0), "CLOSE_WAIT")),
+                    at(sock, 1003, close("CLOSE_WAIT")),
+                    at(sock, 1004, change("LAST_ACK", "CLOSE")),
+                ],
+            ),
+        };
+        lives.push(life);
+    }
+    // Round-robin across sockets, each socket's events in order.
+    let longest = lives.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest).flat_map(|n| lives.iter().filter_map(move |life| life.get(n).cloned())).collect()
+}
+
+fn sharded_findings(count: usize, events: &[Event]) -> Vec<(SockId, Kind)> {
+    let mut shards =
+        shards::Shards::new(count, 1 << 16, |each| Correlator::new(Thresholds::default(), each));
+    let mut found: Vec<(SockId, Kind)> =
+        shards.ingest(events).into_iter().map(|f| (f.sock, f.kind)).collect();
+    let end = events.iter().map(|e| e.ts_ns).max().unwrap_or(0) + 60 * S;
+    found.extend(shards.tick(end).into_iter().map(|f| (f.sock, f.kind)));
+    assert_eq!(shards.reported().values().sum::<u64>(), found.len() as u64);
+    found.sort();
+    found
+}
+
+#[test]
+fn shards_find_what_one_correlator_finds() {
+    let events = a_busy_batch(900);
+    assert!(events.len() > 4 * 1024, "large enough to run on several threads");
+    let one = sharded_findings(1, &events);
+    assert_eq!(one.len(), 600, "300 writes after close and 300 CLOSE_WAIT leaks");
+    assert_eq!(one.iter().filter(|(_, k)| *k == Kind::WriteAfterPeerClose).count(), 300);
+    for count in [3, 4] {
+        let sharded = sharded_findings(count, &events);
+        let differ = sharded.iter().zip(&one).find(|(a, b)| a != b);
+        assert!(sharded.len() == one.len() && differ.is_none(), "{count} shards: {differ:?}");
+    }
+}
