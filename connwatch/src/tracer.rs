@@ -11,7 +11,7 @@ use std::{
 use aya_log::EbpfLogger;
 
 use crate::{
-    decode::{self, Event},
+    decode::{self, Detail, Event},
     ingest::{RecordBatch, Ring, loss::LossCounters},
     probes::{LoadOptions, ProbeError, Probes, cost::ProgramCost},
     sinks::{Ready, Summary},
@@ -26,7 +26,8 @@ pub struct Tracer {
     loss: LossCounters,
     logger: Option<EbpfLogger<KernelLog>>,
     batch: RecordBatch,
-    events_by_type: BTreeMap<&'static str, u64>,
+    /// Events decoded so far, by [`Detail::type_index`].
+    events_by_type: [u64; Detail::TYPE_NAMES.len()],
     malformed: u64,
     /// Ring-buffer bytes taken so far (records with their 8-byte headers, 8-byte aligned).
     bytes_taken: u64,
@@ -90,7 +91,7 @@ impl Tracer {
             loss,
             logger,
             batch: RecordBatch::default(),
-            events_by_type: BTreeMap::new(),
+            events_by_type: [0; Detail::TYPE_NAMES.len()],
             malformed: 0,
             bytes_taken: 0,
             ring_buffer_bytes: options.ring_buffer_bytes,
@@ -129,7 +130,7 @@ impl Tracer {
             match decode::decode_into(record, out) {
                 Ok(()) => {
                     for event in &out[decoded..] {
-                        *self.events_by_type.entry(event.detail.type_name()).or_default() += 1;
+                        self.events_by_type[event.detail.type_index()] += 1;
                     }
                 }
                 Err(_) => self.malformed += 1,
@@ -190,7 +191,11 @@ impl Tracer {
         });
         Summary {
             duration,
-            events: self.events_by_type.clone(),
+            events: Detail::TYPE_NAMES
+                .into_iter()
+                .zip(self.events_by_type)
+                .filter(|(_, n)| *n != 0)
+                .collect(),
             lost,
             malformed: self.malformed,
             readiness_unexamined: folded.readiness_unexamined,

@@ -275,20 +275,42 @@ pub enum Detail {
 impl Detail {
     /// The event's `type` in JSON output.
     pub const fn type_name(&self) -> &'static str {
+        Self::TYPE_NAMES[self.type_index()]
+    }
+
+    /// Every event type's name, at its [`Self::type_index`].
+    pub const TYPE_NAMES: [&'static str; 13] = [
+        "state",
+        "reset",
+        "retransmit",
+        "error",
+        "so_error",
+        "readiness",
+        "recv",
+        "send",
+        "connect",
+        "accept",
+        "close",
+        "seen",
+        "destroy",
+    ];
+
+    /// The event's type as a small number, for counting without a lookup.
+    pub const fn type_index(&self) -> usize {
         match self {
-            Self::State { .. } => "state",
-            Self::Reset { .. } => "reset",
-            Self::Retransmit { .. } => "retransmit",
-            Self::Error { .. } => "error",
-            Self::SoError { .. } => "so_error",
-            Self::Readiness { .. } => "readiness",
-            Self::Recv { .. } => "recv",
-            Self::Send { .. } => "send",
-            Self::Connect { .. } => "connect",
-            Self::Accept { .. } => "accept",
-            Self::Close { .. } => "close",
-            Self::Seen { .. } => "seen",
-            Self::Destroy { .. } => "destroy",
+            Self::State { .. } => 0,
+            Self::Reset { .. } => 1,
+            Self::Retransmit { .. } => 2,
+            Self::Error { .. } => 3,
+            Self::SoError { .. } => 4,
+            Self::Readiness { .. } => 5,
+            Self::Recv { .. } => 6,
+            Self::Send { .. } => 7,
+            Self::Connect { .. } => 8,
+            Self::Accept { .. } => 9,
+            Self::Close { .. } => 10,
+            Self::Seen { .. } => 11,
+            Self::Destroy { .. } => 12,
         }
     }
 
