@@ -7,6 +7,7 @@ pub mod caps;
 pub mod http;
 mod inventory_feed;
 pub mod report;
+mod series;
 
 use std::{
     collections::HashMap,
@@ -21,6 +22,7 @@ use connwatch_common::socket::BIRTH_ADOPTED;
 use self::{
     inventory_feed::{InventoryFeed, Update},
     report::{FindingLog, Line},
+    series::SeriesCache,
 };
 use crate::{
     cli::AgentArgs,
@@ -31,9 +33,7 @@ use crate::{
         Sink,
         attribution::{Attribution, AttributionCache, LabelCap},
         clock::monotonic_ns,
-        metrics::{
-            FindingLabels, HookLabels, Metrics, ProcessLabels, ResetLabels, StateLabels, TypeLabels,
-        },
+        metrics::{FindingLabels, HookLabels, Metrics, StateLabels, TypeLabels},
         summary::WatchSummary,
     },
     trace::{output, quiet_broken_pipe},
@@ -65,6 +65,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
         sink: sink.as_mut(),
         metrics,
         attribution: AttributionCache::new(4096),
+        series: SeriesCache::default(),
         comms: LabelCap::new(args.max_label_values),
         cgroups: LabelCap::new(args.max_label_values),
         problems: HashMap::new(),
@@ -116,6 +117,8 @@ struct Agent<'a> {
     sink: &'a mut dyn Sink,
     metrics: Metrics,
     attribution: AttributionCache,
+    /// Each process's series, found once.
+    series: SeriesCache,
     comms: LabelCap,
     cgroups: LabelCap,
     /// Sockets counted in `connwatch_problem_sockets`, with their label sets.
@@ -139,44 +142,45 @@ impl Agent<'_> {
 
     /// Bounded labels for the process that owns a socket.
     fn process_labels(&mut self, owner: Option<u32>, comm: &str) -> (String, String, Attribution) {
-        let attribution = owner.map(|pid| self.attribution.get(pid)).unwrap_or_default();
-        let comm = self.comms.value(if comm.is_empty() { "unknown" } else { comm });
-        let cgroup = self.cgroups.value(&attribution.cgroup);
-        (comm, cgroup, attribution)
+        labels_of(&mut self.attribution, &mut self.comms, &mut self.cgroups, owner, comm)
     }
 
     /// Counts what the event tells the metrics, and queues it for the correlators.
     fn count(&mut self, event: &Event) {
-        let comm = event.owner.as_ref().map(|o| o.comm.to_string()).unwrap_or_default();
-        let pid = event.owner.as_ref().map(|o| o.pid);
+        let owner = event.owner.as_ref();
+        let (attribution, comms, cgroups) =
+            (&mut self.attribution, &mut self.comms, &mut self.cgroups);
+        let labels = || {
+            let comm = owner.map(|o| o.comm.to_string()).unwrap_or_default();
+            let (comm, cgroup, _) =
+                labels_of(attribution, comms, cgroups, owner.map(|o| o.pid), &comm);
+            (comm, cgroup)
+        };
+        let metrics = &self.metrics;
         match &event.detail {
             Detail::Reset { direction, .. } => {
-                let (comm, cgroup, _) = self.process_labels(pid, &comm);
-                let direction = direction.name().to_string();
-                self.metrics.resets.get_or_create(&ResetLabels { direction, comm, cgroup }).inc();
+                let series = self.series.get(SeriesCache::key(owner), labels);
+                series.reset(metrics, *direction).inc();
             }
             Detail::Retransmit { .. } => {
-                let (comm, cgroup, _) = self.process_labels(pid, &comm);
-                self.metrics.retransmits.get_or_create(&ProcessLabels { comm, cgroup }).inc();
+                self.series.get(SeriesCache::key(owner), labels).retransmits(metrics).inc();
             }
             Detail::Send { snapshot, .. } | Detail::Recv { snapshot, .. }
                 if snapshot.srtt_us > 0 =>
             {
-                let (comm, cgroup, _) = self.process_labels(pid, &comm);
                 let rtt = f64::from(snapshot.srtt_us) / 1e6;
-                self.metrics.rtt.get_or_create(&ProcessLabels { comm, cgroup }).observe(rtt);
+                self.series.get(SeriesCache::key(owner), labels).rtt(metrics).observe(rtt);
             }
             // A life measured from its birth (connect, listen, a listener's child); sockets
             // older than the agent have no birth to measure from.
             Detail::State { new, .. }
                 if new.name() == "CLOSE"
-                    && pid.is_some()
+                    && owner.is_some()
                     && event.sock.birth_ns & BIRTH_ADOPTED == 0
                     && event.sock.birth_ns < event.ts_ns =>
             {
-                let (comm, cgroup, _) = self.process_labels(pid, &comm);
                 let lived = (event.ts_ns - event.sock.birth_ns) as f64 / 1e9;
-                self.metrics.duration.get_or_create(&ProcessLabels { comm, cgroup }).observe(lived);
+                self.series.get(SeriesCache::key(owner), labels).duration(metrics).observe(lived);
             }
             _ => {}
         }
@@ -293,6 +297,20 @@ impl Agent<'_> {
         }
         Ok(())
     }
+}
+
+/// Bounded labels (comm, cgroup) for a socket's owner, and its attribution.
+fn labels_of(
+    attribution: &mut AttributionCache,
+    comms: &mut LabelCap,
+    cgroups: &mut LabelCap,
+    owner: Option<u32>,
+    comm: &str,
+) -> (String, String, Attribution) {
+    let attribution = owner.map(|pid| attribution.get(pid)).unwrap_or_default();
+    let comm = comms.value(if comm.is_empty() { "unknown" } else { comm });
+    let cgroup = cgroups.value(&attribution.cgroup);
+    (comm, cgroup, attribution)
 }
 
 /// Events after which the connection is over for the application.
