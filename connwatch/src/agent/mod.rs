@@ -329,13 +329,10 @@ impl Consumer for Agent<'_> {
         for event in events {
             self.count(event);
         }
-        let batch = std::mem::take(&mut self.batch);
-        for finding in self.correlator.ingest(&batch) {
+        self.ended.extend(self.batch.iter().filter(|e| ends_connection(&e.detail)).map(|e| e.sock));
+        for finding in self.correlator.ingest_taken(&mut self.batch) {
             self.report(finding)?;
         }
-        self.ended.extend(batch.iter().filter(|e| ends_connection(&e.detail)).map(|e| e.sock));
-        self.batch = batch;
-        self.batch.clear();
         if self.ended.len() >= ENDED_HELD {
             // A drain that never empties the ring buffer reaches no tick: settle here.
             for finding in self.correlator.finish_pending() {

@@ -58,7 +58,8 @@ impl ProcessSeries {
 
 #[derive(Default)]
 pub struct SeriesCache {
-    by_process: HashMap<ProcessKey, ProcessSeries>,
+    /// Keys are pids and kernel process names: foldhash rather than SipHash.
+    by_process: HashMap<ProcessKey, ProcessSeries, foldhash::fast::RandomState>,
 }
 
 impl SeriesCache {

@@ -59,8 +59,18 @@ impl Shards {
     pub fn ingest(&mut self, events: &[Event]) -> Vec<Finding> {
         match &mut self.inner {
             Inner::One(one) => events.iter().flat_map(|event| one.ingest(event)).collect(),
-            Inner::Many(workers) => workers.ingest(events),
+            Inner::Many(workers) => workers.ingest(events.iter().cloned()),
         }
+    }
+
+    /// [`Self::ingest`], taking the events (emptied) instead of copying them to the shards.
+    pub fn ingest_taken(&mut self, events: &mut Vec<Event>) -> Vec<Finding> {
+        let findings = match &mut self.inner {
+            Inner::One(one) => events.iter().flat_map(|event| one.ingest(event)).collect(),
+            Inner::Many(workers) => workers.ingest(events.drain(..)),
+        };
+        events.clear();
+        findings
     }
 
     pub fn ingest_one(&mut self, event: &Event) -> Vec<Finding> {
@@ -214,10 +224,10 @@ impl Workers {
         }
     }
 
-    fn ingest(&mut self, events: &[Event]) -> Vec<Finding> {
+    fn ingest(&mut self, events: impl Iterator<Item = Event>) -> Vec<Finding> {
         let count = self.queues.len();
         for event in events {
-            self.parts[shard_of(&event.sock, count)].push(event.clone());
+            self.parts[shard_of(&event.sock, count)].push(event);
         }
         for shard in 0..count {
             if !self.parts[shard].is_empty() {

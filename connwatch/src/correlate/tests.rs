@@ -697,11 +697,14 @@ fn a_busy_batch(sockets: u64) -> Vec<Event> {
     (0..longest).flat_map(|n| lives.iter().filter_map(move |life| life.get(n).cloned())).collect()
 }
 
-fn sharded_findings(count: usize, events: &[Event]) -> Vec<(SockId, Kind)> {
+/// Every finding of `events` joined on `count` correlators, given by reference or `taken`.
+fn sharded_findings(count: usize, events: &[Event], taken: bool) -> Vec<(SockId, Kind)> {
     let mut shards =
         shards::Shards::new(count, 1 << 16, |each| Correlator::new(Thresholds::default(), each));
-    let mut found: Vec<(SockId, Kind)> =
-        shards.ingest(events).into_iter().map(|f| (f.sock, f.kind)).collect();
+    let mut given = events.to_vec();
+    let found = if taken { shards.ingest_taken(&mut given) } else { shards.ingest(events) };
+    assert!(!taken || given.is_empty(), "taken events are emptied");
+    let mut found: Vec<(SockId, Kind)> = found.into_iter().map(|f| (f.sock, f.kind)).collect();
     let end = events.iter().map(|e| e.ts_ns).max().unwrap_or(0) + 60 * S;
     found.extend(shards.tick(end).into_iter().map(|f| (f.sock, f.kind)));
     assert_eq!(shards.reported().values().sum::<u64>(), found.len() as u64);
@@ -713,11 +716,11 @@ fn sharded_findings(count: usize, events: &[Event]) -> Vec<(SockId, Kind)> {
 fn shards_find_what_one_correlator_finds() {
     let events = a_busy_batch(900);
     assert!(events.len() > 4 * 1024, "large enough to run on several threads");
-    let one = sharded_findings(1, &events);
+    let one = sharded_findings(1, &events, false);
     assert_eq!(one.len(), 600, "300 writes after close and 300 CLOSE_WAIT leaks");
     assert_eq!(one.iter().filter(|(_, k)| *k == Kind::WriteAfterPeerClose).count(), 300);
-    for count in [3, 4] {
-        let sharded = sharded_findings(count, &events);
+    for (count, taken) in [(1, true), (3, false), (3, true), (4, false)] {
+        let sharded = sharded_findings(count, &events, taken);
         let differ = sharded.iter().zip(&one).find(|(a, b)| a != b);
         assert!(sharded.len() == one.len() && differ.is_none(), "{count} shards: {differ:?}");
     }
