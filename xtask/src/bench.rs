@@ -4,7 +4,8 @@
 //! - churn: loopback connections opened and closed as fast as possible;
 //! - io: small request/response round trips on established loopback connections;
 //! - rss: connwatch watch's memory while it tracks 65,536 held sockets;
-//! - parallel: 2 x cores churn processes under trace and watch: socket identity and findings.
+//! - parallel: 2 x cores churn processes under trace, watch and agent: socket identity, findings
+//!   and loss.
 //!
 //! See docs/benchmarks.md for what is measured and how.
 
@@ -158,7 +159,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let parallel = selected(Workload::Parallel)
         .then(|| {
-            eprintln!("bench: parallel: 2 x cores churn processes under trace, then watch");
+            eprintln!("bench: parallel: 2 x cores churn processes under trace, watch, then agent");
             parallel::run(&tools.connwatch, &parallel::build_churner()?, args.parallel_seconds)
         })
         .transpose()?;
@@ -255,7 +256,7 @@ fn estimate_s(args: &BenchArgs) -> f64 {
         total += 60.0 + f64::from(args.rounds) * 5.0 * (f64::from(args.mechanism_seconds) + 150.0);
     }
     if args.only.contains(&Workload::Parallel) {
-        total += 2.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);
+        total += 3.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);
     }
     total
 }

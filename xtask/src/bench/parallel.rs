@@ -1,7 +1,8 @@
 //! Parallel churn: 2 x cores `cw-churner` processes (the tests' correct churn program: one-byte
-//! echo, SO_LINGER 0 close) at full speed, under `connwatch trace` and then `connwatch watch`.
-//! Under trace, every event's socket id is checked against the port pair it carries: no id may
-//! carry two connections. Under watch, a correct program must give no finding.
+//! echo, SO_LINGER 0 close) at full speed, under `connwatch trace`, `connwatch watch` and
+//! `connwatch agent` (their default correlator threads). Under trace, every event's socket id is
+//! checked against the port pair it carries: no id may carry two connections. Under watch and
+//! the agent, a correct program must give no finding.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +29,7 @@ pub struct ParallelRun {
     /// trace: socket ids seen with a full port pair, and those seen with two or more.
     pub sock_ids_checked: u64,
     pub sock_ids_with_two_connections: u64,
-    /// watch: findings reported.
+    /// watch, agent: findings reported.
     pub findings: u64,
     pub events_lost: u64,
 }
@@ -50,7 +51,7 @@ pub fn build_churner() -> anyhow::Result<PathBuf> {
 pub fn run(connwatch: &Path, churner: &Path, seconds: u32) -> anyhow::Result<Vec<ParallelRun>> {
     let processes = 2 * thread::available_parallelism().map_or(2, |n| n.get());
     let ports: Vec<u16> = (0..processes as u16).map(|i| FIRST_PORT + i).collect();
-    ["trace", "watch"]
+    ["trace", "watch", "agent"]
         .into_iter()
         .map(|mode| one(mode, connwatch, churner, &ports, seconds))
         .collect()
@@ -65,6 +66,10 @@ fn one(
 ) -> anyhow::Result<ParallelRun> {
     let mut command = Command::new(connwatch);
     command.args([mode, "--json"]);
+    if mode == "agent" {
+        // Any free port: nothing scrapes it here.
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     for port in ports {
         command.args(["--port", &port.to_string()]);
     }
