@@ -158,11 +158,13 @@ enum Work {
     Tick { now: u64 },
 }
 
-/// A shard's answer to one piece of work: its findings, and its counts after it.
+/// A shard's answer to one piece of work: its findings, its counts after it, and the batch
+/// it was given, emptied, for the next one.
 struct Done {
     shard: usize,
     findings: Vec<Finding>,
     counts: Counts,
+    emptied: Option<Vec<Event>>,
 }
 
 #[derive(Clone, Default)]
@@ -193,8 +195,11 @@ struct Workers {
     /// Work sent and not yet answered.
     pending: usize,
     counts: Vec<Counts>,
-    /// Each shard's part of the batch being split (kept for their room).
+    /// Each shard's part of the batch being split.
     parts: Vec<Vec<Event>>,
+    /// Batches the shards have emptied, kept for their room: in a steady stream no batch is
+    /// allocated or freed, so the threads do not contend for the process's memory map.
+    spare: Vec<Vec<Event>>,
 }
 
 impl Workers {
@@ -221,6 +226,7 @@ impl Workers {
             pending: 0,
             counts: vec![Counts::default(); count],
             parts: vec![Vec::new(); count],
+            spare: Vec::new(),
         }
     }
 
@@ -231,7 +237,8 @@ impl Workers {
         }
         for shard in 0..count {
             if !self.parts[shard].is_empty() {
-                let part = mem::take(&mut self.parts[shard]);
+                let next = self.spare.pop().unwrap_or_default();
+                let part = mem::replace(&mut self.parts[shard], next);
                 self.send(shard, Work::Events(part));
             }
         }
@@ -267,6 +274,12 @@ impl Workers {
         self.pending -= 1;
         self.counts[done.shard] = done.counts;
         findings.extend(done.findings);
+        // Enough spares for every batch that can be queued; more would only hold memory.
+        if let Some(emptied) = done.emptied
+            && self.spare.len() < self.queues.len() * (QUEUED_BATCHES + 1)
+        {
+            self.spare.push(emptied);
+        }
     }
 }
 
@@ -282,15 +295,19 @@ impl Drop for Workers {
 /// A shard's thread: work in, answers out, until the queue closes.
 fn serve(shard: usize, mut correlator: Correlator, work: &Receiver<Work>, answer: &Sender<Done>) {
     while let Ok(next) = work.recv() {
-        let findings = match next {
-            Work::Events(events) => events.iter().flat_map(|e| correlator.ingest(e)).collect(),
+        let (findings, emptied) = match next {
+            Work::Events(mut events) => {
+                let findings = events.iter().flat_map(|e| correlator.ingest(e)).collect();
+                events.clear();
+                (findings, Some(events))
+            }
             Work::Lost { now, lost_total } => {
                 correlator.note_lost_total(now, lost_total);
-                Vec::new()
+                (Vec::new(), None)
             }
-            Work::Tick { now } => correlator.tick(now),
+            Work::Tick { now } => (correlator.tick(now), None),
         };
-        let done = Done { shard, findings, counts: Counts::of(&correlator) };
+        let done = Done { shard, findings, counts: Counts::of(&correlator), emptied };
         if answer.send(done).is_err() {
             return;
         }
