@@ -3,10 +3,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use connwatch::cli::Cli;
 
-/// How far the allocator grows a heap beyond what it needs at once (glibc's default: 128 KiB).
-/// Each growth changes the process's memory map under its lock; with correlator threads
-/// growing their heaps in small steps, a thread waiting on that lock held up the drain for
-/// hundreds of milliseconds. Pages grown into but not touched take no memory.
+/// How far glibc grows the main heap (the draining thread's) beyond a request: 8 MiB instead of
+/// 128 KiB, so it changes the process's memory map in a few large steps. Each change takes
+/// the map's lock, and a thread kept waiting inside one held up the drain for hundreds of
+/// milliseconds. (Other threads' arenas grow only by what they need, whatever this says.)
+/// Pages grown into but not touched take no memory.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const HEAP_GROWTH_BYTES: libc::c_int = 8 << 20;
 
