@@ -3,8 +3,9 @@
 //! the socket's identity and tallies go with it, so nothing carries over to the next socket
 //! allocated at the same address. When no holder's close() was seen (the process exited or was
 //! killed, and the kernel closed its descriptors), the end is reported: the application let go
-//! all the same. Closing state changes still kept (see `closing`) are reported too. Raw only among tracepoints: the socket address is all it needs. Or the function
-//! that fires it, `tcp_v4_destroy_sock(struct sock *sk)` (IPv6 sockets pass through it too).
+//! all the same. Closing state changes still kept (see `closing`) are reported too. Raw only
+//! among tracepoints: the socket address is all it needs. Or the function that fires it,
+//! `tcp_v4_destroy_sock(struct sock *sk)` (IPv6 sockets pass through it too).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use connwatch_common::{

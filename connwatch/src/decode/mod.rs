@@ -64,7 +64,11 @@ pub const fn kind_name(kind: u8) -> Option<&'static str> {
 }
 
 pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
-    let header: EventHeader = read(record)?;
+    decode_one(&read(record)?, record)
+}
+
+/// A record of one event, its header already read.
+fn decode_one(header: &EventHeader, record: &[u8]) -> Result<Event, DecodeError> {
     let mut ts_ns = header.ts_ns;
     let detail = match header.kind {
         KIND_STATE => {
@@ -103,7 +107,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
-    event(&header, ts_ns, header.ts_ns, detail)
+    event(header, ts_ns, header.ts_ns, detail)
 }
 
 /// Decodes one record into the events it holds, appended to `out`: one, or for a
@@ -112,7 +116,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
 pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
     let header: EventHeader = read(record)?;
     if header.kind != KIND_STATES {
-        out.push(decode(record)?);
+        out.push(decode_one(&header, record)?);
         return Ok(());
     }
     let e: StatesEvent = read(record)?;
