@@ -21,7 +21,8 @@ pub const KIND_ACCEPT: u8 = 11;
 /// exited, or was killed): every holder has let go.
 pub const KIND_DESTROY: u8 = 12;
 /// A socket's state changes since its application closed it, reported together when it
-/// reaches CLOSE ([`crate::config::FLAG_CLOSING_TOGETHER`]); a lost one counts as `KIND_STATE`.
+/// reaches CLOSE ([`crate::config::FLAG_CLOSING_TOGETHER`]); a lost one counts as that many
+/// `KIND_STATE` events.
 pub const KIND_STATES: u8 = 13;
 /// Slots of the per-CPU loss counter; every kind's value is below it.
 pub const KIND_SLOTS: u32 = 16;

@@ -10,7 +10,7 @@
 
 use connwatch_common::{
     config::FLAG_CLOSING_TOGETHER,
-    event::{KIND_STATES, StatesEvent},
+    event::{KIND_STATE, KIND_STATES, StatesEvent},
     socket::{CLOSING_SLOTS, Closing, SOCKET_APP_CLOSED, SocketInfo},
     tcp::TCP_CLOSE,
 };
@@ -72,7 +72,10 @@ fn report(
     last: Option<(u64, u8, u8)>,
 ) {
     let kept = (closing.count as usize).min(CLOSING_SLOTS);
-    emit::emit(KIND_STATES, sk, info, ends, |event: &mut StatesEvent| {
+    let count = kept + usize::from(last.is_some());
+    // Lost, the record counts as the state changes it holds.
+    let events = (KIND_STATE, count as u64);
+    emit::emit_standing_for(KIND_STATES, events, sk, info, ends, |event: &mut StatesEvent| {
         for (i, change) in event.changes.iter_mut().enumerate() {
             // `get`, not indexing: a panic path would not pass the verifier.
             let kept_change =
@@ -87,7 +90,7 @@ fn report(
             change.new_state = new_state;
             crate::zero::zero(&mut change._pad);
         }
-        event.count = (kept + usize::from(last.is_some())) as u8;
+        event.count = count as u8;
         crate::zero::zero(&mut event._pad);
     });
     closing.count = 0;

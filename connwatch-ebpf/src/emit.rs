@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
-    event::{AppEvent, EventHeader, KIND_STATE, KIND_STATES, SockSnapshot},
+    event::{AppEvent, EventHeader, SockSnapshot},
     socket::{OWNER_UNKNOWN, SocketInfo},
 };
 
@@ -55,9 +55,22 @@ pub fn emit<T: 'static>(
     ends: &Endpoints,
     body: impl FnOnce(&mut T),
 ) {
+    emit_standing_for(kind, (kind, 1), sk, info, ends, body);
+}
+
+/// [`emit`] for a record that stands for `events.1` events of kind `events.0`: that many are
+/// counted lost if the ring buffer is full.
+#[inline(always)]
+pub fn emit_standing_for<T: 'static>(
+    kind: u8,
+    events: (u8, u64),
+    sk: u64,
+    info: &SocketInfo,
+    ends: &Endpoints,
+    body: impl FnOnce(&mut T),
+) {
     let Some(mut entry): Option<RingBufEntry<T>> = EVENTS.reserve::<T>(0) else {
-        // State changes reported together are lost as state changes.
-        count_lost(if kind == KIND_STATES { KIND_STATE } else { kind });
+        count_lost(events.0, events.1);
         return;
     };
     let record = entry.as_mut_ptr();
@@ -92,10 +105,10 @@ fn wakeup_flags() -> u64 {
 }
 
 #[inline(always)]
-fn count_lost(kind: u8) {
+fn count_lost(kind: u8, events: u64) {
     if let Some(counter) = LOST.get_ptr_mut(kind as u32) {
         // SAFETY: per-CPU slot; no other writer on this CPU while we run.
-        unsafe { *counter += 1 };
+        unsafe { *counter += events };
     }
 }
 
