@@ -6,6 +6,7 @@ pub mod detect;
 mod ends;
 pub mod finding;
 pub mod liveness;
+mod retiring;
 mod room;
 pub mod shards;
 mod table;
@@ -13,6 +14,8 @@ mod timeline;
 pub mod track;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use retiring::{Retiring, Window};
 
 pub use detect::Thresholds;
 pub use finding::{Evidence, Finding, Kind, Measures, Severity};
@@ -48,8 +51,8 @@ pub struct Correlator {
     max_sockets: usize,
     /// Timer detectors' deadlines.
     deadlines: BTreeSet<(u64, SockId)>,
-    /// Sockets both sides are done with, forgotten once quiet for `REORDER_WINDOW_NS`.
-    finished: BTreeSet<(u64, SockId)>,
+    /// Sockets both sides are done with, forgotten once quiet for their window.
+    finished: Retiring,
     /// Windows in which the kernel lost events (CLOCK_MONOTONIC ns).
     losses: Vec<(u64, u64)>,
     evicted: u64,
@@ -70,7 +73,7 @@ impl Correlator {
             thresholds,
             max_sockets: max_sockets.max(1),
             deadlines: BTreeSet::new(),
-            finished: BTreeSet::new(),
+            finished: Retiring::default(),
             losses: Vec::new(),
             evicted: 0,
             loss_seen: (0, 0),
@@ -155,14 +158,9 @@ impl Correlator {
             }
             self.schedule_after(sock, now);
         }
-        while let Some(&(quiet_at, sock)) = self.finished.first() {
-            if quiet_at > now {
-                break;
-            }
-            self.finished.pop_first();
-            if self.tracks.get(&sock).is_some_and(|t| t.last_ts + quiet_window(t) <= now) {
-                self.tracks.remove(&sock);
-            }
+        while let Some(sock) = self.finished.pop_due(now) {
+            // Unless an event came meanwhile (it queued the socket again).
+            self.tracks.remove_if(&sock, |t| t.last_ts + quiet_window(t).1 <= now);
         }
         findings
     }
@@ -341,14 +339,15 @@ impl Correlator {
         let kernel_done = f.kernel_closed().first().is_some();
         let app_done = f.app_closed().first().is_some() || f.app_touched().first().is_none();
         if kernel_done && app_done {
-            self.finished.insert((track.last_ts + quiet_window(track), sock));
+            let (window, quiet_ns) = quiet_window(track);
+            self.finished.push(window, track.last_ts + quiet_ns, sock);
         }
     }
 
     /// Frees one place: a finished socket waiting out the reorder window if there is one (no
     /// loss), otherwise the least recently active socket (counted as evicted).
     fn make_room(&mut self) {
-        while let Some((_, sock)) = self.finished.pop_first() {
+        while let Some(sock) = self.finished.pop_soonest() {
             if self.tracks.remove(&sock) {
                 return;
             }
@@ -371,11 +370,15 @@ impl Correlator {
     }
 }
 
-/// How long a finished socket must stay quiet before it is forgotten.
-fn quiet_window(track: &Track) -> u64 {
+/// How long a finished socket must stay quiet before it is forgotten, and why.
+fn quiet_window(track: &Track) -> (Window, u64) {
     let f = &track.facts;
     let unaccepted = f.from_listener().first().is_some() && f.app_touched().first().is_none();
-    if unaccepted { ACCEPT_WINDOW_NS } else { REORDER_WINDOW_NS }
+    if unaccepted {
+        (Window::Accept, ACCEPT_WINDOW_NS)
+    } else {
+        (Window::Reorder, REORDER_WINDOW_NS)
+    }
 }
 
 /// Whose view an event is.

@@ -121,10 +121,21 @@ impl Tracks {
     }
 
     pub fn remove(&mut self, sock: &SockId) -> bool {
+        self.remove_if(sock, |_| true)
+    }
+
+    /// Removes `sock`'s track if `condition` holds for it; returns whether it did.
+    pub fn remove_if(&mut self, sock: &SockId, condition: impl FnOnce(&Track) -> bool) -> bool {
         let Some((held, at)) = self.locate(sock) else {
             return false;
         };
-        self.table(held).get_bucket_entry(at).map(|entry| entry.remove()).is_ok()
+        let Ok(entry) = self.table(held).get_bucket_entry(at) else {
+            return false;
+        };
+        condition(entry.get()) && {
+            entry.remove();
+            true
+        }
     }
 
     /// The newest tracked life at `addr` whose birth the kernel saw (not adopted).
