@@ -195,6 +195,19 @@ pub fn next_deadline(track: &Track, t: &Thresholds) -> Option<u64> {
     }
 }
 
+/// Deadlines [`next_deadline`] may have given earlier whose condition has since ended (the
+/// application closed the socket, or noticed the reset): they can be taken off the schedule.
+pub fn ended_deadlines(track: &Track, t: &Thresholds) -> [Option<u64>; 2] {
+    let f = &track.facts;
+    let ended = |began: Option<u64>, ongoing: Option<u64>, grace: u64| {
+        began.filter(|_| ongoing.is_none()).map(|at| at + grace)
+    };
+    [
+        ended(f.fin().first(), close_wait_since(track), t.close_wait_grace_ns),
+        ended(f.reset().first(), reset_unnoticed_since(track), t.reset_grace_ns),
+    ]
+}
+
 /// The FIN's time, while the socket still sits in CLOSE_WAIT and its application has not
 /// closed it.
 /// A socket already reported as eof-ignored is not reported again as a leak: the application

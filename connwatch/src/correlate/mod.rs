@@ -331,6 +331,11 @@ impl Correlator {
         let Some(track) = self.tracks.get(&sock) else {
             return;
         };
+        // Off the schedule as soon as moot: under churn every connection's server side would
+        // otherwise hold a close-wait deadline for the whole grace.
+        for ended in detect::ended_deadlines(track, &self.thresholds).into_iter().flatten() {
+            self.deadlines.remove(&(ended, sock));
+        }
         if let Some(deadline) = detect::next_deadline(track, &self.thresholds) {
             self.deadlines.insert((deadline, sock));
             return;

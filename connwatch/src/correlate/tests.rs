@@ -638,6 +638,26 @@ fn finished_sockets_are_forgotten() {
 }
 
 #[test]
+fn a_deadline_made_moot_leaves_the_schedule() {
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    for e in peer_closed_and_left(SOCK) {
+        c.ingest(&e);
+    }
+    assert_eq!(c.deadlines.len(), 1, "a close-wait-leak deadline while in CLOSE_WAIT");
+    c.ingest(&at(SOCK, 1001, close("CLOSE_WAIT")));
+    assert!(c.deadlines.is_empty(), "closed: nothing left to wait for");
+
+    let noticed = SockId { addr: 2, birth_ns: 2 };
+    for e in with(established(noticed), reset(noticed, 1000)) {
+        c.ingest(&e);
+    }
+    assert_eq!(c.deadlines.len(), 1, "a reset-unnoticed deadline");
+    c.ingest(&at(noticed, 1001, recv(Err(libc::ECONNRESET), "CLOSE")));
+    assert!(c.deadlines.is_empty(), "the application saw the error");
+    assert!(c.tick(30 * S).is_empty());
+}
+
+#[test]
 fn at_capacity_finished_sockets_go_first_and_are_not_evictions() {
     let mut c = Correlator::new(Thresholds::default(), 2);
     let done = SOCK;
