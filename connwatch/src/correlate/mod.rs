@@ -162,6 +162,7 @@ impl Correlator {
             // Unless an event came meanwhile (it queued the socket again).
             self.tracks.remove_if(&sock, |t| t.last_ts + quiet_window(t).1 <= now);
         }
+        self.tracks.tidy(now);
         findings
     }
 
