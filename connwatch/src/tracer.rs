@@ -12,7 +12,7 @@ use aya_log::EbpfLogger;
 
 use crate::{
     decode::{self, Detail, Event},
-    ingest::{RecordBatch, Ring, loss::LossCounters},
+    ingest::{Ring, loss::LossCounters},
     probes::{LoadOptions, ProbeError, Probes, cost::ProgramCost},
     sinks::{Ready, Summary},
 };
@@ -25,7 +25,6 @@ pub struct Tracer {
     ring: Ring,
     loss: LossCounters,
     logger: Option<EbpfLogger<KernelLog>>,
-    batch: RecordBatch,
     /// Events decoded so far, by [`Detail::type_index`].
     events_by_type: [u64; Detail::TYPE_NAMES.len()],
     malformed: u64,
@@ -90,7 +89,6 @@ impl Tracer {
             ring,
             loss,
             logger,
-            batch: RecordBatch::default(),
             events_by_type: [0; Detail::TYPE_NAMES.len()],
             malformed: 0,
             bytes_taken: 0,
@@ -122,21 +120,20 @@ impl Tracer {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        self.batch.clear();
-        let taken = self.ring.drain(&mut self.batch, POLL_BATCH);
-        for record in self.batch.records() {
-            self.bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
+        let (bytes_taken, events_by_type, malformed) =
+            (&mut self.bytes_taken, &mut self.events_by_type, &mut self.malformed);
+        self.ring.drain(POLL_BATCH, |record| {
+            *bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
             let decoded = out.len();
             match decode::decode_into(record, out) {
                 Ok(()) => {
                     for event in &out[decoded..] {
-                        self.events_by_type[event.detail.type_index()] += 1;
+                        events_by_type[event.detail.type_index()] += 1;
                     }
                 }
-                Err(_) => self.malformed += 1,
+                Err(_) => *malformed += 1,
             }
-        }
-        taken
+        })
     }
 
     /// Ring-buffer bytes taken so far: the growth between two drains is how full the buffer

@@ -1,7 +1,8 @@
-//! Reading the ring buffer: copy every record out (into a [`RecordBatch`]) and release its slot
-//! at once, so the kernel never waits on decoding or output.
+//! Reading the ring buffer: every record is lent to the caller in place, who copies out what it
+//! needs (decodes it), and its slot is released at once, so the kernel never waits on output.
+//! Copying each record into a batch first cost a second copy of every byte (`perf`: 4% of
+//! watch's CPU under churn).
 
-pub mod batch;
 pub mod loss;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -11,8 +12,6 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use connwatch_common::names::MAP_EVENTS;
-
-pub use batch::RecordBatch;
 
 pub struct Ring {
     ring: RingBuf<MapData>,
@@ -25,16 +24,17 @@ impl Ring {
         Self { ring }
     }
 
-    /// Copies up to `max` available records into `batch`; returns how many.
-    pub fn drain(&mut self, batch: &mut RecordBatch, max: usize) -> usize {
-        let mut copied = 0;
-        while copied < max
+    /// Lends up to `max` available records to `take`, one at a time, each released as soon as
+    /// `take` returns; returns how many.
+    pub fn drain(&mut self, max: usize, mut take: impl FnMut(&[u8])) -> usize {
+        let mut taken = 0;
+        while taken < max
             && let Some(item) = self.ring.next()
         {
-            batch.push(&item);
-            copied += 1;
+            take(&item);
+            taken += 1;
         }
-        copied
+        taken
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -194,16 +195,18 @@ impl Metrics {
 
 /// The exposition for a scrape: OpenMetrics when the scraper asks for it, otherwise the
 /// Prometheus text format. Returns (content type, body).
-pub fn expose(registry: &Registry, accept: Option<&str>) -> (&'static str, String) {
-    let mut body = String::new();
-    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-        // Writing into a String cannot fail.
+pub fn expose(registry: &Registry, accept: Option<&str>) -> (&'static str, Bytes) {
+    // Encoded straight into the buffer that becomes the response body: no copy on the way out.
+    let mut body = BytesMut::new();
+    // Writing into memory cannot fail.
+    let content_type = if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
         let _ = prometheus_client::encoding::text::encode(&mut body, registry);
-        ("application/openmetrics-text; version=1.0.0; charset=utf-8", body)
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, registry);
-        (prometheus_client::encoding::prometheus_text::CONTENT_TYPE, body)
-    }
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+    };
+    (content_type, body.freeze())
 }
 
 #[cfg(test)]
@@ -229,6 +232,7 @@ mod tests {
             .get_or_create(&HookLabels { hook: "sock:inet_sock_set_state".into() })
             .inc();
         let (_, page) = expose(&registry, None);
+        let page = std::str::from_utf8(&page).expect("the page is text");
         let mut names: Vec<&str> = page
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -251,6 +255,7 @@ mod tests {
         m.findings.get_or_create(&labels).inc();
         m.sockets.get_or_create(&StateLabels { state: "CLOSE_WAIT".into() }).set(3);
         let (kind, text) = expose(&registry, None);
+        let text = std::str::from_utf8(&text).expect("the page is text");
         assert!(kind.starts_with("text/plain; version=0.0.4"));
         assert!(text.contains(
             "connwatch_findings_total{kind=\"close-wait-leak\",comm=\"app\",cgroup=\"/x\"} 1"
@@ -259,6 +264,6 @@ mod tests {
         assert!(text.contains("connwatch_build_info{version="));
         let (kind, open) = expose(&registry, Some("application/openmetrics-text;version=1.0.0"));
         assert!(kind.starts_with("application/openmetrics-text"));
-        assert!(open.ends_with("# EOF\n"));
+        assert!(open.ends_with(b"# EOF\n"));
     }
 }
