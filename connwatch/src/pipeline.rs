@@ -21,7 +21,9 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What a command does with the stream.
 pub trait Consumer {
-    fn events(&mut self, events: &[Event]) -> io::Result<()>;
+    /// One drained batch, in the order the kernel delivered it. The consumer may take the
+    /// events (the batch is cleared before the next drain either way).
+    fn events(&mut self, events: &mut Vec<Event>) -> io::Result<()>;
 
     /// After every drain: the current CLOCK_MONOTONIC time and the kernel's loss count so far.
     fn tick(&mut self, _now_ns: u64, _lost_total: u64) -> io::Result<()> {

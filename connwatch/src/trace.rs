@@ -53,8 +53,8 @@ pub fn quiet_broken_pipe(outcome: io::Result<()>) -> io::Result<()> {
 struct Printer<'a>(&'a mut dyn Sink);
 
 impl Consumer for Printer<'_> {
-    fn events(&mut self, events: &[Event]) -> io::Result<()> {
-        for event in events {
+    fn events(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
+        for event in events.iter() {
             self.0.event(event)?;
         }
         self.0.flush()

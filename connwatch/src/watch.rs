@@ -87,8 +87,8 @@ impl Watcher<'_> {
 }
 
 impl Consumer for Watcher<'_> {
-    fn events(&mut self, events: &[Event]) -> io::Result<()> {
-        for finding in self.correlator.ingest(events) {
+    fn events(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
+        for finding in self.correlator.ingest_taken(events) {
             self.report(&finding)?;
         }
         Ok(())

@@ -59,7 +59,6 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
         });
     let mut agent = Agent {
         correlator,
-        batch: Vec::new(),
         ended: Vec::new(),
         json: args.watch.common.json,
         sink: sink.as_mut(),
@@ -108,8 +107,6 @@ struct Counted {
 
 struct Agent<'a> {
     correlator: Shards,
-    /// A drain's events as the correlators take them (under the identities `joined` gives).
-    batch: Vec<Event>,
     /// Sockets whose connection ended since the last tick: they stop counting as problems
     /// once every finding about them is in (several correlator threads answer late).
     ended: Vec<SockId>,
@@ -146,7 +143,9 @@ impl Agent<'_> {
     }
 
     /// Counts what the event tells the metrics, and queues it for the correlators.
-    fn count(&mut self, event: &Event) {
+    /// Counts `event` in the metrics and gives it the identity the inventory knows its socket
+    /// by, if any.
+    fn count(&mut self, event: &mut Event) {
         let owner = event.owner.as_ref();
         let (attribution, comms, cgroups) =
             (&mut self.attribution, &mut self.comms, &mut self.cgroups);
@@ -184,11 +183,9 @@ impl Agent<'_> {
             }
             _ => {}
         }
-        let event = match self.joined(event) {
-            Some(sock) => Event { sock, ..event.clone() },
-            None => event.clone(),
-        };
-        self.batch.push(event);
+        if let Some(sock) = self.joined(event) {
+            event.sock = sock;
+        }
     }
 
     /// The event under the identity the inventory gave its socket, when it has one: a socket
@@ -325,12 +322,12 @@ fn ends_connection(detail: &Detail) -> bool {
 }
 
 impl Consumer for Agent<'_> {
-    fn events(&mut self, events: &[Event]) -> io::Result<()> {
-        for event in events {
+    fn events(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
+        for event in events.iter_mut() {
             self.count(event);
         }
-        self.ended.extend(self.batch.iter().filter(|e| ends_connection(&e.detail)).map(|e| e.sock));
-        for finding in self.correlator.ingest_taken(&mut self.batch) {
+        self.ended.extend(events.iter().filter(|e| ends_connection(&e.detail)).map(|e| e.sock));
+        for finding in self.correlator.ingest_taken(events) {
             self.report(finding)?;
         }
         if self.ended.len() >= ENDED_HELD {

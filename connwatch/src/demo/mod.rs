@@ -122,7 +122,7 @@ struct Demo<'a> {
 }
 
 impl Consumer for Demo<'_> {
-    fn events(&mut self, events: &[Event]) -> io::Result<()> {
+    fn events(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
         self.watcher.events(events)
     }
 
