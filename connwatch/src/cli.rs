@@ -131,8 +131,9 @@ pub struct AgentArgs {
     /// Distinct values each of the comm and cgroup labels may take; later ones become `other`.
     #[arg(long, value_name = "N", default_value_t = 200, value_parser = parse_label_values)]
     pub max_label_values: usize,
-    /// Seconds between looks at the host's sockets (connwatch_sockets{state}).
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "5")]
+    /// Seconds between looks at the host's sockets (connwatch_sockets{state}). Each look dumps
+    /// every TCP socket in every namespace: about 0.1 s of CPU per 65,536 sockets.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, default_value = "15")]
     pub inventory_interval: Duration,
 }
 
