@@ -1,5 +1,6 @@
 //! Agent memory with every socket tracked: `connwatch watch --json` while `cw-hold`
-//! (xtask/src/bin/cw-hold.rs) opens and holds established loopback connections.
+//! (xtask/src/bin/cw-hold.rs) opens and holds established loopback connections; then what
+//! `connwatch agent` costs at rest beside the same connections.
 
 use std::{
     collections::VecDeque,
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     config::Config,
-    procfs::{self, Memory},
+    procfs::{self, CpuTime, Memory},
     rounds::Setup,
     tracer::{self, TracerSample},
 };
@@ -31,6 +32,11 @@ const SETTLE_WINDOW: Duration = Duration::from_secs(1);
 /// Idle connwatch still drains its ring buffer every 50 ms: a few ms of CPU per second. Two
 /// clock ticks per window (/proc/PID/stat's resolution) is far below a draining connwatch.
 const IDLE_CPU: f64 = 0.02;
+/// The agent at rest: measured from this long after its `ready` line (past its start-up
+/// inventory) for `IDLE_WINDOW`, which holds two of its periodic looks at every socket at the
+/// default `--inventory-interval` (15 s).
+const IDLE_WARMUP: Duration = Duration::from_secs(3);
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
 pub struct Hold {
     pub binary: PathBuf,
@@ -62,6 +68,15 @@ pub struct RssResult {
     /// From everything established until connwatch was found settled (includes the window).
     pub settle_s: f64,
     pub tracer: TracerSample,
+    pub idle_agent: IdleAgent,
+}
+
+/// `connwatch agent` beside the held connections, nothing else happening.
+#[derive(Serialize)]
+pub struct IdleAgent {
+    pub window_s: f64,
+    pub cpu: CpuTime,
+    pub rss_kib: u64,
 }
 
 /// Starts connwatch watch, then cw-hold; once all connections are established and connwatch
@@ -83,8 +98,32 @@ pub fn measure(hold: &Hold, setup: &Setup<'_>) -> anyhow::Result<RssResult> {
     // Stop connwatch first: the connections' closing would only add events after the fact.
     let sample = tracer.finish(window)?;
     tracer::check_connwatch_lines(&sample)?;
+    let idle_agent = idle_agent(setup)?;
     generator.stop()?;
-    Ok(RssResult { established, at_ready, settled, caught_up_s, settle_s, tracer: sample })
+    Ok(RssResult {
+        established,
+        at_ready,
+        settled,
+        caught_up_s,
+        settle_s,
+        tracer: sample,
+        idle_agent,
+    })
+}
+
+/// Starts `connwatch agent` beside the held connections and measures its CPU at rest.
+fn idle_agent(setup: &Setup<'_>) -> anyhow::Result<IdleAgent> {
+    let agent = setup.start_tracer(Config::ConnwatchAgent)?.expect("connwatch is a tracer");
+    let window = agent.begin_window()?;
+    thread::sleep(IDLE_WARMUP);
+    let (started, before) = (Instant::now(), procfs::cpu_time(agent.pid())?);
+    thread::sleep(IDLE_WINDOW);
+    let cpu = procfs::cpu_time(agent.pid())?.since(before);
+    let window_s = started.elapsed().as_secs_f64();
+    let rss_kib = procfs::memory(agent.pid())?.rss_kib;
+    let sample = agent.finish(window)?;
+    tracer::check_connwatch_lines(&sample)?;
+    Ok(IdleAgent { window_s, cpu, rss_kib })
 }
 
 /// A running cw-hold.

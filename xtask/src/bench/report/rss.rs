@@ -90,6 +90,17 @@ impl RssSection {
              (`sockets evicted`).",
             e.listeners
         );
+        let idle = &r.idle_agent;
+        let _ = writeln!(
+            md,
+            "\nAt rest: `connwatch agent` (its defaults) beside the same held connections, \
+             nothing else happening, used {:.1} ms of CPU per second ({:.2}% of one CPU) over {:.0} \
+             s, two looks at every socket on the host included (`--inventory-interval`); RSS {}.",
+            idle.cpu.total_s() * 1000.0 / idle.window_s,
+            idle.cpu.total_s() * 100.0 / idle.window_s,
+            idle.window_s,
+            mib(idle.rss_kib)
+        );
         if self.totals.events_lost > 0 {
             md += "\nEvents were lost, so some sockets may not have been tracked: the RSS \
                    understates the fully tracked case.\n";
