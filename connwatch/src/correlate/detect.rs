@@ -153,19 +153,23 @@ fn connect_unverified(f: &Facts) -> bool {
 
 /// A held, established connection that has carried nothing for the idle grace and was not
 /// audited within it: the liveness audit asks the socket for its settings.
+/// The track's own fields are checked before its facts (which live apart from it): the audit
+/// asks this of every tracked socket.
 pub fn idle_candidate(track: &Track, now: u64, t: &Thresholds) -> bool {
+    let held_idle = track.reported & (1 << Kind::LivenessUnchecked as u16) == 0
+        && track.last_ts.saturating_add(t.idle_grace_ns) <= now
+        && track.idle_audited_ns().saturating_add(t.idle_grace_ns) <= now
+        && track.owner().is_some()
+        && track.fd().is_some();
+    if !held_idle {
+        return false;
+    }
     let f = &track.facts;
     let over = f.fin().first().is_some()
         || f.reset().first().is_some()
         || f.kernel_closed().first().is_some()
         || f.app_closed().first().is_some();
-    track.reported & (1 << Kind::LivenessUnchecked as u16) == 0
-        && f.established().first().is_some()
-        && !over
-        && track.owner().is_some()
-        && track.fd().is_some()
-        && track.last_ts.saturating_add(t.idle_grace_ns) <= now
-        && track.idle_audited_ns().saturating_add(t.idle_grace_ns) <= now
+    f.established().first().is_some() && !over
 }
 
 /// Conditions that hold once time has passed without the application reacting.

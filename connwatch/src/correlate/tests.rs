@@ -680,6 +680,15 @@ fn at_capacity_finished_sockets_go_first_and_are_not_evictions() {
     assert_eq!((c.tracked(), c.evicted()), (2, 1), "then a live one is evicted, and counted");
 }
 
+#[test]
+fn the_liveness_audit_sweeps_a_thirtieth_of_the_grace_apart_between_1_and_10_s() {
+    use super::idle_sweep_every;
+    assert_eq!(idle_sweep_every(300 * S), 10 * S, "the default grace: every 10 s");
+    assert_eq!(idle_sweep_every(60 * S), 2 * S);
+    assert_eq!(idle_sweep_every(4 * S), S, "short graces (the tests'): every second");
+    assert_eq!(idle_sweep_every(3_600 * S), 10 * S, "never sparser than 10 s");
+}
+
 // shards
 
 /// Three kinds of socket, interleaved in one batch: a write after the peer's close, a
