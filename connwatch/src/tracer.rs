@@ -2,7 +2,7 @@
 //! records counted. The binary and the integration tests both drive exactly this.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::BTreeMap,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     time::{Duration, Instant},
@@ -32,6 +32,11 @@ pub struct Tracer {
     bytes_taken: u64,
     ring_buffer_bytes: u32,
     skips: RefCell<KernelSkips>,
+    /// The ring buffer's loss count as last read, and whether records were taken since: a
+    /// record is lost only while the buffer is full, and a full buffer's records are taken by
+    /// the next drain, so after a drain that took nothing the count cannot have grown. An idle
+    /// agent then reads no map (its 20 drains a second each read one per kind before).
+    ring_lost: Cell<(u64, bool)>,
     /// Program costs as they stood when the programs were detached.
     cost_at_detach: Option<BTreeMap<String, ProgramCost>>,
 }
@@ -94,6 +99,7 @@ impl Tracer {
             bytes_taken: 0,
             ring_buffer_bytes: options.ring_buffer_bytes,
             skips: RefCell::default(),
+            ring_lost: Cell::new((0, true)),
             cost_at_detach: None,
         })
     }
@@ -122,7 +128,7 @@ impl Tracer {
         }
         let (bytes_taken, events_by_type, malformed) =
             (&mut self.bytes_taken, &mut self.events_by_type, &mut self.malformed);
-        self.ring.drain(POLL_BATCH, |record| {
+        let taken = self.ring.drain(POLL_BATCH, |record| {
             *bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
             let decoded = out.len();
             match decode::decode_into(record, out) {
@@ -133,7 +139,11 @@ impl Tracer {
                 }
                 Err(_) => *malformed += 1,
             }
-        })
+        });
+        if taken > 0 {
+            self.ring_lost.set((self.ring_lost.get().0, true));
+        }
+        taken
     }
 
     /// Ring-buffer bytes taken so far: the growth between two drains is how full the buffer
@@ -162,11 +172,16 @@ impl Tracer {
         self.probes.detach();
     }
 
-    /// Events lost so far: those the ring buffer had no room for (0 if the counters cannot be
-    /// read) and hits the kernel skipped.
+    /// Events lost so far, as of the last [`Tracer::poll`]: those the ring buffer had no room
+    /// for and hits the kernel skipped.
     pub fn lost_total(&self) -> u64 {
         let skipped: u64 = self.skips.borrow_mut().current(&self.probes).values().sum();
-        self.loss.read().map(|lost| lost.total()).unwrap_or(0) + skipped
+        let (mut ring_lost, stale) = self.ring_lost.get();
+        if stale && let Ok(lost) = self.loss.read() {
+            ring_lost = lost.total();
+            self.ring_lost.set((ring_lost, false));
+        }
+        ring_lost + skipped
     }
 
     /// Hits the kernel skipped so far, by hook (only hooks with skips; see `probes::skips`).

@@ -298,16 +298,20 @@ fn writes_into_a_black_hole_are_retransmitted() {
 
 /// Connection attempts to a closed port: exactly four events each on the client socket
 /// (SYN_SENT, RST rx, CLOSE, ECONNREFUSED), so the expected count is known in advance.
-fn refused_flood(ring_buffer_bytes: u32, attempts: u32) -> connwatch::sinks::Summary {
+/// Returns the summary and the running loss count the pipeline gives the correlator, read
+/// once before the flood (as a drain that took nothing would) and once after the last drain.
+fn refused_flood(ring_buffer_bytes: u32, attempts: u32) -> (connwatch::sinks::Summary, u64) {
     let ns = Netns::new(format!("cw-loss-{ring_buffer_bytes}-{}", std::process::id()));
     let mut flooder = Peer::spawn(&ns);
     let mut session = Session::start(LoadOptions {
         ring_buffer_bytes,
         ..options(Filters { ports: vec![21030], ..Filters::default() })
     });
+    assert_eq!(session.tracer.lost_total(), 0, "nothing lost before the flood");
     // Nothing is read while the flood runs: a small ring buffer must overflow.
     flooder.ok(&format!("refuse-flood 127.0.0.1 21030 {attempts}"));
-    session.finish()
+    let summary = session.finish();
+    (summary, session.tracer.lost_total())
 }
 
 #[test]
@@ -317,7 +321,7 @@ fn every_event_is_either_delivered_or_counted_lost() {
     let expected =
         [("error", ATTEMPTS as u64), ("reset", ATTEMPTS as u64), ("state", 2 * ATTEMPTS as u64)];
 
-    let roomy = refused_flood(8 << 20, ATTEMPTS);
+    let (roomy, _) = refused_flood(8 << 20, ATTEMPTS);
     assert_eq!(roomy.total_lost(), 0, "{roomy}");
     for (kind, count) in expected {
         assert_eq!(
@@ -327,8 +331,9 @@ fn every_event_is_either_delivered_or_counted_lost() {
         );
     }
 
-    let tiny = refused_flood(4096, ATTEMPTS);
+    let (tiny, lost_total) = refused_flood(4096, ATTEMPTS);
     assert!(tiny.total_lost() > 0, "a 4 KiB ring buffer must overflow: {tiny}");
+    assert_eq!(lost_total, tiny.total_lost(), "the running count after the drains: {tiny}");
     for (kind, count) in expected {
         let seen = tiny.events.get(kind).copied().unwrap_or(0);
         let lost = tiny.lost.get(kind).copied().unwrap_or(0);
