@@ -68,12 +68,14 @@ pub struct RssResult {
     /// From everything established until connwatch was found settled (includes the window).
     pub settle_s: f64,
     pub tracer: TracerSample,
-    pub idle_agent: IdleAgent,
+    /// connwatch watch at rest once settled, every held socket tracked.
+    pub idle_watch: AtRest,
+    pub idle_agent: AtRest,
 }
 
-/// `connwatch agent` beside the held connections, nothing else happening.
+/// A connwatch at rest beside the held connections, nothing else happening.
 #[derive(Serialize)]
-pub struct IdleAgent {
+pub struct AtRest {
     pub window_s: f64,
     pub cpu: CpuTime,
     pub rss_kib: u64,
@@ -94,6 +96,7 @@ pub fn measure(hold: &Hold, setup: &Setup<'_>) -> anyhow::Result<RssResult> {
     let (settled, quiet_since) = settle(tracer.pid(), deadline)?;
     let settle_s = settling.elapsed().as_secs_f64();
     let caught_up_s = quiet_since.duration_since(settling).as_secs_f64();
+    let idle_watch = at_rest(tracer.pid())?;
 
     // Stop connwatch first: the connections' closing would only add events after the fact.
     let sample = tracer.finish(window)?;
@@ -107,23 +110,32 @@ pub fn measure(hold: &Hold, setup: &Setup<'_>) -> anyhow::Result<RssResult> {
         caught_up_s,
         settle_s,
         tracer: sample,
+        idle_watch,
         idle_agent,
     })
 }
 
+/// CPU of the process `pid` over `IDLE_WINDOW` from now, and its VmRSS at the end.
+fn at_rest(pid: u32) -> anyhow::Result<AtRest> {
+    let (started, before) = (Instant::now(), procfs::cpu_time(pid)?);
+    thread::sleep(IDLE_WINDOW);
+    let cpu = procfs::cpu_time(pid)?.since(before);
+    Ok(AtRest {
+        window_s: started.elapsed().as_secs_f64(),
+        cpu,
+        rss_kib: procfs::memory(pid)?.rss_kib,
+    })
+}
+
 /// Starts `connwatch agent` beside the held connections and measures its CPU at rest.
-fn idle_agent(setup: &Setup<'_>) -> anyhow::Result<IdleAgent> {
+fn idle_agent(setup: &Setup<'_>) -> anyhow::Result<AtRest> {
     let agent = setup.start_tracer(Config::ConnwatchAgent)?.expect("connwatch is a tracer");
     let window = agent.begin_window()?;
     thread::sleep(IDLE_WARMUP);
-    let (started, before) = (Instant::now(), procfs::cpu_time(agent.pid())?);
-    thread::sleep(IDLE_WINDOW);
-    let cpu = procfs::cpu_time(agent.pid())?.since(before);
-    let window_s = started.elapsed().as_secs_f64();
-    let rss_kib = procfs::memory(agent.pid())?.rss_kib;
+    let at_rest = at_rest(agent.pid())?;
     let sample = agent.finish(window)?;
     tracer::check_connwatch_lines(&sample)?;
-    Ok(IdleAgent { window_s, cpu, rss_kib })
+    Ok(at_rest)
 }
 
 /// A running cw-hold.

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Target, TracerTotals, mib, targets_markdown, thousands};
-use crate::bench::{config::Config, rss::RssResult};
+use crate::bench::{
+    config::Config,
+    rss::{AtRest, RssResult},
+};
 
 /// Peak RSS connwatch watch should stay within while tracking 65,536 sockets (issue 9; 64 MiB
 /// before it). 16 MiB of it is the default 8 MiB ring buffer, which the process maps twice.
@@ -90,16 +93,22 @@ impl RssSection {
              (`sockets evicted`).",
             e.listeners
         );
-        let idle = &r.idle_agent;
+        let per_s = |a: &AtRest| a.cpu.total_s() * 1000.0 / a.window_s;
+        let (watch, agent) = (&r.idle_watch, &r.idle_agent);
         let _ = writeln!(
             md,
-            "\nAt rest: `connwatch agent` (its defaults) beside the same held connections, \
-             nothing else happening, used {:.1} ms of CPU per second ({:.2}% of one CPU) over {:.0} \
-             s, two looks at every socket on the host included (`--inventory-interval`); RSS {}.",
-            idle.cpu.total_s() * 1000.0 / idle.window_s,
-            idle.cpu.total_s() * 100.0 / idle.window_s,
-            idle.window_s,
-            mib(idle.rss_kib)
+            "\nAt rest, nothing else happening, CPU over {:.0} s: `connwatch watch` once settled, \
+             every held socket tracked, {:.1} ms per second ({:.2}% of one CPU), its liveness \
+             audit's sweeps included; then `connwatch agent` (its defaults) started beside the \
+             same connections (held before it started, so untracked), {:.1} ms per second \
+             ({:.2}%), two looks at every socket on the host included (`--inventory-interval`), \
+             RSS {}.",
+            watch.window_s,
+            per_s(watch),
+            per_s(watch) / 10.0,
+            per_s(agent),
+            per_s(agent) / 10.0,
+            mib(agent.rss_kib)
         );
         if self.totals.events_lost > 0 {
             md += "\nEvents were lost, so some sockets may not have been tracked: the RSS \
