@@ -142,7 +142,6 @@ impl Agent<'_> {
         labels_of(&mut self.attribution, &mut self.comms, &mut self.cgroups, owner, comm)
     }
 
-    /// Counts what the event tells the metrics, and queues it for the correlators.
     /// Counts `event` in the metrics and gives it the identity the inventory knows its socket
     /// by, if any.
     fn count(&mut self, event: &mut Event) {

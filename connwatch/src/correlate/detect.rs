@@ -152,9 +152,9 @@ fn connect_unverified(f: &Facts) -> bool {
 }
 
 /// A held, established connection that has carried nothing for the idle grace and was not
-/// audited within it: the liveness audit asks the socket for its settings.
-/// The track's own fields are checked before its facts (which live apart from it): the audit
-/// asks this of every tracked socket.
+/// audited within it: the liveness audit asks the socket for its settings. The track's own
+/// fields are checked before its facts (which live apart from it): the audit asks this of
+/// every tracked socket.
 pub fn idle_candidate(track: &Track, now: u64, t: &Thresholds) -> bool {
     let held_idle = track.reported & (1 << Kind::LivenessUnchecked as u16) == 0
         && track.last_ts.saturating_add(t.idle_grace_ns) <= now

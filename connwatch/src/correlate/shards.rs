@@ -66,8 +66,8 @@ impl Shards {
     /// [`Self::ingest`], taking the events (emptied) instead of copying them to the shards.
     pub fn ingest_taken(&mut self, events: &mut Vec<Event>) -> Vec<Finding> {
         let findings = match &mut self.inner {
-            Inner::One(one) => events.iter().flat_map(|event| one.ingest(event)).collect(),
             Inner::Many(workers) => workers.ingest(events.drain(..)),
+            Inner::One(_) => self.ingest(events),
         };
         events.clear();
         findings

@@ -23,9 +23,9 @@ type FastHash = foldhash::fast::RandomState;
 /// each tick (about 4,000 per 50 ms on 2 CPUs) and made one by one in between; freed, they
 /// overflowed glibc's per-thread cache (7 chunks of a size) and nearly every new track, its
 /// facts and its timeline took malloc's slow path. A reused track's old facts and timeline are
-/// freed just before the new ones are made, so those come from that cache. Kept at most one
-/// tick's worth (1,024 per tick cut only a fraction of the gain): about 2 MiB at most, and
-/// none once no new track took one for a second.
+/// freed just before the new ones are made, so those come from that cache. At most about one
+/// tick's worth is kept (a pool of 1,024 kept only part of the gain), about 2 MiB, and none
+/// once no new track has taken one for a second.
 const SPARE_TRACKS: usize = 4096;
 const SPARE_IDLE_NS: u64 = 1_000_000_000;
 
