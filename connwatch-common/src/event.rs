@@ -52,6 +52,16 @@ pub const COUNTER_IO_SUMMARISED: u32 = 1;
 pub const COUNTER_READINESS_NOT_NEEDED: u32 = 2;
 pub const COUNTER_SLOTS: u32 = 4;
 
+/// Slots of the per-CPU `LEAD_BUSY` and `COVERED` maps: the kernel's own events whose raw
+/// tracepoint program has an understudy (connwatch-ebpf's `understudy` module).
+pub const UNDERSTUDY_STATE: u32 = 0;
+pub const UNDERSTUDY_RECEIVE_RESET: u32 = 1;
+pub const UNDERSTUDY_SEND_RESET: u32 = 2;
+pub const UNDERSTUDY_RETRANSMIT: u32 = 3;
+pub const UNDERSTUDY_ERROR_REPORT: u32 = 4;
+pub const UNDERSTUDY_DESTROY: u32 = 5;
+pub const UNDERSTUDY_SLOTS: u32 = 6;
+
 /// Common to every record: what happened when, to which socket, owned by whom.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -9,6 +9,7 @@ pub const MAP_PORT_FILTER: &str = "PORT_FILTER";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_ATTENTION: &str = "ATTENTION";
 pub const MAP_EPOLL_WATCH: &str = "EPOLL_WATCH";
+pub const MAP_COVERED: &str = "COVERED";
 
 /// The global the loader overrides with a [`crate::config::Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";

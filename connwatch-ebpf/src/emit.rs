@@ -10,6 +10,8 @@ use connwatch_common::{
     socket::{OWNER_UNKNOWN, SocketInfo},
 };
 
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+
 use crate::{
     config::conf,
     maps::{COUNTERS, EVENTS, LOST, PID_FILTER, PORT_FILTER},
@@ -107,8 +109,9 @@ fn wakeup_flags() -> u64 {
 #[inline(always)]
 fn count_lost(kind: u8, events: u64) {
     if let Some(counter) = LOST.get_ptr_mut(kind as u32) {
-        // SAFETY: per-CPU slot; no other writer on this CPU while we run.
-        unsafe { *counter += events };
+        // SAFETY: this CPU's slot. Atomic: a softirq's program may interrupt ours and count
+        // into the same slot.
+        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(counter, events) };
     }
 }
 
@@ -194,7 +197,8 @@ pub fn observed_as(sk: u64, ends: &Endpoints, obs: &Observation, info: &SocketIn
 #[inline(always)]
 pub fn count(slot: u32, n: u64) {
     if let Some(counter) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot; no other writer on this CPU while we run.
+        // SAFETY: this CPU's slot; only process-context programs count (summarised I/O and
+        // readiness), and none of them can interrupt another.
         unsafe { *counter += n };
     }
 }

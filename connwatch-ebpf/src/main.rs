@@ -20,6 +20,7 @@ mod policy;
 mod probes;
 mod sock;
 mod syscall;
+mod understudy;
 mod zero;
 
 #[panic_handler]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use connwatch_common::{
-    event::{COUNTER_SLOTS, KIND_SLOTS},
+    event::{COUNTER_SLOTS, KIND_SLOTS, UNDERSTUDY_SLOTS},
     names::{
         ATTENTION_SLOTS, MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
         MAX_PENDING_CALLS, MAX_SOCKETS,
@@ -22,6 +22,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// Failed reservations, per CPU and per event kind: nothing is lost without being counted.
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_SLOTS, 0);
+
+/// Whether a hook's lead raw tracepoint program is running on this CPU (`UNDERSTUDY_*` slots).
+#[map(name = "LEAD_BUSY")]
+pub static LEAD_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(UNDERSTUDY_SLOTS, 0);
+
+/// Hits an understudy handled because its lead was busy, per CPU (`UNDERSTUDY_*` slots).
+#[map(name = "COVERED")]
+pub static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(UNDERSTUDY_SLOTS, 0);
 
 /// Identity (birth) and owner of every socket seen, and its closing state changes not reported
 /// yet, keyed by `struct sock` address. LRU keeps it bounded: the least recently touched

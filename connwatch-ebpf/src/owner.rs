@@ -5,7 +5,9 @@
 //! socket is touched in process context and looked up everywhere else.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use connwatch_common::socket::{ListenerKey, Owner, SocketInfo};
+use connwatch_common::socket::{
+    CLOSING_SLOTS, Closing, ListenerKey, Owner, SocketEntry, SocketInfo,
+};
 
 use crate::maps::{LISTENERS, NEW_SOCKET, SOCKETS};
 
@@ -26,23 +28,40 @@ pub fn now() -> u64 {
 }
 
 /// A new life of `sk`: connect, listen, or a child spawned by a listener. Nothing of an
-/// earlier life at the same address (its tallies) carries over.
+/// earlier life at the same address (its tallies) carries over. Any context.
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
-    remember(sk, owner, now() & !ADOPTED)
+    remember_on_stack(sk, owner, now() & !ADOPTED)
 }
 
 /// `birth_ns`'s lowest bit: the socket was first seen mid-life, so its true birth is unknown.
 const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 
+/// Records `sk`, building its entry on the stack: for programs that may run in softirq, which
+/// can interrupt a program using this CPU's `NEW_SOCKET` slot.
 #[inline(always)]
-fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
+fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
     let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
-    // Built in this CPU's scratch slot, not on the stack: the readiness programs' combined
-    // stack is near the 512-byte limit.
+    let closing = Closing {
+        ts_ns: [0; CLOSING_SLOTS],
+        old_state: [0; CLOSING_SLOTS],
+        new_state: [0; CLOSING_SLOTS],
+        count: 0,
+        _pad: 0,
+    };
+    let _ = SOCKETS.insert(&sk, &SocketEntry { info, closing }, 0);
+    crate::policy::release(sk);
+    info
+}
+
+/// Records `sk`, building its entry in this CPU's `NEW_SOCKET` slot rather than on the stack
+/// (the readiness programs' combined stack is near the 512-byte limit): process context only.
+#[inline(always)]
+fn remember_in_scratch(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
     if let Some(entry) = NEW_SOCKET.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; nothing else runs on this CPU while we do. Closing slots
-        // past `count` are never read.
+        // SAFETY: this CPU's slot. Only process-context programs use it, and none of them can
+        // interrupt another. Closing slots past `count` are never read.
         unsafe {
             (*entry).info = info;
             (*entry).closing.count = 0;
@@ -54,13 +73,13 @@ fn remember(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
 }
 
 /// What is known of `sk`; a socket first seen mid-life (older than the agent) is adopted with
-/// an unknown owner and born now.
+/// an unknown owner and born now. Any context.
 #[inline(always)]
 pub fn known(sk: u64) -> SocketInfo {
     match SOCKETS.get_ptr(&sk) {
         // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
         Some(entry) => unsafe { (*entry).info },
-        None => remember(sk, Owner::UNKNOWN, now() | ADOPTED),
+        None => remember_on_stack(sk, Owner::UNKNOWN, now() | ADOPTED),
     }
 }
 
@@ -79,7 +98,7 @@ pub fn touch(sk: u64) -> SocketInfo {
             }
             *info
         }
-        None => remember(sk, current(), now() | ADOPTED),
+        None => remember_in_scratch(sk, current(), now() | ADOPTED),
     }
 }
 

@@ -176,12 +176,17 @@ impl Tracer {
     /// for and hits the kernel skipped.
     pub fn lost_total(&self) -> u64 {
         let skipped: u64 = self.skips.borrow_mut().current(&self.probes).values().sum();
+        self.ring_lost_total() + skipped
+    }
+
+    /// Records lost so far for want of ring-buffer space, as of the last [`Tracer::poll`].
+    pub fn ring_lost_total(&self) -> u64 {
         let (mut ring_lost, stale) = self.ring_lost.get();
         if stale && let Ok(lost) = self.loss.read() {
             ring_lost = lost.total();
             self.ring_lost.set((ring_lost, false));
         }
-        ring_lost + skipped
+        ring_lost
     }
 
     /// Hits the kernel skipped so far, by hook (only hooks with skips; see `probes::skips`).

@@ -1,6 +1,9 @@
 //! A connwatch tracer inside a test, collecting events until the test has what it waits for.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use connwatch::{
     Tracer,
@@ -25,6 +28,24 @@ impl Session {
         }
         let tracer = Tracer::start(&options).unwrap_or_else(|e| panic!("starting connwatch: {e}"));
         Self { tracer, events: Vec::new(), started: Instant::now() }
+    }
+
+    /// Checks that the session lost nothing it could have kept, and returns the hits the
+    /// kernel skipped, by hook. No record may be lost for want of ring-buffer space. Skips are
+    /// the kernel's: a hit that interrupts connwatch's own program on its CPU in the few
+    /// instructions its understudy cannot cover (see `connwatch::probes::skips`). They are
+    /// counted, and must stay rare: at most one per 1,000 events.
+    pub fn assert_nothing_lost_but_rare_skips(&self, what: &str) -> BTreeMap<String, u64> {
+        let lost = self.tracer.ring_lost_total();
+        assert_eq!(lost, 0, "{what}: {lost} records lost for want of ring-buffer space");
+        let skips = self.tracer.kernel_skips();
+        let skipped: u64 = skips.values().sum();
+        assert!(
+            skipped * 1000 <= self.events.len() as u64,
+            "{what}: the kernel skipped {skipped} hits in {} events: {skips:?}",
+            self.events.len()
+        );
+        skips
     }
 
     /// Collects events until `done` holds for all collected so far.

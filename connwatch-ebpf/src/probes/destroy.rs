@@ -7,19 +7,20 @@
 //! among tracepoints: the socket address is all it needs. Or the function that fires it,
 //! `tcp_v4_destroy_sock(struct sock *sk)` (IPv6 sockets pass through it too).
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use connwatch_common::{
-    event::{DestroyEvent, KIND_DESTROY},
+    event::{DestroyEvent, KIND_DESTROY, UNDERSTUDY_DESTROY},
     socket::SOCKET_APP_CLOSED,
 };
 
-use crate::{closing, emit, maps::SOCKETS, owner, sock};
+use crate::{closing, emit, maps::SOCKETS, owner, sock, understudy::raw_with_understudy};
 
-#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
-pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    on_destroy(ctx.arg(0));
-    0
-}
+raw_with_understudy!(
+    "tcp_destroy_sock",
+    UNDERSTUDY_DESTROY,
+    raw_tcp_destroy_sock,
+    raw_tcp_destroy_sock_understudy,
+    |ctx| on_destroy(ctx.arg(0))
+);
 
 socket_functions! {
     on_destroy;

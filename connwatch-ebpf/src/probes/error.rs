@@ -3,16 +3,17 @@
 //! and the 4-tuple but no socket address, so it could not be joined to a socket. Or the function
 //! that fires it, `sk_error_report(struct sock *sk)` (5.14+), entered after the error is stored.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use connwatch_common::event::{ErrorEvent, KIND_ERROR};
+use connwatch_common::event::{ErrorEvent, KIND_ERROR, UNDERSTUDY_ERROR_REPORT};
 
-use crate::{emit, owner, policy, sock};
+use crate::{emit, owner, policy, sock, understudy::raw_with_understudy};
 
-#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
-pub fn raw_inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
-    on_error_report(ctx.arg(0));
-    0
-}
+raw_with_understudy!(
+    "inet_sk_error_report",
+    UNDERSTUDY_ERROR_REPORT,
+    raw_inet_sk_error_report,
+    raw_inet_sk_error_report_understudy,
+    |ctx| on_error_report(ctx.arg(0))
+);
 
 socket_functions! {
     on_error_report;

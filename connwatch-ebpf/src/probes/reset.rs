@@ -9,13 +9,12 @@
 //! Those two are entered, and return at once, for the rare segment that must not be answered
 //! (a reset, or a stray one off-host): a sent reset is timeline evidence only, never a finding.
 
-use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use connwatch_common::event::{
+    KIND_RESET, RESET_RX, RESET_TX, ResetEvent, UNDERSTUDY_RECEIVE_RESET, UNDERSTUDY_SEND_RESET,
 };
-use connwatch_common::event::{KIND_RESET, RESET_RX, RESET_TX, ResetEvent};
 
-use crate::{config::conf, emit, owner, policy, sock};
+use crate::{config::conf, emit, owner, policy, sock, understudy::raw_with_understudy};
 
 #[tracepoint]
 pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
@@ -27,11 +26,13 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
-pub fn raw_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
-    on_reset(ctx.arg(0), RESET_RX);
-    0
-}
+raw_with_understudy!(
+    "tcp_receive_reset",
+    UNDERSTUDY_RECEIVE_RESET,
+    raw_tcp_receive_reset,
+    raw_tcp_receive_reset_understudy,
+    |ctx| on_reset(ctx.arg(0), RESET_RX)
+);
 
 #[tracepoint]
 pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -43,11 +44,13 @@ pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "tcp_send_reset")]
-pub fn raw_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
-    on_reset(ctx.arg(0), RESET_TX);
-    0
-}
+raw_with_understudy!(
+    "tcp_send_reset",
+    UNDERSTUDY_SEND_RESET,
+    raw_tcp_send_reset,
+    raw_tcp_send_reset_understudy,
+    |ctx| on_reset(ctx.arg(0), RESET_TX)
+);
 
 socket_functions! {
     |sk| on_reset(sk, RESET_RX);

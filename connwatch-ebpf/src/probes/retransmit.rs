@@ -6,13 +6,10 @@
 //! are therefore not seen this way. Entered, it counts an attempt the host may refuse to send
 //! (the original still queued), as the 6.18 tracepoint does (its `err` tells them apart).
 
-use aya_ebpf::{
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
-};
-use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent, UNDERSTUDY_RETRANSMIT};
 
-use crate::{config::conf, emit, owner, policy, sock};
+use crate::{config::conf, emit, owner, policy, sock, understudy::raw_with_understudy};
 
 #[tracepoint]
 pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -24,11 +21,13 @@ pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn raw_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
-    on_retransmit(ctx.arg(0));
-    0
-}
+raw_with_understudy!(
+    "tcp_retransmit_skb",
+    UNDERSTUDY_RETRANSMIT,
+    raw_tcp_retransmit_skb,
+    raw_tcp_retransmit_skb_understudy,
+    |ctx| on_retransmit(ctx.arg(0))
+);
 
 socket_functions! {
     on_retransmit;

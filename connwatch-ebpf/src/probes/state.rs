@@ -5,11 +5,11 @@
 //! before the change is still in the socket.
 
 use aya_ebpf::{
-    macros::{fentry, kprobe, raw_tracepoint, tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use connwatch_common::{
-    event::{KIND_STATE, StateEvent},
+    event::{KIND_STATE, StateEvent, UNDERSTUDY_STATE},
     socket::SocketInfo,
     tcp::{
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
@@ -17,7 +17,7 @@ use connwatch_common::{
     },
 };
 
-use crate::{closing, config::conf, emit, owner, policy, sock};
+use crate::{closing, config::conf, emit, owner, policy, sock, understudy::raw_with_understudy};
 
 #[tracepoint]
 pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -34,11 +34,13 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    on_state_change(ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    0
-}
+raw_with_understudy!(
+    "inet_sock_set_state",
+    UNDERSTUDY_STATE,
+    raw_inet_sock_set_state,
+    raw_inet_sock_set_state_understudy,
+    |ctx| on_state_change(ctx.arg(0), ctx.arg(1), ctx.arg(2))
+);
 
 /// Both state-setting functions: one kprobe program serves them.
 #[kprobe]

@@ -8,7 +8,8 @@ use aya::Ebpf;
 
 use super::Attached;
 
-/// One hook's programs, summed (a fentry hook has one program per kernel function).
+/// One hook's programs, summed (a fentry hook has one program per kernel function; a raw
+/// tracepoint's understudy adds its time).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramCost {
     pub mechanism: &'static str,
@@ -31,9 +32,14 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Option<BTreeMap<String, Progr
     let mut costs = BTreeMap::new();
     for a in attached.iter().filter(|a| seen.insert(a.variant.program)) {
         let mut cost = ProgramCost { mechanism: a.variant.mechanism.name(), ..Default::default() };
-        for name in a.variant.programs() {
-            let Some(info) = ebpf.program(name).and_then(|p| p.info().ok()) else { continue };
+        let info = |name| ebpf.program(name).and_then(|p| p.info().ok());
+        for info in a.variant.programs().filter_map(info) {
             cost.runs += info.run_count();
+            cost.run_ns += info.run_time().as_nanos() as u64;
+        }
+        // The understudy runs on every hit too: its time is the hook's, its runs are not
+        // more hits.
+        if let Some(info) = a.variant.understudy.and_then(|u| info(u.program)) {
             cost.run_ns += info.run_time().as_nanos() as u64;
         }
         costs.insert(a.hook.id(), cost);

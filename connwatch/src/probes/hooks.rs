@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use connwatch_common::event;
+
 /// How a program is attached to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mechanism {
@@ -58,6 +60,17 @@ pub struct Variant {
     /// with (x86-64, Linux 5.15): its hook's entry program (`Hook::keeps_args_for`) is not
     /// attached.
     pub args_at_exit: bool,
+    /// A raw tracepoint variant's second program, for the hits the kernel skips this one on.
+    pub understudy: Option<Understudy>,
+}
+
+/// A program attached after a raw tracepoint variant's own (the lead) that handles the hits
+/// the kernel skips the lead on: those of a softirq that interrupted it on its CPU. It counts
+/// each in the `COVERED` map's `slot` (connwatch-ebpf's `understudy` module).
+#[derive(Clone, Copy, Debug)]
+pub struct Understudy {
+    pub program: &'static str,
+    pub slot: u32,
 }
 
 impl Variant {
@@ -76,6 +89,7 @@ const fn raw(program: &'static str) -> Variant {
         functions: &[],
         per_function: &[],
         args_at_exit: false,
+        understudy: None,
     }
 }
 
@@ -87,7 +101,13 @@ const fn tp(program: &'static str) -> Variant {
         functions: &[],
         per_function: &[],
         args_at_exit: false,
+        understudy: None,
     }
+}
+
+/// A raw tracepoint variant with an understudy.
+const fn raw_understudied(program: &'static str, understudy: &'static str, slot: u32) -> Variant {
+    Variant { understudy: Some(Understudy { program: understudy, slot }), ..raw(program) }
 }
 
 /// A syscall exit's classic-tracepoint variant that reads the call's arguments at exit.
@@ -109,6 +129,7 @@ const fn kprobe(program: &'static str, functions: &'static [&'static str]) -> Va
         functions,
         per_function: &[],
         args_at_exit: false,
+        understudy: None,
     }
 }
 
@@ -135,6 +156,7 @@ const fn trampoline(
         functions,
         per_function: programs,
         args_at_exit: false,
+        understudy: None,
     }
 }
 
@@ -271,7 +293,8 @@ macro_rules! readiness {
 /// with `cargo xtask bench` (docs/kernels.md).
 macro_rules! kernel_hook {
     (
-        $category:literal, $name:literal, $role:expr, raw: $raw:literal, $(tracepoint: $tp:literal,)?
+        $category:literal, $name:literal, $role:expr, raw: $raw:literal,
+        $(understudy: $slot:ident,)? $(tracepoint: $tp:literal,)?
         kprobe: $kprobe:literal on [$($function:literal),+], fentry: [$($fentry:literal),+]
     ) => {
         Hook {
@@ -279,7 +302,7 @@ macro_rules! kernel_hook {
             name: $name,
             role: $role,
             variants: &[
-                raw($raw),
+                kernel_hook!(@raw $raw $(, $slot)?),
                 fentry(&[$($function),+], &[$($fentry),+]),
                 $(tp($tp),)?
                 kprobe($kprobe, &[$($function),+]),
@@ -288,6 +311,10 @@ macro_rules! kernel_hook {
             keeps_args_for: None,
         }
     };
+    (@raw $raw:literal) => { raw($raw) };
+    (@raw $raw:literal, $slot:ident) => {
+        raw_understudied($raw, concat!($raw, "_understudy"), event::$slot)
+    };
 }
 
 const RECV: Option<&str> = Some("sock:sock_recv_length");
@@ -295,23 +322,23 @@ const SEND: Option<&str> = Some("sock:sock_send_length");
 
 pub static HOOKS: &[Hook] = &[
     kernel_hook!("sock", "inet_sock_set_state", Role::Events,
-        raw: "raw_inet_sock_set_state", tracepoint: "tp_inet_sock_set_state",
+        raw: "raw_inet_sock_set_state", understudy: UNDERSTUDY_STATE, tracepoint: "tp_inet_sock_set_state",
         kprobe: "kp_inet_sk_state_store" on ["inet_sk_state_store", "inet_sk_set_state"],
         fentry: ["fentry_inet_sk_state_store", "fentry_inet_sk_set_state"]),
     kernel_hook!("tcp", "tcp_receive_reset", Role::Events,
-        raw: "raw_tcp_receive_reset", tracepoint: "tp_tcp_receive_reset",
+        raw: "raw_tcp_receive_reset", understudy: UNDERSTUDY_RECEIVE_RESET, tracepoint: "tp_tcp_receive_reset",
         kprobe: "kp_tcp_reset" on ["tcp_reset"], fentry: ["fentry_tcp_reset"]),
     kernel_hook!("tcp", "tcp_send_reset", Role::Events,
-        raw: "raw_tcp_send_reset", tracepoint: "tp_tcp_send_reset",
+        raw: "raw_tcp_send_reset", understudy: UNDERSTUDY_SEND_RESET, tracepoint: "tp_tcp_send_reset",
         kprobe: "kp_tcp_send_reset" on ["tcp_v4_send_reset", "tcp_v6_send_reset", "tcp_send_active_reset"],
         fentry: ["fentry_tcp_v4_send_reset", "fentry_tcp_v6_send_reset", "fentry_tcp_send_active_reset"]),
     kernel_hook!("tcp", "tcp_retransmit_skb", Role::Events,
-        raw: "raw_tcp_retransmit_skb", tracepoint: "tp_tcp_retransmit_skb",
+        raw: "raw_tcp_retransmit_skb", understudy: UNDERSTUDY_RETRANSMIT, tracepoint: "tp_tcp_retransmit_skb",
         kprobe: "kp_tcp_retransmit_skb" on ["tcp_retransmit_skb"],
         fentry: ["fentry_tcp_retransmit_skb"]),
     // The classic record has no socket address, so it cannot be joined to a socket.
     kernel_hook!("sock", "inet_sk_error_report", Role::Events,
-        raw: "raw_inet_sk_error_report",
+        raw: "raw_inet_sk_error_report", understudy: UNDERSTUDY_ERROR_REPORT,
         kprobe: "kp_sk_error_report" on ["sk_error_report"], fentry: ["fentry_sk_error_report"]),
     Hook {
         category: "sock",
@@ -338,7 +365,7 @@ pub static HOOKS: &[Hook] = &[
             "the kernel's end-of-life marker (identities end at the last close in CLOSE \
              instead, or when the socket tables' LRU pushes them out)",
         ),
-        raw: "raw_tcp_destroy_sock",
+        raw: "raw_tcp_destroy_sock", understudy: UNDERSTUDY_DESTROY,
         kprobe: "kp_tcp_destroy_sock" on ["tcp_v4_destroy_sock"],
         fentry: ["fentry_tcp_destroy_sock"]),
     Hook {

@@ -20,7 +20,8 @@ use super::{
 /// A variant's attachments, kept to detach them.
 #[derive(Debug)]
 pub enum Link {
-    Raw(RawTracePointLinkId),
+    /// The lead's link, then its understudy's where the variant has one.
+    Raw(RawTracePointLinkId, Option<RawTracePointLinkId>),
     Tracepoint(TracePointLinkId),
     /// One per function.
     Kprobe(Vec<KProbeLinkId>),
@@ -84,10 +85,17 @@ pub fn attach_one(
     let attach = |e| Failure::Attach(describe(e));
     match variant.mechanism {
         Mechanism::RawTracepoint => {
-            let program: &mut RawTracePoint =
-                program(ebpf, variant.program)?.try_into().map_err(attach)?;
-            load_once(variant.program, program.fd().is_ok(), || program.load())?;
-            program.attach(hook.name).map(Link::Raw).map_err(attach)
+            let lead = raw_on(ebpf, hook, variant.program)?;
+            // The understudy is the lead's own code: where the lead loads, so does it.
+            let understudy = match variant.understudy.map(|u| raw_on(ebpf, hook, u.program)) {
+                Some(Err(failure)) => {
+                    typed::<RawTracePoint>(ebpf, variant.program).map(|p| p.detach(lead));
+                    return Err(failure);
+                }
+                Some(Ok(link)) => Some(link),
+                None => None,
+            };
+            Ok(Link::Raw(lead, understudy))
         }
         Mechanism::Tracepoint => {
             if let Some(problem) = kernel.layouts.problem(&hook.id()) {
@@ -128,6 +136,18 @@ pub fn attach_one(
             Ok(Link::Trampoline(links))
         }
     }
+}
+
+/// The raw tracepoint program `name`, loaded and attached to `hook`'s tracepoint.
+fn raw_on(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    name: &'static str,
+) -> Result<RawTracePointLinkId, Failure> {
+    let attach = |e| Failure::Attach(describe(e));
+    let program: &mut RawTracePoint = program(ebpf, name)?.try_into().map_err(attach)?;
+    load_once(name, program.fd().is_ok(), || program.load())?;
+    program.attach(hook.name).map_err(attach)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, Failure> {
@@ -179,8 +199,11 @@ pub fn detach(ebpf: &mut Ebpf, attached: Attached) {
     let name = attached.variant.program;
     // A failed detach leaves the link to be closed when the Ebpf is dropped.
     match attached.link {
-        Link::Raw(id) => {
-            typed::<RawTracePoint>(ebpf, name).map(|p| p.detach(id));
+        Link::Raw(lead, understudy) => {
+            typed::<RawTracePoint>(ebpf, name).map(|p| p.detach(lead));
+            if let (Some(u), Some(id)) = (attached.variant.understudy, understudy) {
+                typed::<RawTracePoint>(ebpf, u.program).map(|p| p.detach(id));
+            }
         }
         Link::Tracepoint(id) => {
             typed::<TracePoint>(ebpf, name).map(|p| p.detach(id));

@@ -1,30 +1,42 @@
 //! Hits the kernel did not run a program for: it skips a classic tracepoint (or kprobe) program
 //! while any other BPF program runs on that CPU (a softirq that interrupts one, say), and a raw
-//! tracepoint program that interrupts itself. Each skip is an event never seen, counted by the
-//! kernel per program as `recursion_misses` in the program's fdinfo. Linux counts a classic
-//! tracepoint's skips only from 6.7 on: before, they go unseen (see [`uncounted`]).
+//! tracepoint program that interrupts itself. The kernel counts each skip per program as
+//! `recursion_misses` in the program's fdinfo. A raw tracepoint lead with an understudy lost
+//! only the skipped hits its understudy did not cover (the few instructions at either end of
+//! the lead's run, before it marks itself busy or after it clears the mark). Linux counts a
+//! classic tracepoint's skips only from 6.7 on: before, they go unseen (see [`uncounted`]).
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use aya::Ebpf;
+use aya::{Ebpf, maps::PerCpuArray};
+use connwatch_common::names::MAP_COVERED;
 
 use super::{Attached, hooks::Mechanism};
 
 /// The first release whose classic tracepoint (and kprobe) skips are counted.
 const COUNTS_CLASSIC_SKIPS: (u32, u32) = (6, 7);
 
-/// `(hook, hits skipped)` for every attached program, read from its fdinfo. A program that
-/// serves a family of hooks counts for them all under the first one's name.
+/// `(hook, hits lost to skips)` for every attached program, read from its fdinfo. A program
+/// that serves a family of hooks counts for them all under the first one's name.
 pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
     let mut programs = std::collections::HashSet::new();
     attached
         .iter()
         .filter(|a| programs.insert(a.variant.program))
         .filter_map(|a| {
+            // Covered first: the understudy counts a hit after the kernel counted the lead's
+            // skip of it, so this order never finds more covered than skipped.
+            let covered = a.variant.understudy.map_or(0, |u| covered(ebpf, u.slot));
             let counts: Option<Vec<u64>> = a.variant.programs().map(|p| misses(ebpf, p)).collect();
-            Some((a.hook.id(), counts?.iter().sum()))
+            Some((a.hook.id(), counts?.iter().sum::<u64>().saturating_sub(covered)))
         })
         .collect()
+}
+
+/// Hits an understudy handled, over every CPU.
+fn covered(ebpf: &Ebpf, slot: u32) -> u64 {
+    let map = ebpf.map(MAP_COVERED).and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok());
+    map.and_then(|m| m.get(&slot, 0).ok()).map_or(0, |per_cpu| per_cpu.iter().sum())
 }
 
 fn misses(ebpf: &Ebpf, program: &str) -> Option<u64> {
