@@ -52,8 +52,13 @@ struct KernelSkips {
 impl KernelSkips {
     const EVERY: Duration = Duration::from_millis(250);
 
+    /// Counts only grow: a reading that errs low (see `probes::skips::read`) never takes back
+    /// what an earlier one counted.
     fn refresh(&mut self, probes: &Probes) {
-        self.by_hook = probes.kernel_skips().into_iter().filter(|(_, n)| *n > 0).collect();
+        for (hook, skipped) in probes.kernel_skips().into_iter().filter(|(_, n)| *n > 0) {
+            let count = self.by_hook.entry(hook).or_default();
+            *count = (*count).max(skipped);
+        }
         self.read_at = Some(Instant::now());
     }
 

@@ -24,11 +24,16 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
         .iter()
         .filter(|a| programs.insert(a.variant.program))
         .filter_map(|a| {
-            // Covered first: the understudy counts a hit after the kernel counted the lead's
-            // skip of it, so this order never finds more covered than skipped.
-            let covered = a.variant.understudy.map_or(0, |u| covered(ebpf, u.slot));
             let counts: Option<Vec<u64>> = a.variant.programs().map(|p| misses(ebpf, p)).collect();
-            Some((a.hook.id(), counts?.iter().sum::<u64>().saturating_sub(covered)))
+            let skipped: u64 = counts?.iter().sum();
+            // Every hit an understudy covered was first a skip of its lead, so nothing skipped
+            // means nothing covered. Read after the skips, the covered count may include a hit
+            // whose skip was not yet read: the difference errs low, never high.
+            let covered = match (skipped, a.variant.understudy) {
+                (1.., Some(understudy)) => covered(ebpf, understudy.slot),
+                _ => 0,
+            };
+            Some((a.hook.id(), skipped.saturating_sub(covered)))
         })
         .collect()
 }
