@@ -219,15 +219,26 @@ impl TracerTotals {
             }
         }
 
+        // Hits and time per hook. A raw tracepoint's understudy runs on every hit of its lead's
+        // hook: its time counts, its runs are the same hits again (the most runs of any
+        // program on a hook in one sample are that hook's hits).
         let mut by_hook: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-        for program in samples.iter().flat_map(|s| &s.programs) {
-            let hook = program
-                .hook
-                .clone()
-                .unwrap_or_else(|| format!("(unattached #{})", program.prog_id));
-            let entry = by_hook.entry((hook, program.prog_type.clone())).or_default();
-            entry.0 += program.run_cnt;
-            entry.1 += program.run_time_ns;
+        for sample in samples {
+            let mut in_sample: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+            for program in &sample.programs {
+                let hook = program
+                    .hook
+                    .clone()
+                    .unwrap_or_else(|| format!("(unattached #{})", program.prog_id));
+                let entry = in_sample.entry((hook, program.prog_type.clone())).or_default();
+                entry.0 = entry.0.max(program.run_cnt);
+                entry.1 += program.run_time_ns;
+            }
+            for (key, (run_cnt, run_time_ns)) in in_sample {
+                let entry = by_hook.entry(key).or_default();
+                entry.0 += run_cnt;
+                entry.1 += run_time_ns;
+            }
         }
         let programs: Vec<ProgramTotal> = by_hook
             .into_iter()
