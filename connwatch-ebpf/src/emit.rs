@@ -2,6 +2,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_get_current_comm,
     maps::ring_buf::RingBufEntry,
 };
 use connwatch_common::{
@@ -45,6 +46,18 @@ pub fn wanted(sk: u64, info: &SocketInfo, ends: &mut Endpoints) -> bool {
         return false;
     }
     true
+}
+
+/// Whether the `--pid` and `--comm` filters let the current process (`tgid`) through: for what
+/// is counted per call, before any socket is known. Not inlined: a subprogram's frame keeps the
+/// name it reads off the stack of the readiness programs, which is near the limit.
+#[inline(never)]
+pub fn process_wanted(tgid: u32) -> bool {
+    let filters = conf!(flags);
+    if filters & FILTER_PIDS != 0 && PID_FILTER.get_ptr(&tgid).is_none() {
+        return false;
+    }
+    filters & FILTER_COMM == 0 || bpf_get_current_comm().unwrap_or([0; 16]) == conf!(comm)
 }
 
 /// Reserves a `T` (a record starting with an [`EventHeader`]), fills the header, lets `body`

@@ -227,6 +227,29 @@ fn select_results_are_examined_past_the_sixteenth_descriptor() {
     crowd_examined_past_the_sixteenth("select", Via::Select, "READ", ("secrowd", 22016, 25));
 }
 
+/// Ready descriptors at 64 and above are past what select's programs examine. 40 connections
+/// (both ends in one process) put the closed one there: its entry is counted unexamined for
+/// a process the `--pid` filter lets through, and not for one it keeps out.
+#[test]
+fn unexamined_entries_count_only_for_the_processes_filtered_in() {
+    require_root();
+    let topology = Topology::new("unexam");
+    let mut server = Peer::spawn(&topology.server);
+    let bystander = Peer::spawn(&topology.server);
+    let addr = Topology::SERVER_V4;
+    let mut unexamined = Vec::new();
+    for (watched, port) in [(bystander.pid(), 22017), (server.pid(), 22018)] {
+        let mut session = Session::start(traced(&[watched]));
+        server.ok(&format!("listen {addr} {port}"));
+        let reply = server.ok(&format!("crowd select {addr} {port} 40"));
+        let fd: i32 = reply.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap();
+        assert!(fd >= 64, "the closed connection's descriptor is below 64: {reply}");
+        unexamined.push(session.finish().readiness_unexamined);
+    }
+    assert_eq!(unexamined[0], 0, "the bystander's filter let the server's entries in");
+    assert!(unexamined[1] >= 1, "the server's entry past descriptor 64 was not counted");
+}
+
 #[test]
 fn epoll_with_fd_data_resolves_to_the_socket() {
     epoll_sees_eof("epfd", Topology::SERVER_V4, 22011, "fd");

@@ -618,10 +618,11 @@ fn examined_in(ready: i64, tgid: u32) -> bool {
     false
 }
 
-/// Counts ready entries the bounded loops did not examine.
+/// Counts ready entries the bounded loops did not examine, in the processes the filters let
+/// through.
 #[inline(always)]
 fn unexamined(entries: u64) {
-    if entries > 0 {
+    if entries > 0 && emit::process_wanted((bpf_get_current_pid_tgid() >> 32) as u32) {
         emit::count(COUNTER_READINESS_UNEXAMINED, entries);
     }
 }
