@@ -52,14 +52,18 @@ struct KernelSkips {
 impl KernelSkips {
     const EVERY: Duration = Duration::from_millis(250);
 
+    fn refresh(&mut self, probes: &Probes) {
+        self.merge(probes.kernel_skips());
+        self.read_at = Some(Instant::now());
+    }
+
     /// Counts only grow: a reading that errs low (see `probes::skips::read`) never takes back
     /// what an earlier one counted.
-    fn refresh(&mut self, probes: &Probes) {
-        for (hook, skipped) in probes.kernel_skips().into_iter().filter(|(_, n)| *n > 0) {
+    fn merge(&mut self, reading: Vec<(String, u64)>) {
+        for (hook, skipped) in reading.into_iter().filter(|(_, n)| *n > 0) {
             let count = self.by_hook.entry(hook).or_default();
             *count = (*count).max(skipped);
         }
-        self.read_at = Some(Instant::now());
     }
 
     fn current(&mut self, probes: &Probes) -> &BTreeMap<String, u64> {
@@ -250,4 +254,21 @@ impl log::Log for KernelLog {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_counts_never_go_back() {
+        let mut skips = KernelSkips::default();
+        let hook = "sock:inet_sock_set_state".to_string();
+        skips.merge(vec![(hook.clone(), 5), ("tcp:tcp_destroy_sock".into(), 0)]);
+        // A later reading that errs low (an understudy's cover counted before its skip).
+        skips.merge(vec![(hook.clone(), 4)]);
+        assert_eq!(skips.by_hook, BTreeMap::from([(hook.clone(), 5)]));
+        skips.merge(vec![(hook.clone(), 7)]);
+        assert_eq!(skips.by_hook[&hook], 7);
+    }
 }
