@@ -6,7 +6,9 @@
 //! kernel skips that hit (counting it in the program's `recursion_misses`). So each of the
 //! kernel's own events has a second program, its understudy, attached after the lead: it does
 //! nothing unless the lead is busy on this CPU, and then handles the hit itself and counts it
-//! in `COVERED`. Softirqs do not nest, so one understudy is enough.
+//! in `COVERED`. Softirqs do not nest, so one understudy is enough. A hit that lands in the
+//! kernel's few instructions before the lead marks itself busy, or after it clears the mark,
+//! is still skipped: the loader reports the lead's skips less those covered.
 
 use core::ptr::{read_volatile, write_volatile};
 
