@@ -52,7 +52,7 @@ pub const COUNTER_IO_SUMMARISED: u32 = 1;
 pub const COUNTER_READINESS_NOT_NEEDED: u32 = 2;
 pub const COUNTER_SLOTS: u32 = 4;
 
-/// Slots of the per-CPU `LEAD_BUSY` and `COVERED` maps: the kernel's own events whose raw
+/// Slots of the per-CPU `LEAD_NOTES` and `COVERED` maps: the kernel's own events whose raw
 /// tracepoint program has an understudy (connwatch-ebpf's `understudy` module).
 pub const UNDERSTUDY_STATE: u32 = 0;
 pub const UNDERSTUDY_RECEIVE_RESET: u32 = 1;

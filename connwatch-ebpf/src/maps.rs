@@ -13,7 +13,7 @@ use connwatch_common::{
     socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, SendStart, SocketEntry},
 };
 
-use crate::syscall::KeptCall;
+use crate::{syscall::KeptCall, understudy::LeadNotes};
 
 /// Every event, in order. The loader resizes it (`--ring-buffer-size`).
 #[map(name = "EVENTS")]
@@ -23,9 +23,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_SLOTS, 0);
 
-/// Whether a hook's lead raw tracepoint program is running on this CPU (`UNDERSTUDY_*` slots).
-#[map(name = "LEAD_BUSY")]
-pub static LEAD_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(UNDERSTUDY_SLOTS, 0);
+/// The hits a hook's lead raw tracepoint program took on this CPU that its understudy has not
+/// run for yet (`UNDERSTUDY_*` slots).
+#[map(name = "LEAD_NOTES")]
+pub static LEAD_NOTES: PerCpuArray<LeadNotes> = PerCpuArray::with_max_entries(UNDERSTUDY_SLOTS, 0);
 
 /// Hits an understudy handled because its lead was busy, per CPU (`UNDERSTUDY_*` slots).
 #[map(name = "COVERED")]

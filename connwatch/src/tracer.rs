@@ -203,6 +203,12 @@ impl Tracer {
         self.skips.borrow_mut().current(&self.probes).clone()
     }
 
+    /// Hits the kernel skipped a lead raw tracepoint program on that its understudy handled,
+    /// by hook (every hook with an understudy).
+    pub fn kernel_covered(&self) -> BTreeMap<String, u64> {
+        self.probes.kernel_covered().into_iter().collect()
+    }
+
     pub fn summary(&self, duration: Duration) -> Summary {
         let lost = match self.loss.read() {
             Ok(lost) => lost.named().collect(),

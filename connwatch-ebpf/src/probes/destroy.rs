@@ -19,6 +19,7 @@ raw_with_understudy!(
     UNDERSTUDY_DESTROY,
     raw_tcp_destroy_sock,
     raw_tcp_destroy_sock_understudy,
+    key: |ctx| [ctx.arg(0), 0],
     |ctx| on_destroy(ctx.arg(0))
 );
 

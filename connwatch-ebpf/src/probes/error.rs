@@ -12,6 +12,7 @@ raw_with_understudy!(
     UNDERSTUDY_ERROR_REPORT,
     raw_inet_sk_error_report,
     raw_inet_sk_error_report_understudy,
+    key: |ctx| [ctx.arg(0), 0],
     |ctx| on_error_report(ctx.arg(0))
 );
 

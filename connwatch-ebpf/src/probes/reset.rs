@@ -31,6 +31,7 @@ raw_with_understudy!(
     UNDERSTUDY_RECEIVE_RESET,
     raw_tcp_receive_reset,
     raw_tcp_receive_reset_understudy,
+    key: |ctx| [ctx.arg(0), 0],
     |ctx| on_reset(ctx.arg(0), RESET_RX)
 );
 
@@ -49,6 +50,7 @@ raw_with_understudy!(
     UNDERSTUDY_SEND_RESET,
     raw_tcp_send_reset,
     raw_tcp_send_reset_understudy,
+    key: |ctx| [ctx.arg(0), ctx.arg(1)],
     |ctx| on_reset(ctx.arg(0), RESET_TX)
 );
 

@@ -26,6 +26,7 @@ raw_with_understudy!(
     UNDERSTUDY_RETRANSMIT,
     raw_tcp_retransmit_skb,
     raw_tcp_retransmit_skb_understudy,
+    key: |ctx| [ctx.arg(0), ctx.arg(1)],
     |ctx| on_retransmit(ctx.arg(0))
 );
 

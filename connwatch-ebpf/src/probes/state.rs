@@ -39,8 +39,15 @@ raw_with_understudy!(
     UNDERSTUDY_STATE,
     raw_inet_sock_set_state,
     raw_inet_sock_set_state_understudy,
+    key: |ctx| [ctx.arg(0), state_pair(ctx.arg(1), ctx.arg(2))],
     |ctx| on_state_change(ctx.arg(0), ctx.arg(1), ctx.arg(2))
 );
+
+/// A state change's two states as one word (the second half of its hit key).
+#[inline(always)]
+fn state_pair(old: i32, new: i32) -> u64 {
+    ((old as u32 as u64) << 32) | new as u32 as u64
+}
 
 /// Both state-setting functions: one kprobe program serves them.
 #[kprobe]

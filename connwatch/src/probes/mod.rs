@@ -179,6 +179,11 @@ impl Probes {
         skips::read(&self.ebpf, &self.attached)
     }
 
+    /// `(hook, skipped hits its understudy handled)` for every attached hook with one.
+    pub fn kernel_covered(&self) -> Vec<(String, u64)> {
+        skips::covered(&self.ebpf, &self.attached)
+    }
+
     /// Run counts and times per hook, while `kernel.bpf_stats_enabled` is 1 (see [`cost`]).
     pub fn cost(&self) -> Option<std::collections::BTreeMap<String, cost::ProgramCost>> {
         cost::read(&self.ebpf, &self.attached)

@@ -2,8 +2,8 @@
 //! while any other BPF program runs on that CPU (a softirq that interrupts one, say), and a raw
 //! tracepoint program that interrupts itself. The kernel counts each skip per program as
 //! `recursion_misses` in the program's fdinfo. A raw tracepoint lead with an understudy lost
-//! only the skipped hits its understudy did not cover (the few instructions at either end of
-//! the lead's run, before it marks itself busy or after it clears the mark). Linux counts a
+//! only the skipped hits its understudy did not cover (none, unless hits nest deeper than a
+//! softirq in process context: connwatch-ebpf's `understudy` module). Linux counts a
 //! classic tracepoint's skips only from 6.7 on: before, they go unseen (see [`uncounted`]).
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -30,7 +30,7 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
             // means nothing covered. Read after the skips, the covered count may include a hit
             // whose skip was not yet read: the difference errs low, never high.
             let covered = match (skipped, a.variant.understudy) {
-                (1.., Some(understudy)) => covered(ebpf, understudy.slot),
+                (1.., Some(understudy)) => covered_in(ebpf, understudy.slot),
                 _ => 0,
             };
             Some((a.hook.id(), skipped.saturating_sub(covered)))
@@ -38,8 +38,15 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `(hook, hits its understudy handled for its skipped lead)` for every attached hook with an
+/// understudy.
+pub fn covered(ebpf: &Ebpf, attached: &[Attached]) -> Vec<(String, u64)> {
+    let understudied = attached.iter().filter_map(|a| Some((a.hook.id(), a.variant.understudy?)));
+    understudied.map(|(hook, understudy)| (hook, covered_in(ebpf, understudy.slot))).collect()
+}
+
 /// Hits an understudy handled, over every CPU.
-fn covered(ebpf: &Ebpf, slot: u32) -> u64 {
+fn covered_in(ebpf: &Ebpf, slot: u32) -> u64 {
     let map = ebpf.map(MAP_COVERED).and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok());
     map.and_then(|m| m.get(&slot, 0).ok()).map_or(0, |per_cpu| per_cpu.iter().sum())
 }
