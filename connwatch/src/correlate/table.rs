@@ -22,8 +22,9 @@ type FastHash = foldhash::fast::RandomState;
 /// Forgotten tracks kept whole for new ones. Under churn, tracks are forgotten in bursts at
 /// each tick (about 4,000 per 50 ms on 2 CPUs) and made one by one in between; freed, they
 /// overflowed glibc's per-thread cache (7 chunks of a size) and nearly every new track, its
-/// facts and its timeline took malloc's slow path. A reused track's old facts and timeline are
-/// freed just before the new ones are made, so those come from that cache. At most about one
+/// facts and its timeline took malloc's slow path. A reused track keeps the room its facts and
+/// timeline had (emptied), so a new socket's first facts and events allocate nothing. At most
+/// about one
 /// tick's worth is kept (a pool of 1,024 kept only part of the gain), about 2 MiB, and none
 /// once no new track has taken one for a second.
 const SPARE_TRACKS: usize = 4096;
@@ -105,7 +106,7 @@ impl Tracks {
         let track = match self.spare.pop() {
             Some(mut spare) => {
                 self.spare_taken = true;
-                *spare = new();
+                spare.reuse_for(new());
                 spare
             }
             None => Box::new(new()),

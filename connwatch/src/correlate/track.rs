@@ -178,6 +178,11 @@ impl Facts {
         self.rare.as_ref().map(|r| r.polled_after_peer_close).unwrap_or_default()
     }
 
+    /// No facts, with the room they had.
+    fn emptied(self) -> Self {
+        Self { spans: Spans { present: 0, spans: self.spans.spans }, rare: None }
+    }
+
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_default()
     }
@@ -270,6 +275,15 @@ impl Track {
             reported: 0,
             idle_audited_s: 0,
         }
+    }
+
+    /// Becomes `fresh` (a new track), keeping the room this one's facts and timeline had,
+    /// emptied: a spare track taken for a new socket then allocates nothing for its first
+    /// facts and events.
+    pub fn reuse_for(&mut self, fresh: Track) {
+        let facts = std::mem::take(&mut self.facts).emptied();
+        let timeline = std::mem::take(&mut self.timeline).emptied();
+        *self = Track { facts, timeline, ..fresh };
     }
 
     pub fn apply(&mut self, e: &Event, void_threshold: u8) {
@@ -505,5 +519,20 @@ mod tests {
         assert_eq!((f.io().first(), f.io().last()), (Some(20), Some(40)));
         assert_eq!((f.fin().first(), f.sent_into_void().last()), (Some(30), Some(50)));
         assert_eq!((f.reset().first(), f.app_closed().last()), (None, None));
+    }
+
+    #[test]
+    fn emptied_facts_keep_their_room_and_nothing_else() {
+        let mut f = Facts::default();
+        f.add(Fact::Established, 10);
+        f.add(Fact::Fin, 30);
+        f.add(Fact::SentIntoVoid, 50);
+        let room = f.spans.spans.len();
+        let mut f = f.emptied();
+        assert_eq!(f.spans.spans.len(), room);
+        assert_eq!((f.established().first(), f.fin().first()), (None, None));
+        assert_eq!(f.sent_into_void().first(), None);
+        f.add(Fact::Fin, 70);
+        assert_eq!((f.fin().first(), f.established().first()), (Some(70), None));
     }
 }

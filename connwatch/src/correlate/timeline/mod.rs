@@ -26,7 +26,7 @@ impl Timeline {
     /// Inserts in time order; when full, the newest events replace the latest but the earliest
     /// anchors (FIN, connect, first error) stay.
     pub fn record(&mut self, ts: u64, until: u64, detail: &Detail) {
-        if self.bytes.is_empty() {
+        if self.bytes.first().is_none_or(|&len| len == 0) {
             self.base = ts;
         }
         let (mut used, mut at, mut index, mut count) = (0, None, None, 0);
@@ -58,6 +58,12 @@ impl Timeline {
         self.bytes.copy_within(at..used, at + entry.len() + 1);
         self.bytes[at] = len;
         self.bytes[at + 1..=at + entry.len()].copy_from_slice(entry);
+    }
+
+    /// No entries, with the room they had.
+    pub fn emptied(mut self) -> Self {
+        self.bytes.fill(0);
+        Self { bytes: self.bytes, base: 0 }
     }
 
     /// `(from, until, what)`, in time order.
@@ -110,6 +116,25 @@ mod tests {
         let at_30: Vec<Detail> = t.iter().filter(|e| e.0 == 30).map(|e| e.2).collect();
         assert_eq!(at_30, [marker(3), marker(4)]);
         assert!(t.iter().all(|(ts, until, _)| until == ts + 1));
+    }
+
+    #[test]
+    fn an_emptied_timeline_keeps_its_room_and_no_entry() {
+        let mut t = Timeline::default();
+        for ts in [50u64, 10, 70] {
+            t.record(ts, ts, &marker(1));
+        }
+        let room = t.bytes.len();
+        let mut t = t.emptied();
+        assert_eq!((t.bytes.len(), t.iter().count()), (room, 0));
+        // Times are kept relative to the new first entry, as in a new timeline: as compact.
+        let mut new = Timeline::default();
+        for (i, ts) in [5_000_000_000u64, 4_000_000_000].into_iter().enumerate() {
+            t.record(ts, ts + 1, &marker(i as u8));
+            new.record(ts, ts + 1, &marker(i as u8));
+        }
+        assert_eq!(times(&t), [4_000_000_000, 5_000_000_000]);
+        assert_eq!(t.bytes[..new.bytes.len()], new.bytes[..]);
     }
 
     #[test]
