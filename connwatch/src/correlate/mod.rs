@@ -105,6 +105,11 @@ impl Correlator {
         let track = self.tracks.get_or_insert_with(event.sock, || Track::new(event));
         track.apply(event, threshold);
         let found = detect::on_event(track);
+        if found.is_empty() {
+            // Nearly every event: the track in hand is scheduled without a second lookup.
+            schedule_or_retire(track, &self.thresholds, &mut self.deadlines, &mut self.finished);
+            return Vec::new();
+        }
         // The evidence runs to the latest event known: the proof may have arrived before the
         // observation it completes (a reset provoked inside a send is delivered first).
         let now = track.last_ts.max(event.ts_ns);
@@ -119,7 +124,9 @@ impl Correlator {
                 findings.push(finding);
             }
         }
-        self.schedule_or_retire(event.sock);
+        if let Some(track) = self.tracks.get(&event.sock) {
+            schedule_or_retire(track, &self.thresholds, &mut self.deadlines, &mut self.finished);
+        }
         findings
     }
 
@@ -326,31 +333,6 @@ impl Correlator {
         }
     }
 
-    /// After an event: schedules the socket's next timer if one is pending; otherwise, once
-    /// both sides are done with it (no finding can follow), it is forgotten when no late
-    /// event has arrived for a while.
-    fn schedule_or_retire(&mut self, sock: SockId) {
-        let Some(track) = self.tracks.get(&sock) else {
-            return;
-        };
-        // Off the schedule as soon as moot: under churn every connection's server side would
-        // otherwise hold a close-wait deadline for the whole grace.
-        for ended in detect::ended_deadlines(track, &self.thresholds).into_iter().flatten() {
-            self.deadlines.remove(&(ended, sock));
-        }
-        if let Some(deadline) = detect::next_deadline(track, &self.thresholds) {
-            self.deadlines.insert((deadline, sock));
-            return;
-        }
-        let f = &track.facts;
-        let kernel_done = f.kernel_closed().first().is_some();
-        let app_done = f.app_closed().first().is_some() || f.app_touched().first().is_none();
-        if kernel_done && app_done {
-            let (window, quiet_ns) = quiet_window(track);
-            self.finished.push(window, track.last_ts + quiet_ns, sock);
-        }
-    }
-
     /// Frees one place: a finished socket waiting out the reorder window if there is one (no
     /// loss), otherwise the least recently active socket (counted as evicted).
     fn make_room(&mut self) {
@@ -383,6 +365,34 @@ impl Correlator {
 /// then asked about at most a thirtieth of the grace late (10 s of the default 300).
 fn idle_sweep_every(grace_ns: u64) -> u64 {
     (grace_ns / 30).clamp(1_000_000_000, 10_000_000_000)
+}
+
+/// After an event: schedules the socket's next timer if one is pending; otherwise, once both
+/// sides are done with it (no finding can follow), it is forgotten when no late event has
+/// arrived for a while.
+fn schedule_or_retire(
+    track: &Track,
+    thresholds: &Thresholds,
+    deadlines: &mut BTreeSet<(u64, SockId)>,
+    finished: &mut Retiring,
+) {
+    let sock = track.sock;
+    // Off the schedule as soon as moot: under churn every connection's server side would
+    // otherwise hold a close-wait deadline for the whole grace.
+    for ended in detect::ended_deadlines(track, thresholds).into_iter().flatten() {
+        deadlines.remove(&(ended, sock));
+    }
+    if let Some(deadline) = detect::next_deadline(track, thresholds) {
+        deadlines.insert((deadline, sock));
+        return;
+    }
+    let f = &track.facts;
+    let kernel_done = f.kernel_closed().first().is_some();
+    let app_done = f.app_closed().first().is_some() || f.app_touched().first().is_none();
+    if kernel_done && app_done {
+        let (window, quiet_ns) = quiet_window(track);
+        finished.push(window, track.last_ts + quiet_ns, sock);
+    }
 }
 
 /// How long a finished socket must stay quiet before it is forgotten, and why.
