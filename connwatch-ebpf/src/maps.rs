@@ -28,7 +28,8 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_SLOTS, 0)
 #[map(name = "LEAD_NOTES")]
 pub static LEAD_NOTES: PerCpuArray<LeadNotes> = PerCpuArray::with_max_entries(UNDERSTUDY_SLOTS, 0);
 
-/// Hits an understudy handled because its lead was busy, per CPU (`UNDERSTUDY_*` slots).
+/// Hits an understudy handled because the kernel skipped its lead, per CPU (`UNDERSTUDY_*`
+/// slots).
 #[map(name = "COVERED")]
 pub static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(UNDERSTUDY_SLOTS, 0);
 

@@ -32,9 +32,10 @@ impl Session {
 
     /// Checks that the session lost nothing it could have kept, and returns the hits the
     /// kernel skipped, by hook. No record may be lost for want of ring-buffer space. Skips are
-    /// the kernel's: a hit that interrupts connwatch's own program on its CPU in the few
-    /// instructions its understudy cannot cover (see `connwatch::probes::skips`). They are
-    /// counted, and must stay rare: at most one per 1,000 events.
+    /// the kernel's: a hit that interrupts connwatch's own program on its CPU, where that
+    /// program has no understudy (classic tracepoints, kprobes and fentry, as the VM runs them;
+    /// see `connwatch::probes::skips`). They are counted, and must stay rare: at most one per
+    /// 1,000 events.
     pub fn assert_nothing_lost_but_rare_skips(&self, what: &str) -> BTreeMap<String, u64> {
         let lost = self.tracer.ring_lost_total();
         assert_eq!(lost, 0, "{what}: {lost} records lost for want of ring-buffer space");
