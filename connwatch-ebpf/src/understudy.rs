@@ -13,41 +13,68 @@
 //! in `COVERED`. Arguments, not a busy mark, because the kernel marks the lead running a few
 //! instructions before it starts and after it ends: a hit there found no mark and was lost.
 //! At most two hits are open on a CPU at once (process context, and the softirq that interrupts
-//! it), so a few notes are enough; a note whose understudy was itself skipped (a hit that
-//! interrupted it) is overwritten in turn.
+//! it), but a softirq may take many hits between a lead and its understudy, so a note must not
+//! be overwritten by theirs (see [`lead`]).
 
 use core::ptr::{read_volatile, write_volatile};
 
 use crate::maps::{COVERED, LEAD_NOTES};
 
-/// Notes kept per CPU and hook: more than the hits that can be open on a CPU at once.
-pub const NOTES: usize = 4;
+/// Notes kept per CPU and hook: more than the hits that can be open on a CPU at once, with
+/// room for a few stale ones.
+pub const NOTES: usize = 8;
 
 /// What identifies a hit: the tracepoint's arguments (socket, and the skb or the states where
 /// the tracepoint has them). Two hits open on one CPU at once never share them: the kernel
 /// holds the socket's lock through each.
 pub type HitKey = [u64; 2];
 
-/// The hits a lead took on one CPU whose understudy has not run yet.
+const FREE: HitKey = [0; 2];
+
+/// The hits a lead took on one CPU whose understudy has not run yet, each with the time its
+/// lead began.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LeadNotes {
     keys: [HitKey; NOTES],
-    next: u64,
+    noted_ns: [u64; NOTES],
 }
 
 /// The lead: notes the hit on this CPU, then runs `handle`.
+///
+/// A note goes in a free place, so the notes of hits that interrupt this one (a softirq may
+/// change many sockets' states before this hit's understudy runs) never overwrite it: each
+/// takes a free place and gives it back with its understudy. Only when none is free does the
+/// oldest note go, which is a stale one: at most two are open.
 #[inline(always)]
 pub fn lead(slot: u32, key: HitKey, handle: impl FnOnce()) {
     if let Some(notes) = LEAD_NOTES.get_ptr_mut(slot) {
+        let now = crate::owner::now();
+        let (mut place, mut oldest) = (0, u64::MAX);
+        for i in 0..NOTES {
+            // SAFETY: this CPU's slot; `get`, not indexing, for the verifier.
+            let (Some(note), Some(&noted)) =
+                (unsafe { (*notes).keys.get(i) }, unsafe { (*notes).noted_ns.get(i) })
+            else {
+                break;
+            };
+            // SAFETY: as above.
+            if unsafe { read_volatile(note) } == FREE {
+                place = i;
+                break;
+            }
+            if noted < oldest {
+                (place, oldest) = (i, noted);
+            }
+        }
         // SAFETY: this CPU's slot. Before Linux 6.2 a hit may interrupt the lead itself, even
-        // between these lines; it runs to its end (its understudy included, which takes its
-        // note back) before the lead resumes, so taking the same index does no harm.
+        // here; it runs to its end (its understudy included, which frees its place) before the
+        // lead resumes. Volatile: the understudy of an interrupting hit reads the note.
         unsafe {
-            let at = read_volatile(&raw const (*notes).next);
-            write_volatile(&raw mut (*notes).next, at.wrapping_add(1));
-            if let Some(note) = (*notes).keys.get_mut(at as usize % NOTES) {
-                // Volatile: the understudy of an interrupting hit reads it.
+            if let (Some(note), Some(noted)) =
+                ((*notes).keys.get_mut(place), (*notes).noted_ns.get_mut(place))
+            {
+                write_volatile(noted, now);
                 write_volatile(note, key);
             }
         }
@@ -55,25 +82,47 @@ pub fn lead(slot: u32, key: HitKey, handle: impl FnOnce()) {
     handle();
 }
 
-/// The understudy: runs `handle` for a hit the lead did not note (it was skipped).
+/// The understudy: runs `handle` for a hit the lead did not note (it was skipped). Finding its
+/// note, it frees it, and any newer one: those are of hits that interrupted this one and are
+/// over, their understudy skipped (it interrupted this one).
 #[inline(always)]
 pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce()) {
     let Some(notes) = LEAD_NOTES.get_ptr_mut(slot) else { return };
+    let mut mine = None;
     for i in 0..NOTES {
-        // SAFETY: this CPU's slot; `get_mut`, not indexing, for the verifier.
-        let Some(note) = (unsafe { (*notes).keys.get_mut(i) }) else { return };
+        // SAFETY: this CPU's slot; `get`, not indexing, for the verifier.
+        let (Some(note), Some(&noted)) =
+            (unsafe { (*notes).keys.get(i) }, unsafe { (*notes).noted_ns.get(i) })
+        else {
+            break;
+        };
         // SAFETY: as above.
         if unsafe { read_volatile(note) } == key {
-            // SAFETY: as above.
-            unsafe { write_volatile(note, [0; 2]) };
-            return;
+            mine = Some(noted);
+            break;
         }
     }
-    handle();
-    if let Some(covered) = COVERED.get_ptr_mut(slot) {
-        // SAFETY: this CPU's slot. An understudy handles a hit only where it interrupted its
-        // lead, in a softirq, which nothing here can interrupt in turn.
-        unsafe { *covered += 1 };
+    let Some(mine) = mine else {
+        handle();
+        if let Some(covered) = COVERED.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot. An understudy handles a hit only where it interrupted
+            // its lead, in a softirq, which nothing here can interrupt in turn.
+            unsafe { *covered += 1 };
+        }
+        return;
+    };
+    for i in 0..NOTES {
+        // SAFETY: as above.
+        let (Some(note), Some(&noted)) =
+            (unsafe { (*notes).keys.get_mut(i) }, unsafe { (*notes).noted_ns.get(i) })
+        else {
+            break;
+        };
+        // SAFETY: as above.
+        if noted >= mine && unsafe { read_volatile(note) } != FREE {
+            // SAFETY: as above.
+            unsafe { write_volatile(note, FREE) };
+        }
     }
 }
 

@@ -152,9 +152,12 @@ fn every_hit_the_kernel_skips_a_lead_on_is_covered_by_its_understudy() {
             taken.clear();
         }
     }
-    session.tracer.detach(); // reads the skip counts once more
-    let skips = session.tracer.kernel_skips();
+    // Covered counts while attached (the hooks are listed until detached), then the skips as
+    // detaching reads them once more.
     let covered = session.tracer.kernel_covered();
+    session.tracer.detach();
+    let skips = session.tracer.kernel_skips();
+    assert!(covered.contains_key(state), "{state} has an understudy: {covered:?}");
     println!("covered by understudies: {covered:?}; skipped: {skips:?}");
     for hook in covered.keys() {
         assert_eq!(skips.get(hook).copied().unwrap_or(0), 0, "{hook}: hits skipped, not covered");
