@@ -38,10 +38,10 @@ pub struct Tracks {
     // Boxed: the boxes themselves are what is reused, as the tables' entries.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Track>>,
-    /// Whether a new track took a spare one since the last [`Tracks::tidy`], and when one last
-    /// did (as `tidy` saw it).
+    /// Whether a new track took a spare one since the last [`Tracks::tidy`].
     spare_taken: bool,
-    spare_taken_at: u64,
+    /// Since when `tidy` has found spares and none taken (`None`: it has not).
+    spares_unused_since: Option<u64>,
 }
 
 fn seen_born(sock: &SockId) -> bool {
@@ -175,13 +175,18 @@ impl Tracks {
             .max_by_key(|sock| sock.birth_ns)
     }
 
-    /// Frees the spare tracks once no new track has taken one for [`SPARE_IDLE_NS`]; called
-    /// every tick.
+    /// Frees the spare tracks once none has been taken for [`SPARE_IDLE_NS`]; called every
+    /// tick. The idle time counts from the first tick that finds spares left untaken, not from
+    /// the last take: a pool filled by a tick's forgotten tracks serves the tracks born before
+    /// the next (counted from the last take, a pool that was empty at the previous tick was
+    /// freed by the tick that filled it, and no track was ever reused).
     pub fn tidy(&mut self, now: u64) {
-        if std::mem::take(&mut self.spare_taken) {
-            self.spare_taken_at = now;
-        } else if now.saturating_sub(self.spare_taken_at) >= SPARE_IDLE_NS {
+        if std::mem::take(&mut self.spare_taken) || self.spare.is_empty() {
+            self.spares_unused_since = None;
+        } else if now.saturating_sub(*self.spares_unused_since.get_or_insert(now)) >= SPARE_IDLE_NS
+        {
             self.spare = Vec::new();
+            self.spares_unused_since = None;
         }
     }
 
@@ -256,9 +261,33 @@ mod tests {
 
         tracks.remove(&new);
         tracks.tidy(super::SPARE_IDLE_NS);
-        assert_eq!(tracks.spare.len(), 1, "taken within the last second: kept");
+        assert_eq!(tracks.spare.len(), 1, "taken since the last tick: kept");
         tracks.tidy(2 * super::SPARE_IDLE_NS);
+        assert_eq!(tracks.spare.len(), 1, "untaken since this tick: kept");
+        tracks.tidy(3 * super::SPARE_IDLE_NS - 1);
+        assert_eq!(tracks.spare.len(), 1, "untaken for less than a second: kept");
+        tracks.tidy(3 * super::SPARE_IDLE_NS);
         assert!(tracks.spare.is_empty(), "none taken for a second: freed");
+    }
+
+    /// Under churn, each tick forgets the tracks whose quiet time came and tidies after:
+    /// the spares it made must last until the new tracks born before the next tick take them.
+    #[test]
+    fn spares_a_tick_makes_serve_the_tracks_born_after_it() {
+        let mut tracks = Tracks::default();
+        let tick = super::SPARE_IDLE_NS / 20;
+        let an_hour_up = 3_600 * super::SPARE_IDLE_NS;
+        for n in 0..3u64 {
+            let (old, new) =
+                (SockId { addr: 7 + n, birth_ns: 10 }, SockId { addr: 100 + n, birth_ns: 20 });
+            insert(&mut tracks, old);
+            tracks.tidy(an_hour_up + 2 * n * tick);
+            assert!(tracks.remove(&old), "forgotten at the next tick");
+            tracks.tidy(an_hour_up + (2 * n + 1) * tick);
+            assert_eq!(tracks.spare.len(), 1, "round {n}: the forgotten track is kept");
+            insert(&mut tracks, new);
+            assert!(tracks.spare.is_empty(), "round {n}: the new track took it");
+        }
     }
 
     #[test]
