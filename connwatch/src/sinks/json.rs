@@ -1,13 +1,10 @@
 //! JSON Lines: `ready`, then one object per event, then `summary`. Documented in docs/json.md.
 
-use std::{
-    fmt,
-    io::{self, Write},
-};
+use std::io::{self, Write};
 
 use serde_json::{Map, Value, json};
 
-use super::{Ready, Sink, Summary};
+use super::{Ready, Sink, Summary, json_line::JsonLine};
 use crate::{
     correlate::Finding,
     decode::{Detail, Errno, Event, Io, readiness_names},
@@ -15,11 +12,13 @@ use crate::{
 
 pub struct JsonSink<W: Write> {
     out: W,
+    /// The event being written, reused.
+    line: JsonLine,
 }
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self { out, line: JsonLine::default() }
     }
 
     fn line(&mut self, value: &Value) -> io::Result<()> {
@@ -28,108 +27,84 @@ impl<W: Write> JsonSink<W> {
     }
 }
 
-/// Writes one event as a JSON object (no newline), straight into `out`: this runs for every
-/// event, so it builds no intermediate value and allocates nothing but readiness names.
-pub fn write_event(out: &mut impl Write, e: &Event) -> io::Result<()> {
-    write!(out, "{{\"type\":\"{}\",\"ts_ns\":{}", e.detail.type_name(), e.ts_ns)?;
+/// One event as a JSON object (no newline), into `line`: this runs for every event, so it
+/// builds no intermediate value and allocates nothing but readiness and errno names.
+pub fn encode_event(line: &mut JsonLine, e: &Event) {
+    line.raw("{\"type\":\"").raw(e.detail.type_name()).raw("\",\"ts_ns\":").uint(e.ts_ns);
     if e.until_ns != e.ts_ns {
-        write!(out, ",\"until_ns\":{}", e.until_ns)?;
+        line.raw(",\"until_ns\":").uint(e.until_ns);
     }
     match &e.owner {
         Some(o) => {
             let comm = String::from_utf8_lossy(o.comm.as_bytes());
-            write!(out, ",\"pid\":{},\"comm\":\"{}\"", o.pid, Escaped(&comm))?
+            line.raw(",\"pid\":").uint(o.pid).raw(",\"comm\":\"").escaped(&comm).raw("\"");
         }
-        None => out.write_all(b",\"pid\":null,\"comm\":null")?,
+        None => _ = line.raw(",\"pid\":null,\"comm\":null"),
     }
-    write!(
-        out,
-        ",\"sock\":\"{}\",\"family\":\"{}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
-        e.sock,
-        e.family.name(),
-        e.local.ip(),
-        e.local.port(),
-        e.remote.ip(),
-        e.remote.port()
-    )?;
+    line.raw(",\"sock\":\"").hex(e.sock.addr).raw("-").hex(e.sock.birth_ns);
+    line.raw("\",\"family\":\"").raw(e.family.name());
+    line.raw("\",\"saddr\":\"").ip(e.local.ip()).raw("\",\"sport\":").uint(e.local.port());
+    line.raw(",\"daddr\":\"").ip(e.remote.ip()).raw("\",\"dport\":").uint(e.remote.port());
     match &e.detail {
-        Detail::State { old, new } => write!(out, ",\"old\":\"{old}\",\"new\":\"{new}\"")?,
+        Detail::State { old, new } => {
+            line.raw(",\"old\":\"").raw(old.name()).raw("\",\"new\":\"").raw(new.name()).raw("\"");
+        }
         Detail::Reset { direction, state } => {
-            write!(out, ",\"direction\":\"{}\",\"state\":\"{state}\"", direction.name())?
+            line.raw(",\"direction\":\"").raw(direction.name());
+            line.raw("\",\"state\":\"").raw(state.name()).raw("\"");
         }
-        Detail::Retransmit { state } => write!(out, ",\"state\":\"{state}\"")?,
+        Detail::Retransmit { state } | Detail::Destroy { state } => {
+            line.raw(",\"state\":\"").raw(state.name()).raw("\"");
+        }
         Detail::Error { errno, state } => {
-            write!(out, ",\"errno\":\"{errno}\",\"state\":\"{state}\"")?
+            line.raw(",\"errno\":\"").raw(&errno.name());
+            line.raw("\",\"state\":\"").raw(state.name()).raw("\"");
         }
-        Detail::SoError { value, .. } => write!(out, ",\"value\":{}", ErrnoOrZero(*value))?,
+        Detail::SoError { value, .. } => errno_or_zero(line.raw(",\"value\":"), *value),
         Detail::Readiness { via, mask, calls, .. } => {
-            write!(out, ",\"via\":\"{}\",\"events\":[", via.name())?;
+            line.raw(",\"via\":\"").raw(via.name()).raw("\",\"events\":[");
             for (i, name) in readiness_names(*via, *mask).iter().enumerate() {
-                write!(out, "{}\"{name}\"", if i == 0 { "" } else { "," })?;
+                line.raw(if i == 0 { "\"" } else { ",\"" }).raw(name).raw("\"");
             }
-            write!(out, "],\"calls\":{calls}")?
+            line.raw("],\"calls\":").uint(*calls);
         }
-        Detail::Recv { io, .. } | Detail::Send { io, .. } => write_io(out, io)?,
-        Detail::Connect { result, .. } => write!(out, ",\"result\":{}", ErrnoOrZero(result.err()))?,
-        Detail::Close { others, .. } => write!(out, ",\"others\":{others}")?,
-        Detail::Destroy { state } => write!(out, ",\"state\":\"{state}\"")?,
+        Detail::Recv { io, .. } | Detail::Send { io, .. } => encode_io(line, io),
+        Detail::Connect { result, .. } => errno_or_zero(line.raw(",\"result\":"), result.err()),
+        Detail::Close { others, .. } => _ = line.raw(",\"others\":").uint(*others),
         Detail::Seen { state, at_start } => {
-            write!(out, ",\"state\":\"{state}\",\"at_start\":{at_start}")?
+            line.raw(",\"state\":\"").raw(state.name()).raw("\",\"at_start\":");
+            line.raw(if *at_start { "true" } else { "false" });
         }
         Detail::Accept { .. } => {}
     }
     if let Some(fd) = e.detail.fd() {
-        write!(out, ",\"fd\":{fd}")?;
+        line.raw(",\"fd\":").uint(fd);
     }
     if let Some(s) = e.detail.snapshot() {
-        write!(
-            out,
-            ",\"kstate\":\"{}\",\"sk_err\":{},\"rto_retransmits\":{},\"unacked_bytes\":{},\"srtt_us\":{}",
-            s.state,
-            ErrnoOrZero(s.sk_err),
-            s.rto_retransmits,
-            s.unacked_bytes,
-            s.srtt_us
-        )?;
+        line.raw(",\"kstate\":\"").raw(s.state.name()).raw("\"");
+        errno_or_zero(line.raw(",\"sk_err\":"), s.sk_err);
+        line.raw(",\"rto_retransmits\":").uint(s.rto_retransmits);
+        line.raw(",\"unacked_bytes\":").uint(s.unacked_bytes);
+        line.raw(",\"srtt_us\":").uint(s.srtt_us);
     }
-    out.write_all(b"}")
+    line.raw("}");
 }
 
 /// `bytes` (all calls') or, when the last call failed, `errno`; and how many calls.
-fn write_io(out: &mut impl Write, io: &Io) -> io::Result<()> {
+fn encode_io(line: &mut JsonLine, io: &Io) {
     match io.last {
-        Ok(_) => write!(out, ",\"bytes\":{},\"calls\":{}", io.bytes, io.calls),
-        Err(e) => write!(out, ",\"errno\":\"{e}\",\"calls\":{}", io.calls),
-    }
+        Ok(_) => line.raw(",\"bytes\":").uint(io.bytes),
+        Err(e) => line.raw(",\"errno\":\"").raw(&e.name()).raw("\""),
+    };
+    line.raw(",\"calls\":").uint(io.calls);
 }
 
 /// An errno's name as a JSON string, or the number 0 for none.
-struct ErrnoOrZero(Option<Errno>);
-
-impl fmt::Display for ErrnoOrZero {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(e) => write!(f, "\"{e}\""),
-            None => f.write_str("0"),
-        }
-    }
-}
-
-/// A string escaped for inside JSON quotes (process names may hold anything).
-struct Escaped<'a>(&'a str);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '"' => f.write_str("\\\"")?,
-                '\\' => f.write_str("\\\\")?,
-                c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-                c => write!(f, "{c}")?,
-            }
-        }
-        Ok(())
-    }
+fn errno_or_zero(line: &mut JsonLine, errno: Option<Errno>) {
+    match errno {
+        Some(e) => line.raw("\"").raw(&e.name()).raw("\""),
+        None => line.raw("0"),
+    };
 }
 
 pub fn ready_json(ready: &Ready) -> Value {
@@ -156,8 +131,10 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        write_event(&mut self.out, event)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        encode_event(&mut self.line, event);
+        self.line.raw("\n");
+        self.out.write_all(self.line.as_bytes())
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
@@ -195,10 +172,11 @@ mod tests {
     }
 
     fn parsed(e: &Event) -> Value {
-        let mut out = Vec::new();
-        write_event(&mut out, e).unwrap();
-        serde_json::from_slice(&out)
-            .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out)))
+        let mut line = JsonLine::default();
+        encode_event(&mut line, e);
+        let out = line.as_bytes();
+        serde_json::from_slice(out)
+            .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(out)))
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod findings;
 mod human;
 mod json;
+mod json_line;
 pub mod metrics;
 pub mod summary;
 
