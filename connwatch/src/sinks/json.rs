@@ -37,7 +37,7 @@ pub fn encode_event(line: &mut JsonLine, e: &Event) {
     match &e.owner {
         Some(o) => {
             let comm = String::from_utf8_lossy(o.comm.as_bytes());
-            line.raw(",\"pid\":").uint(o.pid).raw(",\"comm\":\"").escaped(&comm).raw("\"");
+            line.raw(",\"pid\":").uint(o.pid).raw(",\"comm\":").string(&comm);
         }
         None => _ = line.raw(",\"pid\":null,\"comm\":null"),
     }
