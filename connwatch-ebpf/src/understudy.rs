@@ -40,6 +40,15 @@ pub struct LeadNotes {
     noted_ns: [u64; NOTES],
 }
 
+/// Note `i` of `notes` (this CPU's): where its key lies, and when it was noted. `get`, not
+/// indexing, for the verifier.
+#[inline(always)]
+fn note(notes: *mut LeadNotes, i: usize) -> Option<(*mut HitKey, u64)> {
+    // SAFETY: a valid map value pointer, this CPU's.
+    let (keys, noted_ns) = unsafe { (&mut (*notes).keys, &(*notes).noted_ns) };
+    Some((keys.get_mut(i)?, *noted_ns.get(i)?))
+}
+
 /// The lead: notes the hit on this CPU, then runs `handle`.
 ///
 /// A note goes in a free place, so the notes of hits that interrupt this one (a softirq may
@@ -52,14 +61,9 @@ pub fn lead(slot: u32, key: HitKey, handle: impl FnOnce()) {
         let now = crate::owner::now();
         let (mut place, mut oldest) = (0, u64::MAX);
         for i in 0..NOTES {
-            // SAFETY: this CPU's slot; `get`, not indexing, for the verifier.
-            let (Some(note), Some(&noted)) =
-                (unsafe { (*notes).keys.get(i) }, unsafe { (*notes).noted_ns.get(i) })
-            else {
-                break;
-            };
-            // SAFETY: as above.
-            if unsafe { read_volatile(note) } == FREE {
+            let Some((key_at, noted)) = note(notes, i) else { break };
+            // SAFETY: within this CPU's slot.
+            if unsafe { read_volatile(key_at) } == FREE {
                 place = i;
                 break;
             }
@@ -90,14 +94,9 @@ pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce()) {
     let Some(notes) = LEAD_NOTES.get_ptr_mut(slot) else { return };
     let mut mine = None;
     for i in 0..NOTES {
-        // SAFETY: this CPU's slot; `get`, not indexing, for the verifier.
-        let (Some(note), Some(&noted)) =
-            (unsafe { (*notes).keys.get(i) }, unsafe { (*notes).noted_ns.get(i) })
-        else {
-            break;
-        };
-        // SAFETY: as above.
-        if unsafe { read_volatile(note) } == key {
+        let Some((key_at, noted)) = note(notes, i) else { break };
+        // SAFETY: within this CPU's slot.
+        if unsafe { read_volatile(key_at) } == key {
             mine = Some(noted);
             break;
         }
@@ -112,16 +111,11 @@ pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce()) {
         return;
     };
     for i in 0..NOTES {
-        // SAFETY: as above.
-        let (Some(note), Some(&noted)) =
-            (unsafe { (*notes).keys.get_mut(i) }, unsafe { (*notes).noted_ns.get(i) })
-        else {
-            break;
-        };
-        // SAFETY: as above.
-        if noted >= mine && unsafe { read_volatile(note) } != FREE {
+        let Some((key_at, noted)) = note(notes, i) else { break };
+        // SAFETY: within this CPU's slot.
+        if noted >= mine && unsafe { read_volatile(key_at) } != FREE {
             // SAFETY: as above.
-            unsafe { write_volatile(note, FREE) };
+            unsafe { write_volatile(key_at, FREE) };
         }
     }
 }
