@@ -9,6 +9,8 @@
 // the instructions exist (BPF_XCHG, BPF_ADD with BPF_FETCH: Linux 5.12): `policy` reaches them
 // through the intrinsics.
 #![feature(core_intrinsics)]
+// Inline assembly on BPF: direct loads from a tracepoint record (`record`).
+#![feature(asm_experimental_arch)]
 #![expect(internal_features, reason = "core_intrinsics: atomic exchange and add on map values")]
 
 mod closing;
@@ -18,6 +20,7 @@ mod maps;
 mod owner;
 mod policy;
 mod probes;
+mod record;
 mod sock;
 mod syscall;
 mod understudy;

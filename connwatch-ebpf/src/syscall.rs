@@ -8,22 +8,19 @@ use aya_ebpf::{
 };
 use connwatch_common::socket::PendingCall;
 
-use crate::{config::conf, maps::PENDING};
+use crate::{config::conf, maps::PENDING, record};
 
 /// Argument `n` of a `syscalls:sys_enter_*` record.
 #[inline(always)]
 pub fn arg(ctx: &TracePointContext, n: u32) -> u64 {
-    let offset = (conf!(tracepoints.sys_enter_arg0) + 8 * n) as usize;
-    // SAFETY: the loader checked this syscall's arguments sit at arg0 + 8n.
-    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+    // The loader checked this syscall's arguments sit at arg0 + 8n.
+    record::u64_at(ctx, conf!(tracepoints.sys_enter_arg0) + 8 * n).unwrap_or(0)
 }
 
 /// The return value of a `syscalls:sys_exit_*` record.
 #[inline(always)]
 pub fn ret(ctx: &TracePointContext) -> i64 {
-    let offset = conf!(tracepoints.sys_exit_ret) as usize;
-    // SAFETY: offset from this kernel's tracefs format file.
-    unsafe { ctx.read_at::<i64>(offset) }.unwrap_or(-1)
+    record::u64_at(ctx, conf!(tracepoints.sys_exit_ret)).map_or(-1, |ret| ret as i64)
 }
 
 /// The user registers the current thread entered its syscall with (`bpf_task_pt_regs`, Linux

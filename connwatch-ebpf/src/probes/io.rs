@@ -20,6 +20,7 @@ use crate::{
     maps::SEND_START,
     owner,
     policy::{self, Caller, Path},
+    record,
     sock::{self, Health},
 };
 
@@ -29,11 +30,8 @@ const EAGAIN: i32 = -11;
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     let (sk, ret) = (conf!(tracepoints.send_length_sk), conf!(tracepoints.send_length_ret));
-    // SAFETY: offsets from this kernel's tracefs format file.
-    if let (Ok(sk), Ok(ret)) =
-        unsafe { (ctx.read_at::<u64>(sk as usize), ctx.read_at::<i32>(ret as usize)) }
-    {
-        on_io(sk, ret, Path::Send);
+    if let (Some(sk), Some(ret)) = (record::u64_at(&ctx, sk), record::u32_at(&ctx, ret)) {
+        on_io(sk, ret as i32, Path::Send);
     }
     0
 }
@@ -47,11 +45,8 @@ pub fn raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
 #[tracepoint]
 pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
     let (sk, ret) = (conf!(tracepoints.recv_length_sk), conf!(tracepoints.recv_length_ret));
-    // SAFETY: offsets from this kernel's tracefs format file.
-    if let (Ok(sk), Ok(ret)) =
-        unsafe { (ctx.read_at::<u64>(sk as usize), ctx.read_at::<i32>(ret as usize)) }
-    {
-        on_io(sk, ret, Path::Recv);
+    if let (Some(sk), Some(ret)) = (record::u64_at(&ctx, sk), record::u32_at(&ctx, ret)) {
+        on_io(sk, ret as i32, Path::Recv);
     }
     0
 }

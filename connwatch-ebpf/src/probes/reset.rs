@@ -14,13 +14,11 @@ use connwatch_common::event::{
     KIND_RESET, RESET_RX, RESET_TX, ResetEvent, UNDERSTUDY_RECEIVE_RESET, UNDERSTUDY_SEND_RESET,
 };
 
-use crate::{config::conf, emit, owner, policy, sock, understudy::raw_with_understudy};
+use crate::{config::conf, emit, owner, policy, record, sock, understudy::raw_with_understudy};
 
 #[tracepoint]
 pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let offset = conf!(tracepoints.receive_reset_skaddr) as usize;
-    // SAFETY: offset from this kernel's tracefs format file.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(offset) } {
+    if let Some(sk) = record::u64_at(&ctx, conf!(tracepoints.receive_reset_skaddr)) {
         on_reset(sk, RESET_RX);
     }
     0
@@ -37,9 +35,7 @@ raw_with_understudy!(
 
 #[tracepoint]
 pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let offset = conf!(tracepoints.send_reset_skaddr) as usize;
-    // SAFETY: offset from this kernel's tracefs format file.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(offset) } {
+    if let Some(sk) = record::u64_at(&ctx, conf!(tracepoints.send_reset_skaddr)) {
         on_reset(sk, RESET_TX);
     }
     0

@@ -9,13 +9,11 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent, UNDERSTUDY_RETRANSMIT};
 
-use crate::{config::conf, emit, owner, policy, sock, understudy::raw_with_understudy};
+use crate::{config::conf, emit, owner, policy, record, sock, understudy::raw_with_understudy};
 
 #[tracepoint]
 pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let offset = conf!(tracepoints.retransmit_skaddr) as usize;
-    // SAFETY: offset from this kernel's tracefs format file.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(offset) } {
+    if let Some(sk) = record::u64_at(&ctx, conf!(tracepoints.retransmit_skaddr)) {
         on_retransmit(sk);
     }
     0

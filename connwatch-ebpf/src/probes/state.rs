@@ -17,19 +17,19 @@ use connwatch_common::{
     },
 };
 
-use crate::{closing, config::conf, emit, owner, policy, sock, understudy::raw_with_understudy};
+use crate::{
+    closing, config::conf, emit, owner, policy, record, sock, understudy::raw_with_understudy,
+};
 
 #[tracepoint]
 pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let skaddr = conf!(tracepoints.set_state_skaddr) as usize;
-    let oldstate = conf!(tracepoints.set_state_oldstate) as usize;
-    let newstate = conf!(tracepoints.set_state_newstate) as usize;
-    // SAFETY: offsets come from this kernel's tracefs format file.
-    let args = unsafe {
-        (ctx.read_at::<u64>(skaddr), ctx.read_at::<i32>(oldstate), ctx.read_at::<i32>(newstate))
-    };
-    if let (Ok(sk), Ok(old), Ok(new)) = args {
-        on_state_change(sk, old, new);
+    let args = (
+        record::u64_at(&ctx, conf!(tracepoints.set_state_skaddr)),
+        record::u32_at(&ctx, conf!(tracepoints.set_state_oldstate)),
+        record::u32_at(&ctx, conf!(tracepoints.set_state_newstate)),
+    );
+    if let (Some(sk), Some(old), Some(new)) = args {
+        on_state_change(sk, old as i32, new as i32);
     }
     0
 }
