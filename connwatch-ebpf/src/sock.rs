@@ -151,12 +151,26 @@ pub fn file_of_fd(fd: i64) -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, conf!(task.task_files)).ok()?;
     let fdt: u64 = read(files, conf!(task.files_fdt)).ok()?;
-    let max_fds: u32 = read(fdt, conf!(task.fdt_max_fds)).ok()?;
+    let (max_fds, fd_array) = fd_table(fdt)?;
     if fd as u64 >= max_fds as u64 {
         return None;
     }
-    let fd_array: u64 = read(fdt, conf!(task.fdt_fd)).ok()?;
     read(fd_array, (fd as u32).checked_mul(8)?).ok()
+}
+
+/// An fd table's size and its array of files. One read where the array follows the size, as
+/// in `struct fdtable` on every kernel so far; two otherwise.
+#[inline(always)]
+fn fd_table(fdt: u64) -> Option<(u32, u64)> {
+    let (size_at, array_at) = (conf!(task.fdt_max_fds), conf!(task.fdt_fd));
+    if array_at == size_at + 8 && size_at % 8 == 0 {
+        let table: [u8; 16] = read(fdt, size_at).ok()?;
+        return Some((
+            u32::from_ne_bytes(field(&table, size_at, size_at)?),
+            u64::from_ne_bytes(field(&table, size_at, array_at)?),
+        ));
+    }
+    Some((read(fdt, size_at).ok()?, read(fdt, array_at).ok()?))
 }
 
 /// The `struct sock` behind an open file, if the file is a socket.
