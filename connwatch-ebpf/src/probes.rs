@@ -33,3 +33,4 @@ mod readiness;
 mod reset;
 mod retransmit;
 mod state;
+mod syscall_functions;

@@ -83,8 +83,9 @@ pub struct CommonArgs {
     /// ready line names them; comma-separated or repeated): `ready` lists them as degraded.
     #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_optional_hook)]
     pub leave_out: Vec<String>,
-    /// Keep the readiness calls' arguments at their entry even where their exit can read them
-    /// (as on kernels before 5.15): for comparing the two in `cargo xtask bench`.
+    /// Keep the syscalls' arguments at their entry even where their exit can read them (as on
+    /// kernels before 5.15, and without trampolines on the syscalls' functions): for comparing
+    /// the two in `cargo xtask bench`.
     #[arg(long, hide = true)]
     pub args_at_entry: bool,
 }

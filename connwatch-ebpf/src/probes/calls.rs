@@ -3,7 +3,9 @@
 //! (arguments at tracefs offsets; checked against 6.1 and 6.18). Each is reported every time:
 //! they are rare and each one is evidence.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
+};
 use aya_log_ebpf::warn;
 use connwatch_common::{
     event::{KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_SO_ERROR},
@@ -21,7 +23,7 @@ const SO_ERROR: u64 = 4;
 
 #[tracepoint]
 pub fn tp_sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
-    if !syscall::from_agent() && arg(&ctx, 1) == SOL_SOCKET && arg(&ctx, 2) == SO_ERROR {
+    if !syscall::from_agent() && reads_so_error(arg(&ctx, 1), arg(&ctx, 2)) {
         let call = CALL_GETSOCKOPT;
         syscall::keep(PendingCall {
             call,
@@ -41,15 +43,26 @@ pub fn tp_sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
     let Some(call) = syscall::take(CALL_GETSOCKOPT) else {
         return 0;
     };
-    if ret(&ctx) != 0 {
-        return 0;
+    if ret(&ctx) == 0 {
+        so_error_read(call.fd as i64, call.ptr);
     }
-    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
-    let Ok(value) = (unsafe { bpf_probe_read_user(call.ptr as *const i32) }) else {
-        return 0;
-    };
-    report(call.fd as i64, KIND_SO_ERROR, value);
     0
+}
+
+/// A `getsockopt(fd, SOL_SOCKET, SO_ERROR, optval, ...)` that returned 0: reports the value it
+/// copied to `optval`.
+#[inline(always)]
+pub(super) fn so_error_read(fd: i64, optval: u64) {
+    // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
+    if let Ok(value) = unsafe { bpf_probe_read_user(optval as *const i32) } {
+        report(fd, KIND_SO_ERROR, value);
+    }
+}
+
+/// Whether a `getsockopt` with these arguments reads the pending error.
+#[inline(always)]
+pub(super) fn reads_so_error(level: u64, optname: u64) -> bool {
+    level == SOL_SOCKET && optname == SO_ERROR
 }
 
 #[tracepoint]
@@ -78,7 +91,8 @@ pub fn tp_sys_exit_connect(ctx: TracePointContext) -> u32 {
 /// Attached to `sys_exit_accept` as well.
 #[tracepoint]
 pub fn tp_sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    on_accept(&ctx)
+    on_accept(&ctx, ret(&ctx));
+    0
 }
 
 /// The accepted socket now belongs to the accepting process (which may differ from the
@@ -86,27 +100,22 @@ pub fn tp_sys_exit_accept4(ctx: TracePointContext) -> u32 {
 /// so the listener is (re)registered too: listeners older than the agent were never seen in
 /// listen(), and from now on their children have an owner before they are accepted.
 #[inline(always)]
-fn on_accept(ctx: &TracePointContext) -> u32 {
-    if syscall::from_agent() {
-        return 0;
-    }
-    let fd = ret(ctx);
-    if fd < 0 {
-        return 0;
+pub(super) fn on_accept<C: EbpfContext>(ctx: &C, fd: i64) {
+    if syscall::from_agent() || fd < 0 {
+        return;
     }
     let Some(sk) = sock::sock_of_fd(fd) else {
         // accept() only returns sockets: the walk's offsets must be wrong for this kernel.
         warn!(ctx, "accepted fd {} did not resolve to a socket: owners will be missing", fd);
-        return 0;
+        return;
     };
     let Some(ends) = sock::tcp_endpoints(sk) else {
-        return 0;
+        return;
     };
     let info = owner::touch(sk);
     owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     let obs = Observation::single(KIND_ACCEPT, sk, &ends, fd as i32, 0);
     emit::observed(sk, ends, &obs);
-    0
 }
 
 /// The application lets go of its descriptor (at entry: the fd still resolves). Only the last
@@ -115,18 +124,23 @@ fn on_accept(ctx: &TracePointContext) -> u32 {
 /// were; the record says how many references remain.
 #[tracepoint]
 pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
+    on_close(arg(&ctx, 0) as i32 as i64);
+    0
+}
+
+#[inline(always)]
+pub(super) fn on_close(fd: i64) {
     if syscall::from_agent() {
-        return 0;
+        return;
     }
-    let fd = arg(&ctx, 0) as i32 as i64;
     let Some(file) = sock::file_of_fd(fd) else {
-        return 0;
+        return;
     };
     let Some(sk) = sock::sock_of_file(file) else {
-        return 0;
+        return;
     };
     let Some(ends) = sock::tcp_endpoints(sk) else {
-        return 0;
+        return;
     };
     let others = (sock::file_references(file) - 1).clamp(0, i32::MAX as i64) as i32;
     let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, others);
@@ -136,11 +150,11 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
         emit::observed(sk, ends, &obs);
         owner::app_closed(sk, obs.snapshot.state);
     }
-    0
 }
 
+/// Reports call `kind` on `fd` with its result, if `fd` is a TCP socket.
 #[inline(always)]
-fn report(fd: i64, kind: u8, value: i32) {
+pub(super) fn report(fd: i64, kind: u8, value: i32) {
     let Some(sk) = sock::sock_of_fd(fd) else {
         return;
     };

@@ -35,7 +35,7 @@ use crate::{
     syscall::{self, CallRegs, arg, ret},
 };
 
-const EPOLL_CTL_ADD: u64 = 1;
+pub(super) const EPOLL_CTL_ADD: u64 = 1;
 /// EPOLLERR, EPOLLHUP, EPOLLRDHUP (the same bits as POLLERR, POLLHUP, POLLRDHUP).
 const HANGUP_OR_ERROR: i32 = 0x008 | 0x010 | 0x2000;
 
@@ -66,17 +66,22 @@ const FEW: u64 = 4;
 /// descriptor holds now. Registrations older than connwatch are seeded from `/proc` at start.
 #[tracepoint]
 pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
-    if arg(&ctx, 1) != EPOLL_CTL_ADD {
-        return 0;
+    if arg(&ctx, 1) == EPOLL_CTL_ADD {
+        on_epoll_add(arg(&ctx, 0) as i32, arg(&ctx, 2) as i32, arg(&ctx, 3));
     }
+    0
+}
+
+/// `epoll_ctl(epfd, EPOLL_CTL_ADD, fd, event)`, `event` a user address.
+#[inline(always)]
+pub(super) fn on_epoll_add(epfd: i32, fd: i32, event: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == conf!(self_tgid) {
-        return 0;
+        return;
     }
-    let (epfd, fd, event) = (arg(&ctx, 0) as i32, arg(&ctx, 2) as i32, arg(&ctx, 3));
     // SAFETY: bpf_probe_read_user checks the user address and fails instead of faulting.
     let Ok(data) = (unsafe { bpf_probe_read_user((event + EPOLL_DATA) as *const u64) }) else {
-        return 0;
+        return;
     };
     let key = EpollKey { tgid, epfd, data };
     // Clients built on `ae` (redis-benchmark) delete and add the same registration per request:
@@ -86,13 +91,12 @@ pub fn tp_sys_enter_epoll_ctl(ctx: TracePointContext) -> u32 {
         // SAFETY: a valid map value pointer; EpollTarget is Copy and read whole.
         .is_some_and(|known| unsafe { (*known).fd } == fd)
     {
-        return 0;
+        return;
     }
     // Only TCP sockets are kept (not eventfds, timers, pipes, other sockets).
     if sock::sock_of_fd(fd as i64).is_some_and(|sk| sock::tcp_endpoints(sk).is_some()) {
         let _ = EPOLL_WATCH.insert(&key, &EpollTarget { fd, _pad: 0 }, 0);
     }
-    0
 }
 
 #[tracepoint]
@@ -120,12 +124,17 @@ fn keep_wait(ctx: &TracePointContext) -> u32 {
 /// its return value. Otherwise as [`tp_sys_exit_epoll_wait`].
 #[tracepoint]
 pub fn tp_sys_exit_epoll_wait_regs(ctx: TracePointContext) -> u32 {
-    let ready = ret(&ctx);
+    epoll_result_at_exit(ret(&ctx));
+    0
+}
+
+/// An epoll_wait-family result of `ready` entries, its arguments read from the registers.
+#[inline(always)]
+pub(super) fn epoll_result_at_exit(ready: i64) {
     if examined_at_exit(ready) {
         let regs = CallRegs::current();
         epoll_looped(ready, regs.arg(0) as i32, regs.arg(1));
     }
-    0
 }
 
 /// Every ready entry, up to `READINESS_PER_CALL_LOOPED`, one `bpf_loop` step each (Linux 5.17
@@ -297,13 +306,18 @@ fn keep_poll(ctx: &TracePointContext) -> u32 {
 /// [`tp_sys_exit_poll`] with the arguments read at exit, as [`tp_sys_exit_epoll_wait_regs`].
 #[tracepoint]
 pub fn tp_sys_exit_poll_regs(ctx: TracePointContext) -> u32 {
-    let ready = ret(&ctx);
+    poll_result_at_exit(ret(&ctx));
+    0
+}
+
+/// A poll-family result of `ready` descriptors, its arguments read from the registers.
+#[inline(always)]
+pub(super) fn poll_result_at_exit(ready: i64) {
     if examined_at_exit(ready) {
         let regs = CallRegs::current();
         // `nfds` is an unsigned int: the register's upper half is not the caller's.
         poll_looped(ready, regs.arg(0), regs.arg(1) as u32 as u64);
     }
-    0
 }
 
 /// Every descriptor of the array, up to `READINESS_PER_CALL_LOOPED`, one `bpf_loop` step each.
@@ -432,12 +446,17 @@ fn keep_select(ctx: &TracePointContext) -> u32 {
 /// [`tp_sys_exit_select`] with the arguments read at exit, as [`tp_sys_exit_epoll_wait_regs`].
 #[tracepoint]
 pub fn tp_sys_exit_select_regs(ctx: TracePointContext) -> u32 {
-    let ready = ret(&ctx);
+    select_result_at_exit(ret(&ctx));
+    0
+}
+
+/// A select-family result of `ready` descriptors, its arguments read from the registers.
+#[inline(always)]
+pub(super) fn select_result_at_exit(ready: i64) {
     if examined_at_exit(ready) {
         let regs = CallRegs::current();
         select_looped(ready as u64, SelectSets::read(regs.arg(1), regs.arg(2), regs.arg(3)));
     }
-    0
 }
 
 /// Every descriptor below 64 in the three sets, one `bpf_loop` step each: the step's index is

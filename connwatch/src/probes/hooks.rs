@@ -2,7 +2,8 @@
 //!
 //! A hook lists its variants in order of preference; the loader attaches the first that works
 //! on the running kernel. The kernel's own events also come as kprobe and fentry variants on
-//! the functions that fire their tracepoints: same handler, same events, whichever runs.
+//! the functions that fire their tracepoints, and the syscalls as fentry and fexit variants on
+//! the syscalls' own functions: same handler, same events, whichever runs.
 
 use std::fmt;
 
@@ -57,8 +58,8 @@ pub struct Variant {
     /// such a program to one function when it loads it); empty otherwise.
     pub per_function: &'static [&'static str],
     /// A syscall exit program that reads the call's arguments from the registers it was made
-    /// with (x86-64, Linux 5.15): its hook's entry program (`Hook::keeps_args_for`) is not
-    /// attached.
+    /// with (x86-64, Linux 5.15), or a trampoline on the syscall's own function: its hook's
+    /// entry program (`Hook::keeps_args_for`) is not attached.
     pub args_at_exit: bool,
     /// A raw tracepoint variant's second program, for the hits the kernel skips this one on.
     pub understudy: Option<Understudy>,
@@ -160,6 +161,17 @@ const fn trampoline(
     }
 }
 
+/// A syscall's own entry function (`__x64_sys_*`) with a BPF trampoline program that sees the
+/// call whole: no entry program needed (`Hook::keeps_args_for`), and no `syscalls:*` tracepoint
+/// enabled, which would put every syscall of every process on the traced slow path.
+const fn at_syscall_function(
+    mechanism: Mechanism,
+    function: &'static [&'static str],
+    program: &'static [&'static str],
+) -> Variant {
+    Variant { args_at_exit: true, ..trampoline(mechanism, function, program) }
+}
+
 /// What a hook contributes; decides whether connwatch can run without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -232,6 +244,24 @@ macro_rules! syscall {
     };
 }
 
+/// A syscall hook served first by a trampoline program on the syscall's own function (fentry
+/// where the arguments suffice, fexit where the result counts), then by its tracepoint.
+macro_rules! syscall_function {
+    ($name:literal, $mechanism:ident $function:literal => $program:literal) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[
+                at_syscall_function(Mechanism::$mechanism, &[$function], &[$program]),
+                tp(concat!("tp_", $name)),
+            ],
+            instead_of: None,
+            keeps_args_for: None,
+        }
+    };
+}
+
 /// A readiness call's entry (`sys_enter_*` of epoll_wait, poll, select and their siblings),
 /// whose program keeps the arguments for `$exit` where that reads them only from its entry.
 macro_rules! readiness_entry {
@@ -246,12 +276,13 @@ macro_rules! readiness_entry {
 /// keeps them; then unrolled loops with smaller bounds where a kernel lacks the helper or its
 /// verifier refuses them.
 macro_rules! readiness {
-    ($name:literal, $program:literal, $all:literal) => {
+    ($name:literal, $program:literal, $all:literal, fexit $function:literal => $fexit:literal) => {
         Hook {
             category: "syscalls",
             name: $name,
             role: Role::Observation,
             variants: &[
+                at_syscall_function(Mechanism::Fexit, &[$function], &[$fexit]),
                 tp_args_at_exit(concat!($program, "_regs")),
                 tp($program),
                 tp_reduced(
@@ -380,27 +411,49 @@ pub static HOOKS: &[Hook] = &[
         instead_of: None,
         keeps_args_for: None,
     },
-    syscall!("sys_exit_accept4"),
-    syscall!("sys_exit_accept", program = "tp_sys_exit_accept4"),
-    syscall!("sys_enter_connect"),
-    syscall!("sys_exit_connect"),
-    syscall!("sys_enter_close"),
-    syscall!("sys_enter_getsockopt"),
-    syscall!("sys_exit_getsockopt"),
-    syscall!("sys_enter_epoll_ctl"),
-    readiness!("sys_exit_epoll_wait", "tp_sys_exit_epoll_wait", "1,024"),
+    syscall_function!("sys_exit_accept4", Fexit "__x64_sys_accept4" => "fexit_sys_accept4"),
+    Hook {
+        category: "syscalls",
+        name: "sys_exit_accept",
+        role: Role::Observation,
+        variants: &[
+            at_syscall_function(Mechanism::Fexit, &["__x64_sys_accept"], &["fexit_sys_accept"]),
+            tp("tp_sys_exit_accept4"),
+        ],
+        instead_of: None,
+        keeps_args_for: None,
+    },
+    syscall_function!("sys_exit_connect", Fexit "__x64_sys_connect" => "fexit_sys_connect"),
+    syscall!("sys_enter_connect", "tp_sys_enter_connect", None, Some("syscalls:sys_exit_connect")),
+    syscall_function!("sys_enter_close", Fentry "__x64_sys_close" => "fentry_sys_close"),
+    syscall_function!("sys_exit_getsockopt", Fexit "__x64_sys_getsockopt" => "fexit_sys_getsockopt"),
+    syscall!(
+        "sys_enter_getsockopt",
+        "tp_sys_enter_getsockopt",
+        None,
+        Some("syscalls:sys_exit_getsockopt")
+    ),
+    syscall_function!("sys_enter_epoll_ctl", Fentry "__x64_sys_epoll_ctl" => "fentry_sys_epoll_ctl"),
+    readiness!("sys_exit_epoll_wait", "tp_sys_exit_epoll_wait", "1,024",
+        fexit "__x64_sys_epoll_wait" => "fexit_sys_epoll_wait"),
     readiness_entry!("sys_enter_epoll_wait", "tp_sys_enter_epoll_wait", "sys_exit_epoll_wait"),
-    readiness!("sys_exit_epoll_pwait", "tp_sys_exit_epoll_wait", "1,024"),
+    readiness!("sys_exit_epoll_pwait", "tp_sys_exit_epoll_wait", "1,024",
+        fexit "__x64_sys_epoll_pwait" => "fexit_sys_epoll_pwait"),
     readiness_entry!("sys_enter_epoll_pwait", "tp_sys_enter_epoll_wait", "sys_exit_epoll_pwait"),
-    readiness!("sys_exit_epoll_pwait2", "tp_sys_exit_epoll_wait", "1,024"),
+    readiness!("sys_exit_epoll_pwait2", "tp_sys_exit_epoll_wait", "1,024",
+        fexit "__x64_sys_epoll_pwait2" => "fexit_sys_epoll_pwait2"),
     readiness_entry!("sys_enter_epoll_pwait2", "tp_sys_enter_epoll_wait", "sys_exit_epoll_pwait2"),
-    readiness!("sys_exit_poll", "tp_sys_exit_poll", "1,024"),
+    readiness!("sys_exit_poll", "tp_sys_exit_poll", "1,024",
+        fexit "__x64_sys_poll" => "fexit_sys_poll"),
     readiness_entry!("sys_enter_poll", "tp_sys_enter_poll", "sys_exit_poll"),
-    readiness!("sys_exit_ppoll", "tp_sys_exit_poll", "1,024"),
+    readiness!("sys_exit_ppoll", "tp_sys_exit_poll", "1,024",
+        fexit "__x64_sys_ppoll" => "fexit_sys_ppoll"),
     readiness_entry!("sys_enter_ppoll", "tp_sys_enter_poll", "sys_exit_ppoll"),
-    readiness!("sys_exit_select", "tp_sys_exit_select", "64"),
+    readiness!("sys_exit_select", "tp_sys_exit_select", "64",
+        fexit "__x64_sys_select" => "fexit_sys_select"),
     readiness_entry!("sys_enter_select", "tp_sys_enter_select", "sys_exit_select"),
-    readiness!("sys_exit_pselect6", "tp_sys_exit_select", "64"),
+    readiness!("sys_exit_pselect6", "tp_sys_exit_select", "64",
+        fexit "__x64_sys_pselect6" => "fexit_sys_pselect6"),
     readiness_entry!("sys_enter_pselect6", "tp_sys_enter_select", "sys_exit_pselect6"),
     syscall!("sys_enter_read", RECV),
     syscall!("sys_exit_read", RECV),
