@@ -12,21 +12,22 @@ pub struct Generators {
     pub churn: PathBuf,
     pub io: PathBuf,
     pub hold: PathBuf,
+    pub syscall: PathBuf,
 }
 
 impl Generators {
     pub fn build() -> anyhow::Result<Self> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let names = ["cw-churn", "cw-io", "cw-hold"];
+        let names = ["cw-churn", "cw-io", "cw-hold", "cw-syscall"];
         let mut build = Command::new(cargo);
         build.current_dir(workspace_root()).args(["build", "--release", "--package", "xtask"]);
         for name in names {
             build.args(["--bin", name]);
         }
         prereqs::run(&mut build)?;
-        let [churn, io, hold] =
+        let [churn, io, hold, syscall] =
             names.map(|name| workspace_root().join("target/release").join(name));
-        Ok(Self { churn, io, hold })
+        Ok(Self { churn, io, hold, syscall })
     }
 }
 

@@ -4,8 +4,10 @@
 //! untraced and under `connwatch trace --attach <mode>` for every mode, in a rotating order.
 //! The kernel's own statistics (`kernel.bpf_stats_enabled=1`) give each hook's program runs
 //! and run time; they leave out what reaching the program costs (a kprobe's ftrace detour, a
-//! trampoline), which the churn rate kept against the untraced runs includes. Under emulation
-//! (TCG) every figure is slower than on hardware; the ratios between mechanisms are the point.
+//! trampoline), which the churn rate kept against the untraced runs includes. After each churn,
+//! with the tracer still attached, `cw-syscall` times `getppid`, which connwatch never hooks:
+//! what the mode's syscall hooks cost every other syscall in the system. Under emulation (TCG)
+//! every figure is slower than on hardware; the ratios between mechanisms are the point.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
@@ -34,6 +36,8 @@ pub struct Run {
     pub mode: String,
     pub round: u32,
     pub connections: u64,
+    /// ns per `getppid` call, timed after the churn.
+    pub getppid_ns: f64,
     /// `hook -> (mechanism, runs, run_ns)` from the summary (traced runs only).
     pub cost: BTreeMap<String, (String, u64, u64)>,
 }
@@ -71,17 +75,23 @@ pub fn run(rounds: u32, seconds: u32) -> anyhow::Result<MechanismSection> {
 struct Binaries {
     connwatch: PathBuf,
     churner: PathBuf,
+    syscall: PathBuf,
 }
 
 impl Binaries {
     fn all(&self) -> Vec<PathBuf> {
-        vec![self.connwatch.clone(), self.churner.clone()]
+        vec![self.connwatch.clone(), self.churner.clone(), self.syscall.clone()]
     }
 }
 
 fn build() -> anyhow::Result<Binaries> {
     let release = vm::build_release_binaries()?;
-    Ok(Binaries { connwatch: release.join("connwatch"), churner: release.join("cw-churner") })
+    let syscall = super::generators::Generators::build()?.syscall;
+    Ok(Binaries {
+        connwatch: release.join("connwatch"),
+        churner: release.join("cw-churner"),
+        syscall,
+    })
 }
 
 /// Each round: untraced, then every mode, the order rotated by one per round. A traced run
@@ -89,6 +99,7 @@ fn build() -> anyhow::Result<Binaries> {
 /// makes connwatch print its summary (with `program_cost`).
 fn guest_script(binaries: &Binaries, rounds: u32, seconds: u32) -> String {
     let (connwatch, churner) = (binaries.connwatch.display(), binaries.churner.display());
+    let syscall = binaries.syscall.display();
     let mut script = format!(
         "echo 1 > /proc/sys/kernel/bpf_stats_enabled\n\
          {churner} {PORT} 2 0 > /dev/null\n"
@@ -102,7 +113,8 @@ fn guest_script(binaries: &Binaries, rounds: u32, seconds: u32) -> String {
             if mode == "untraced" {
                 let _ = writeln!(
                     script,
-                    "echo \"cw-bench: run untraced {round} $({churner} {PORT} {seconds} 0)\""
+                    "made=$({churner} {PORT} {seconds} 0)\n\
+                     echo \"cw-bench: run untraced {round} $made $({syscall})\""
                 );
                 continue;
             }
@@ -115,25 +127,29 @@ fn guest_script(binaries: &Binaries, rounds: u32, seconds: u32) -> String {
                    sleep 0.2\n\
                  done\n\
                  made=$({churner} {PORT} {seconds} 0)\n\
+                 getppid=$({syscall})\n\
                  kill -INT $tracer; wait $tracer\n\
-                 echo \"cw-bench: run {mode} {round} $made $(grep -m1 '\"summary\"' /tmp/trace.out)\"\n"
+                 echo \"cw-bench: run {mode} {round} $made $getppid $(grep -m1 '\"summary\"' /tmp/trace.out)\"\n"
             );
         }
     }
     script
 }
 
-/// `cw-bench: run MODE ROUND CONNECTIONS [SUMMARY-JSON]` lines.
+/// `cw-bench: run MODE ROUND CONNECTIONS GETPPID-NS [SUMMARY-JSON]` lines.
 fn parse(console: &str) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     for line in console.lines() {
         let Some(rest) = line.find("cw-bench: run ").map(|at| &line[at + 14..]) else { continue };
-        let mut words = rest.splitn(4, ' ');
-        let (Some(mode), Some(round), Some(made)) = (words.next(), words.next(), words.next())
+        let mut words = rest.splitn(5, ' ');
+        let (Some(mode), Some(round), Some(made), Some(getppid)) =
+            (words.next(), words.next(), words.next(), words.next())
         else {
             bail!("malformed guest line: {line}");
         };
         let connections = made.trim().parse().with_context(|| format!("connections in: {line}"))?;
+        let getppid_ns =
+            getppid.trim().parse().with_context(|| format!("getppid ns in: {line}"))?;
         let mut cost = BTreeMap::new();
         if let Some(summary) = words.next().filter(|s| !s.trim().is_empty()) {
             let summary: serde_json::Value =
@@ -149,7 +165,13 @@ fn parse(console: &str) -> anyhow::Result<Vec<Run>> {
         } else if mode != "untraced" {
             bail!("connwatch --attach {mode} printed no summary in the guest: {line}");
         }
-        runs.push(Run { mode: mode.to_string(), round: round.parse()?, connections, cost });
+        runs.push(Run {
+            mode: mode.to_string(),
+            round: round.parse()?,
+            connections,
+            getppid_ns,
+            cost,
+        });
     }
     Ok(runs)
 }
@@ -206,6 +228,18 @@ pub fn markdown(section: &MechanismSection) -> String {
         let kept = rate(mode).zip(untraced).map(|(traced, base)| traced / base);
         let _ = match kept {
             Some(kept) => write!(md, " {kept:.2} |"),
+            None => write!(md, " – |"),
+        };
+    }
+    let getppid = |mode: &str| median(runs_of(section, mode).map(|r| r.getppid_ns).collect());
+    let _ = write!(
+        md,
+        "\n| *`getppid` ns / call, not hooked (untraced {:.0})* |",
+        getppid("untraced").unwrap_or(f64::NAN)
+    );
+    for mode in MODES {
+        let _ = match getppid(mode) {
+            Some(ns) => write!(md, " {ns:.0} |"),
             None => write!(md, " – |"),
         };
     }
