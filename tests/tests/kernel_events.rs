@@ -477,6 +477,17 @@ fn every_hook_attaches_on_this_kernel() {
             assert!(ready.hooks.iter().any(|(h, _)| *h == hook), "{hook}: {:?}", ready.hooks);
         }
     }
+    // Where the kernel loads BPF trampolines (any hook got one), the syscall hooks sit on the
+    // syscalls' own functions: no syscall tracepoint puts every syscall on the traced path.
+    let trampoline = |m: &str| m == "fentry" || m == "fexit";
+    if cfg!(target_arch = "x86_64")
+        && matches!(attach_from_env(), AttachMode::Auto)
+        && ready.hooks.iter().any(|(_, m)| trampoline(m))
+    {
+        for (hook, mechanism) in ready.hooks.iter().filter(|(h, _)| h.starts_with("syscalls:")) {
+            assert!(trampoline(mechanism), "{hook} on a {mechanism}: {:?}", ready.hooks);
+        }
+    }
     // An explicit mode names its mechanism for every hook that has a variant of it, where the
     // kernel has what that variant attaches to (a hook without its tracepoint falls back, to
     // fexit say, or is among the degraded ones checked above).

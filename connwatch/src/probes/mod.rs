@@ -14,6 +14,7 @@ mod offered;
 pub mod privileges;
 mod skips;
 pub mod tracefs;
+mod trampolines;
 
 use aya::{
     Ebpf, EbpfLoader,

@@ -1,19 +1,21 @@
 //! What the running kernel offers a hook's variant, checked before anything is loaded: the
 //! tracepoint; for kprobe, fentry and fexit the kernel function, which a function the compiler
-//! inlined everywhere lacks (no symbol, nothing to attach to); and kprobes at all.
+//! inlined everywhere lacks (no symbol, nothing to attach to); and kprobes and trampolines at
+//! all.
 
 use std::{collections::HashSet, path::Path, sync::OnceLock};
 
 use super::{
     hooks::{Hook, Mechanism, Variant},
     tracefs::{self, TRACEFS},
+    trampolines,
 };
 
 /// What the running kernel lacks for a variant.
 pub enum Absent {
     /// The tracepoint or kernel function the variant attaches to.
     Target(String),
-    /// The mechanism itself (kprobes).
+    /// The mechanism itself (kprobes, trampolines).
     Mechanism(String),
 }
 
@@ -38,9 +40,11 @@ pub fn missing(hook: &Hook, variant: &Variant) -> Option<Absent> {
                 .then(|| Absent::Target(format!("this kernel has no {} tracepoint", hook.id())))
         }
         Mechanism::Kprobe | Mechanism::Fentry | Mechanism::Fexit => {
-            if variant.mechanism == Mechanism::Kprobe
-                && let Some(reason) = kprobes_missing()
-            {
+            let unavailable = match variant.mechanism {
+                Mechanism::Kprobe => kprobes_missing(),
+                _ => trampolines::refused(),
+            };
+            if let Some(reason) = unavailable {
                 return Some(Absent::Mechanism(reason));
             }
             let absent: Vec<&str> =
