@@ -77,7 +77,13 @@ pub struct Caller {
 impl Caller {
     #[inline(always)]
     pub fn current(started_ns: u64) -> Self {
-        Self { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, now: now(), started_ns }
+        Self::of(bpf_get_current_pid_tgid(), started_ns)
+    }
+
+    /// The caller whose `bpf_get_current_pid_tgid()` the hook read already.
+    #[inline(always)]
+    pub fn of(pid_tgid: u64, started_ns: u64) -> Self {
+        Self { tgid: (pid_tgid >> 32) as u32, now: now(), started_ns }
     }
 }
 

@@ -146,18 +146,18 @@ fn keep_in(slot: &mut SendStart, sk: u64, thread: u64) -> bool {
 const NO_START: SendStart =
     SendStart { pid_tgid: 0, sk: 0, started_ns: 0, snapshot: SockSnapshot::of_state(0) };
 
-/// The start this CPU kept for the current thread's send on `sk`, taken (cleared), or
+/// The start this CPU kept for `thread`'s send on `sk`, taken (cleared), or
 /// [`NO_START`]. A plain value, not an `Option`: the compiler may copy a `None`'s undefined
 /// payload through registers, and the verifier refuses to read a register never written
 /// (`R9 !read_ok`, which kept the raw and fexit send programs from loading).
 #[inline(always)]
-fn take_send_start(sk: u64) -> SendStart {
+fn take_send_start(sk: u64, thread: u64) -> SendStart {
     let Some(slot) = SEND_START.get_ptr_mut(0) else {
         return NO_START;
     };
     // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
     let slot = unsafe { &mut *slot };
-    if slot.sk != sk || slot.pid_tgid != bpf_get_current_pid_tgid() {
+    if slot.sk != sk || slot.pid_tgid != thread {
         return NO_START;
     }
     slot.sk = 0;
@@ -166,15 +166,17 @@ fn take_send_start(sk: u64) -> SendStart {
 
 #[inline(always)]
 pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
+    let thread = bpf_get_current_pid_tgid();
     let start = match path {
-        Path::Send => take_send_start(sk),
+        Path::Send => take_send_start(sk, thread),
         _ => NO_START,
     };
     // Routine: data moved, or none to move yet (EAGAIN: event-driven servers read and write
     // until the call would block, once per request). EOF and errors take the full look.
     let routine = ret > 0 || ret == EAGAIN;
     let bytes = ret.max(0) as u64;
-    if routine && policy::fast_tally(sk, path, bytes, 0, &Caller::current(start.started_ns)) {
+    let caller = Caller::of(thread, start.started_ns);
+    if routine && policy::fast_tally(sk, path, bytes, 0, &caller) {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
     }
