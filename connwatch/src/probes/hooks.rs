@@ -219,18 +219,8 @@ impl Hook {
 /// A syscall tracepoint, whose program is `tp_<name>` unless named: classic only (raw tracepoints exist
 /// just for all syscalls at once, which would run on every syscall in the system).
 macro_rules! syscall {
-    ($name:literal) => {
-        syscall!($name, concat!("tp_", $name), None)
-    };
-    // A call of a family served by one program (`program`, loaded once, attached to each).
-    ($name:literal, program = $program:literal) => {
-        syscall!($name, $program, None)
-    };
     ($name:literal, $instead_of:expr) => {
-        syscall!($name, concat!("tp_", $name), $instead_of)
-    };
-    ($name:literal, $program:expr, $instead_of:expr) => {
-        syscall!($name, $program, $instead_of, None)
+        syscall!($name, concat!("tp_", $name), $instead_of, None)
     };
     ($name:literal, $program:expr, $instead_of:expr, $keeps_args_for:expr) => {
         Hook {
@@ -245,16 +235,20 @@ macro_rules! syscall {
 }
 
 /// A syscall hook served first by a trampoline program on the syscall's own function (fentry
-/// where the arguments suffice, fexit where the result counts), then by its tracepoint.
+/// where the arguments suffice, fexit where the result counts), then by its tracepoint, whose
+/// program is `tp_<name>` unless named (a family served by one program, loaded once).
 macro_rules! syscall_function {
     ($name:literal, $mechanism:ident $function:literal => $program:literal) => {
+        syscall_function!($name, $mechanism $function => $program, concat!("tp_", $name))
+    };
+    ($name:literal, $mechanism:ident $function:literal => $program:literal, $tracepoint:expr) => {
         Hook {
             category: "syscalls",
             name: $name,
             role: Role::Observation,
             variants: &[
                 at_syscall_function(Mechanism::$mechanism, &[$function], &[$program]),
-                tp(concat!("tp_", $name)),
+                tp($tracepoint),
             ],
             instead_of: None,
             keeps_args_for: None,
@@ -412,17 +406,8 @@ pub static HOOKS: &[Hook] = &[
         keeps_args_for: None,
     },
     syscall_function!("sys_exit_accept4", Fexit "__x64_sys_accept4" => "fexit_sys_accept4"),
-    Hook {
-        category: "syscalls",
-        name: "sys_exit_accept",
-        role: Role::Observation,
-        variants: &[
-            at_syscall_function(Mechanism::Fexit, &["__x64_sys_accept"], &["fexit_sys_accept"]),
-            tp("tp_sys_exit_accept4"),
-        ],
-        instead_of: None,
-        keeps_args_for: None,
-    },
+    syscall_function!("sys_exit_accept", Fexit "__x64_sys_accept" => "fexit_sys_accept",
+        "tp_sys_exit_accept4"),
     syscall_function!("sys_exit_connect", Fexit "__x64_sys_connect" => "fexit_sys_connect"),
     syscall!("sys_enter_connect", "tp_sys_enter_connect", None, Some("syscalls:sys_exit_connect")),
     syscall_function!("sys_enter_close", Fentry "__x64_sys_close" => "fentry_sys_close"),
