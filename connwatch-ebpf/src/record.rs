@@ -30,34 +30,26 @@ macro_rules! load {
     }};
 }
 
+/// The field of `size` at `offset`: a direct load where `offset` is one of `direct`, the
+/// helper otherwise.
+macro_rules! field_at {
+    ($ctx:expr, $offset:expr, $ty:ty, $size:literal, [$($direct:literal)+]) => {{
+        match $offset {
+            $($direct => Some(load!($ctx, $size, $direct) as $ty),)+
+            // SAFETY: the helper checks the address and fails instead of faulting.
+            other => unsafe { $ctx.read_at::<$ty>(other as usize) }.ok(),
+        }
+    }};
+}
+
 /// The 8-byte field at `offset`.
 #[inline(always)]
 pub fn u64_at(ctx: &TracePointContext, offset: u32) -> Option<u64> {
-    macro_rules! direct {
-        ($($offset:literal)+) => {
-            match offset {
-                $($offset => return Some(load!(ctx, "u64", $offset)),)+
-                _ => {}
-            }
-        };
-    }
-    direct!(8 16 24 32 40 48 56 64);
-    // SAFETY: the helper checks the address and fails instead of faulting.
-    unsafe { ctx.read_at::<u64>(offset as usize) }.ok()
+    field_at!(ctx, offset, u64, "u64", [8 16 24 32 40 48 56 64])
 }
 
 /// The 4-byte field at `offset`.
 #[inline(always)]
 pub fn u32_at(ctx: &TracePointContext, offset: u32) -> Option<u32> {
-    macro_rules! direct {
-        ($($offset:literal)+) => {
-            match offset {
-                $($offset => return Some(load!(ctx, "u32", $offset) as u32),)+
-                _ => {}
-            }
-        };
-    }
-    direct!(8 12 16 20 24 28 32 36 40 44 48 52 56 60 64);
-    // SAFETY: the helper checks the address and fails instead of faulting.
-    unsafe { ctx.read_at::<u32>(offset as usize) }.ok()
+    field_at!(ctx, offset, u32, "u32", [8 12 16 20 24 28 32 36 40 44 48 52 56 60 64])
 }
