@@ -33,11 +33,16 @@ pub struct Config {
     /// Submissions wake userspace only once this many bytes wait in the ring buffer; below it
     /// userspace drains on its own timer. Batching wake-ups is what keeps the hot paths cheap.
     pub wakeup_bytes: u64,
+    /// How many ring buffers carry the records (one per correlator thread, at most
+    /// [`crate::names::MAX_RINGS`]): a socket's records all go to the one its address picks
+    /// ([`crate::names::ring_of`]).
+    pub rings: u32,
+    pub _pad: u32,
     pub tracepoints: TracepointFields,
     pub sock: SockOffsets,
     pub task: TaskOffsets,
 }
-assert_size!(Config, 32 + 48 + 72 + 40);
+assert_size!(Config, 40 + 48 + 72 + 40);
 
 /// Byte offsets of the fields the classic tracepoint programs read from their records, taken
 /// from `/sys/kernel/tracing/events/<category>/<name>/format`.

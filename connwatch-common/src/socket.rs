@@ -40,9 +40,31 @@ pub struct SocketInfo {
     pub sport: u16,
     pub dport: u16,
     /// `SOCKET_*` bits.
-    pub flags: u32,
+    pub flags: u16,
+    /// Which correlator thread joins this life's events, as [`route_of_life`] gave it at the
+    /// life's start: the ring buffer its records go to is `route % rings`.
+    pub route: u16,
 }
 assert_size!(SocketInfo, 40);
+
+/// The route of the life of the socket at `sk` born at `birth_ns`: the lives at one address
+/// spread over the correlator threads (under churn a few addresses carry every connection).
+#[inline(always)]
+pub fn route_of_life(sk: u64, birth_ns: u64) -> u16 {
+    ((sk ^ birth_ns.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16
+}
+
+/// The latest life begun at an address, for an identity the kernel adopts there later (its
+/// entry dropped by the LRU while the life went on): the adopted identity takes the same
+/// route, so the correlator thread that tracks that life can join the two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatestLife {
+    pub sk: u64,
+    pub route: u16,
+    pub _pad: [u8; 6],
+}
+assert_size!(LatestLife, 16);
 
 /// State changes after the application's close, not reported yet ([`SocketEntry::closing`]).
 #[repr(C)]
@@ -73,7 +95,7 @@ assert_size!(SocketEntry, 72);
 
 /// [`SocketInfo::flags`]: the last holder's close() was seen (so the kernel's destruction of
 /// the socket needs no report).
-pub const SOCKET_APP_CLOSED: u32 = 1;
+pub const SOCKET_APP_CLOSED: u16 = 1;
 
 /// recv/send/readiness activity on a socket not yet reported (the summarising policy).
 #[repr(C)]

@@ -3,11 +3,12 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_get_current_comm,
-    maps::ring_buf::RingBufEntry,
+    maps::{RingBuf, ring_buf::RingBufEntry},
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
     event::{AppEvent, EventHeader, SockSnapshot},
+    names::ring_of,
     socket::{OWNER_UNKNOWN, SocketInfo},
 };
 
@@ -15,7 +16,10 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use crate::{
     config::conf,
-    maps::{COUNTERS, EVENTS, LOST, PID_FILTER, PORT_FILTER},
+    maps::{
+        COUNTERS, EVENTS, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7,
+        LOST, PID_FILTER, PORT_FILTER,
+    },
     owner::{self, now},
     policy::Span,
     sock::{self, Endpoints},
@@ -84,7 +88,7 @@ pub fn emit_standing_for<T: 'static>(
     ends: &Endpoints,
     body: impl FnOnce(&mut T),
 ) {
-    let Some(mut entry): Option<RingBufEntry<T>> = EVENTS.reserve::<T>(0) else {
+    let Some((mut entry, wakeup)) = reserve::<T>(info.route) else {
         count_lost(events.0, events.1);
         return;
     };
@@ -106,17 +110,35 @@ pub fn emit_standing_for<T: 'static>(
     sock::fill_addresses(sk, ends, header);
     // SAFETY: as above; `body` writes the remaining fields, including padding.
     body(unsafe { &mut *record });
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup);
+}
+
+/// A `T` reserved in the ring buffer that carries the records of the socket life with this
+/// `route`, and the flags to submit it with. Each ring is named in a branch of its own: the
+/// verifier takes a map only as a constant.
+#[inline(always)]
+fn reserve<T: 'static>(route: u16) -> Option<(RingBufEntry<T>, u64)> {
+    match ring_of(route, conf!(rings)) {
+        0 => reserve_in(&EVENTS),
+        1 => reserve_in(&EVENTS_1),
+        2 => reserve_in(&EVENTS_2),
+        3 => reserve_in(&EVENTS_3),
+        4 => reserve_in(&EVENTS_4),
+        5 => reserve_in(&EVENTS_5),
+        6 => reserve_in(&EVENTS_6),
+        _ => reserve_in(&EVENTS_7),
+    }
 }
 
 /// Wakes userspace only when enough has piled up; otherwise it drains on its own timer.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= conf!(wakeup_bytes) {
+fn reserve_in<T: 'static>(ring: &RingBuf) -> Option<(RingBufEntry<T>, u64)> {
+    let wakeup = if ring.query(BPF_RB_AVAIL_DATA as u64) >= conf!(wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
-    }
+    };
+    Some((ring.reserve::<T>(0)?, wakeup))
 }
 
 #[inline(always)]

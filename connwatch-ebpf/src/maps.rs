@@ -7,17 +7,34 @@ use aya_ebpf::{
 use connwatch_common::{
     event::{COUNTER_SLOTS, KIND_SLOTS, UNDERSTUDY_SLOTS},
     names::{
-        ATTENTION_SLOTS, MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_LISTENERS,
-        MAX_PENDING_CALLS, MAX_SOCKETS,
+        ATTENTION_SLOTS, LATEST_LIFE_SLOTS, MAX_EPOLL_REGISTRATIONS, MAX_FILTER_PIDS,
+        MAX_FILTER_PORTS, MAX_LISTENERS, MAX_PENDING_CALLS, MAX_SOCKETS,
     },
-    socket::{EpollKey, EpollTarget, IoState, ListenerKey, Owner, SendStart, SocketEntry},
+    socket::{
+        EpollKey, EpollTarget, IoState, LatestLife, ListenerKey, Owner, SendStart, SocketEntry,
+    },
 };
 
 use crate::{syscall::KeptCall, understudy::LeadNotes};
 
-/// Every event, in order. The loader resizes it (`--ring-buffer-size`).
+/// Every record, in order, when one ring buffer carries them all; else those of the sockets
+/// `ring_of` gives 0. The loader sizes every ring (`--ring-buffer-size`; a page if unused).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_1")]
+pub static EVENTS_1: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_2")]
+pub static EVENTS_2: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_3")]
+pub static EVENTS_3: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_4")]
+pub static EVENTS_4: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_5")]
+pub static EVENTS_5: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_6")]
+pub static EVENTS_6: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map(name = "EVENTS_7")]
+pub static EVENTS_7: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Failed reservations, per CPU and per event kind: nothing is lost without being counted.
 #[map(name = "LOST")]
@@ -68,6 +85,10 @@ pub static IO_STATE: LruHashMap<u64, IoState> = LruHashMap::with_max_entries(MAX
 /// atomically): under `watch` and `agent`, a process with none skips the look at its readiness.
 #[map(name = "ATTENTION")]
 pub static ATTENTION: Array<u64> = Array::with_max_entries(ATTENTION_SLOTS, 0);
+
+/// The latest life begun at each address (by a hash of it; a collision replaces the older).
+#[map(name = "LATEST_LIVES")]
+pub static LATEST_LIVES: Array<LatestLife> = Array::with_max_entries(LATEST_LIFE_SLOTS, 0);
 
 /// epoll registrations: (process, epfd, user data) -> socket, learnt at epoll_ctl.
 #[map(name = "EPOLL_WATCH")]

@@ -5,11 +5,12 @@
 //! socket is touched in process context and looked up everywhere else.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use connwatch_common::socket::{
-    CLOSING_SLOTS, Closing, ListenerKey, Owner, SocketEntry, SocketInfo,
+use connwatch_common::{
+    names::LATEST_LIFE_SLOTS,
+    socket::{CLOSING_SLOTS, Closing, ListenerKey, Owner, SocketEntry, SocketInfo, route_of_life},
 };
 
-use crate::maps::{LISTENERS, NEW_SOCKET, SOCKETS};
+use crate::maps::{LATEST_LIVES, LISTENERS, NEW_SOCKET, SOCKETS};
 
 /// The process running this (process-context) hook.
 #[inline(always)]
@@ -31,7 +32,43 @@ pub fn now() -> u64 {
 /// earlier life at the same address (its tallies) carries over. Any context.
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
-    remember_on_stack(sk, owner, now() & !ADOPTED)
+    let birth_ns = now() & !ADOPTED;
+    let route = route_of_life(sk, birth_ns);
+    if let Some(latest) = LATEST_LIVES.get_ptr_mut(latest_slot(sk)) {
+        // SAFETY: a valid map value pointer. A racing writer at the same slot may leave the
+        // other's address with this route: an adopted identity there then takes this route.
+        unsafe {
+            (*latest).sk = sk;
+            (*latest).route = route;
+        }
+    }
+    remember_on_stack(sk, owner, birth_ns, route)
+}
+
+/// The route of an identity adopted at `sk` born at `birth_ns`: the latest life begun there,
+/// if its slot still holds it, for that life may be this one (`LatestLife`).
+#[inline(always)]
+fn adopted_route(sk: u64, birth_ns: u64) -> u16 {
+    match LATEST_LIVES.get(latest_slot(sk)) {
+        Some(latest) if latest.sk == sk => latest.route,
+        _ => route_of_life(sk, birth_ns),
+    }
+}
+
+#[inline(always)]
+fn latest_slot(sk: u64) -> u32 {
+    (sk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 % LATEST_LIFE_SLOTS
+}
+
+/// An identity for a socket met mid-life: born now, adopted.
+#[inline(always)]
+fn adopt(sk: u64, owner: Owner, in_scratch: bool) -> SocketInfo {
+    let birth_ns = now() | ADOPTED;
+    let route = adopted_route(sk, birth_ns);
+    match in_scratch {
+        true => remember_in_scratch(sk, owner, birth_ns, route),
+        false => remember_on_stack(sk, owner, birth_ns, route),
+    }
 }
 
 /// `birth_ns`'s lowest bit: the socket was first seen mid-life, so its true birth is unknown.
@@ -40,8 +77,8 @@ const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 /// Records `sk`, building its entry on the stack: for programs that may run in softirq, which
 /// can interrupt a program using this CPU's `NEW_SOCKET` slot.
 #[inline(always)]
-fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
-    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
+fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route };
     let closing = Closing {
         ts_ns: [0; CLOSING_SLOTS],
         old_state: [0; CLOSING_SLOTS],
@@ -57,8 +94,8 @@ fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
 /// Records `sk`, building its entry in this CPU's `NEW_SOCKET` slot rather than on the stack
 /// (the readiness programs' combined stack is near the 512-byte limit): process context only.
 #[inline(always)]
-fn remember_in_scratch(sk: u64, owner: Owner, birth_ns: u64) -> SocketInfo {
-    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0 };
+fn remember_in_scratch(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route };
     if let Some(entry) = NEW_SOCKET.get_ptr_mut(0) {
         // SAFETY: this CPU's slot. Only process-context programs use it, and none of them can
         // interrupt another. Closing slots past `count` are never read.
@@ -79,7 +116,7 @@ pub fn known(sk: u64) -> SocketInfo {
     match SOCKETS.get_ptr(&sk) {
         // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
         Some(entry) => unsafe { (*entry).info },
-        None => remember_on_stack(sk, Owner::UNKNOWN, now() | ADOPTED),
+        None => adopt(sk, Owner::UNKNOWN, false),
     }
 }
 
@@ -98,7 +135,7 @@ pub fn touch(sk: u64) -> SocketInfo {
             }
             *info
         }
-        None => remember_in_scratch(sk, current(), now() | ADOPTED),
+        None => adopt(sk, current(), true),
     }
 }
 

@@ -72,7 +72,8 @@ pub struct CommonArgs {
     /// Stop after this many seconds (fractions allowed); otherwise run until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M).
+    /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M). With several
+    /// correlator threads, their ring buffers share it equally.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
     /// How to attach to the kernel: auto picks, per hook, the cheapest mechanism this kernel
@@ -107,18 +108,24 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
     /// Threads that join the kernel's events to what applications saw, each owning a share of
-    /// the sockets (`auto`: one per four CPUs). More keep up with more connections a second.
+    /// the connections and reading its own ring buffer (`auto`: one per two CPUs, at most 8).
+    /// More keep up with more connections a second.
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_correlator_threads)]
     pub correlator_threads: CorrelatorThreads,
 }
 
-/// `--correlator-threads`: a number, or `None` for one per four CPUs.
+/// `--correlator-threads`: a number, or `None` for one per two CPUs.
 #[derive(Clone, Copy, Debug)]
 pub struct CorrelatorThreads(pub Option<usize>);
 
 impl WatchArgs {
     pub fn correlator_count(&self) -> usize {
         self.correlator_threads.0.unwrap_or_else(Shards::auto_count)
+    }
+
+    /// One ring buffer per correlator thread: each reads its own.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { rings: self.correlator_count(), ..self.common.load_options() }
     }
 }
 
@@ -202,6 +209,7 @@ impl CommonArgs {
                 AttachChoice::Fentry => AttachMode::Prefer(Mechanism::Fentry),
             },
             ring_buffer_bytes: self.ring_buffer_size,
+            rings: 1,
             filters: Filters {
                 pids: self.pids.clone(),
                 ports: self.ports.clone(),

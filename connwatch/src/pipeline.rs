@@ -1,7 +1,15 @@
-//! The loop every command runs: drain the ring buffer when the kernel wakes us or the drain
+//! The loop every command runs: drain the ring buffers when the kernel wakes us or the drain
 //! timer fires, hand the events to the command, and stop on the deadline, SIGINT or SIGTERM.
+//! Where the command's correlator threads read the ring buffers themselves, only the timer
+//! runs here: it ticks the command.
 
-use std::{io, time::Duration};
+use std::{
+    future::poll_fn,
+    io,
+    os::fd::OwnedFd,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokio::{
     io::unix::AsyncFd,
@@ -57,10 +65,13 @@ async fn stream(
     duration: Option<Duration>,
     consumer: &mut dyn Consumer,
 ) -> io::Result<()> {
-    // A duplicate of the ring buffer's fd: readiness without borrowing the tracer.
-    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
-    // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.
-    let ring = unsafe { AsyncFd::register(ring_fd)? };
+    // Duplicates of the fds of the ring buffers read here: readiness without borrowing the
+    // tracer.
+    let mut rings = Vec::new();
+    for fd in tracer.ring_fds().filter(|_| tracer.reads_rings()) {
+        // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.
+        rings.push(unsafe { AsyncFd::register(fd.try_clone_to_owned()?)? });
+    }
     let mut tick = interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -70,7 +81,7 @@ async fn stream(
     let mut events = Vec::new();
     loop {
         tokio::select! {
-            ready = ring.readable() => ready?.clear_ready(),
+            woken = poll_fn(|cx| poll_woken(&rings, cx)) => woken?,
             _ = tick.tick() => {}
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
@@ -81,6 +92,21 @@ async fn stream(
             return Ok(());
         }
     }
+}
+
+/// Ready once the kernel has woken any of `rings` (their readiness cleared).
+fn poll_woken(rings: &[AsyncFd<OwnedFd>], cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    for ring in rings {
+        match ring.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut ready)) => {
+                ready.clear_ready();
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
 }
 
 /// Hands everything queued to the consumer, one bounded batch at a time.

@@ -4,15 +4,16 @@
 use std::{
     cell::{Cell, RefCell},
     collections::BTreeMap,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use aya_log::EbpfLogger;
 
 use crate::{
-    decode::{self, Detail, Event},
-    ingest::{Ring, loss::LossCounters},
+    decode::{Detail, Event},
+    ingest::{Reader, Tally, loss::LossCounters},
     probes::{LoadOptions, ProbeError, Probes, cost::ProgramCost},
     sinks::{Ready, Summary},
 };
@@ -22,21 +23,21 @@ pub const POLL_BATCH: usize = 4096;
 
 pub struct Tracer {
     probes: Probes,
-    ring: Ring,
+    /// The ring buffers this thread reads; empty once handed to the correlator threads.
+    readers: Vec<Reader>,
+    /// What has been read from each ring buffer, by whichever thread reads it.
+    tallies: Vec<Arc<Tally>>,
+    /// A duplicate of each ring buffer's fd: its readiness, wherever it is read.
+    wake_fds: Vec<OwnedFd>,
     loss: LossCounters,
     logger: Option<EbpfLogger<KernelLog>>,
-    /// Events decoded so far, by [`Detail::type_index`].
-    events_by_type: [u64; Detail::TYPE_NAMES.len()],
-    malformed: u64,
-    /// Ring-buffer bytes taken so far (records with their 8-byte headers, 8-byte aligned).
-    bytes_taken: u64,
     ring_buffer_bytes: u32,
     skips: RefCell<KernelSkips>,
-    /// The ring buffer's loss count as last read, and whether records were taken since: a
-    /// record is lost only while the buffer is full, and a full buffer's records are taken by
-    /// the next drain, so after a drain that took nothing the count cannot have grown. An idle
-    /// agent then reads no map (its 20 drains a second each read one per kind before).
-    ring_lost: Cell<(u64, bool)>,
+    /// The ring buffers' loss count as last read, and the bytes taken then: a record is lost
+    /// only while a buffer is full, and a full buffer's records are taken by the next drain,
+    /// so while nothing was taken the count cannot have grown. An idle agent then reads no map
+    /// (its 20 drains a second each read one per kind before).
+    ring_lost: Cell<(u64, u64)>,
     /// Program costs as they stood when the programs were detached.
     cost_at_detach: Option<BTreeMap<String, ProgramCost>>,
 }
@@ -86,7 +87,12 @@ impl Tracer {
         unsafe {
             libc::malloc_trim(0);
         }
-        let ring = Ring::take(&mut probes.ebpf);
+        let readers = Reader::take_all(&mut probes.ebpf, options.rings);
+        let wake_fds = readers
+            .iter()
+            .map(|r| r.as_fd().try_clone_to_owned())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ProbeError::Option(format!("duplicating a ring buffer's fd: {e}")))?;
         let loss = LossCounters::take(&mut probes.ebpf);
         // The programs log only on rare diagnostic paths (never on hot ones).
         let logger = match EbpfLogger::init_with_logger(&mut probes.ebpf, KernelLog) {
@@ -100,15 +106,14 @@ impl Tracer {
         };
         Ok(Self {
             probes,
-            ring,
+            tallies: readers.iter().map(Reader::tally).collect(),
+            readers,
+            wake_fds,
             loss,
             logger,
-            events_by_type: [0; Detail::TYPE_NAMES.len()],
-            malformed: 0,
-            bytes_taken: 0,
             ring_buffer_bytes: options.ring_buffer_bytes,
             skips: RefCell::default(),
-            ring_lost: Cell::new((0, true)),
+            ring_lost: Cell::new((0, u64::MAX)),
             cost_at_detach: None,
         })
     }
@@ -128,50 +133,59 @@ impl Tracer {
         }
     }
 
-    /// Decodes up to [`POLL_BATCH`] queued records into `out`; returns how many records were
-    /// taken (fewer than `POLL_BATCH`: the ring buffer is empty now). Bounded, so a burst is
-    /// handled in steps rather than all held in memory at once.
+    /// Decodes up to [`POLL_BATCH`] records queued in the ring buffers this thread still
+    /// holds into `out`; returns how many records were taken (fewer than `POLL_BATCH`: they
+    /// are empty now). Bounded, so a burst is handled in steps rather than all held in memory
+    /// at once.
     pub fn poll(&mut self, out: &mut Vec<Event>) -> usize {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        let (bytes_taken, events_by_type, malformed) =
-            (&mut self.bytes_taken, &mut self.events_by_type, &mut self.malformed);
-        let taken = self.ring.drain(POLL_BATCH, |record| {
-            *bytes_taken += (record.len() as u64 + 8).next_multiple_of(8);
-            let decoded = out.len();
-            match decode::decode_into(record, out) {
-                Ok(()) => {
-                    for event in &out[decoded..] {
-                        events_by_type[event.detail.type_index()] += 1;
-                    }
-                }
-                Err(_) => *malformed += 1,
-            }
-        });
-        if taken > 0 {
-            self.ring_lost.set((self.ring_lost.get().0, true));
+        let mut taken = 0;
+        for reader in &mut self.readers {
+            taken += reader.read(POLL_BATCH - taken, out);
         }
         taken
     }
 
-    /// Ring-buffer bytes taken so far: the growth between two drains is how full the buffer
-    /// was when drained.
-    pub fn bytes_taken(&self) -> u64 {
-        self.bytes_taken
+    /// Hands the ring buffers over, to be read on the correlator threads: [`Self::poll`] then
+    /// takes nothing, and their readiness ([`Self::ring_fds`]) is to be passed on.
+    pub fn hand_over_rings(&mut self) -> Vec<Reader> {
+        std::mem::take(&mut self.readers)
     }
 
-    /// Blocks until the kernel wakes the ring buffer or `timeout` passes. Submissions wake
+    /// How many ring buffers carry the records.
+    pub fn ring_count(&self) -> usize {
+        self.wake_fds.len()
+    }
+
+    /// Whether [`Self::poll`] reads the ring buffers (they were not handed over).
+    pub fn reads_rings(&self) -> bool {
+        !self.readers.is_empty()
+    }
+
+    /// Ring-buffer bytes taken so far: the growth between two drains is how full the buffers
+    /// were when drained.
+    pub fn bytes_taken(&self) -> u64 {
+        self.tallies.iter().map(|t| t.bytes_taken()).sum()
+    }
+
+    /// Blocks until the kernel wakes a ring buffer or `timeout` passes. Submissions wake
     /// userspace only in batches, so callers poll again after a timeout too.
     pub fn wait(&self, timeout: Duration) {
-        let mut fd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut fd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        let mut fds: Vec<_> = self
+            .wake_fds
+            .iter()
+            .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        let timeout = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` holds valid pollfds, as many as passed.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
     }
 
-    /// The ring buffer's fd, for async readiness.
-    pub fn ring_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
+    /// Each ring buffer's fd, in ring order, for async readiness.
+    pub fn ring_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.wake_fds.iter().map(|fd| fd.as_fd())
     }
 
     /// Detaches every program; what is queued can still be polled.
@@ -190,10 +204,13 @@ impl Tracer {
 
     /// Records lost so far for want of ring-buffer space, as of the last [`Tracer::poll`].
     pub fn ring_lost_total(&self) -> u64 {
-        let (mut ring_lost, stale) = self.ring_lost.get();
-        if stale && let Ok(lost) = self.loss.read() {
+        let (mut ring_lost, taken_then) = self.ring_lost.get();
+        let taken = self.bytes_taken();
+        if taken != taken_then
+            && let Ok(lost) = self.loss.read()
+        {
             ring_lost = lost.total();
-            self.ring_lost.set((ring_lost, false));
+            self.ring_lost.set((ring_lost, taken));
         }
         ring_lost
     }
@@ -225,11 +242,11 @@ impl Tracer {
             duration,
             events: Detail::TYPE_NAMES
                 .into_iter()
-                .zip(self.events_by_type)
+                .zip(self.events_by_type())
                 .filter(|(_, n)| *n != 0)
                 .collect(),
             lost,
-            malformed: self.malformed,
+            malformed: self.tallies.iter().map(|t| t.malformed()).sum(),
             readiness_unexamined: folded.readiness_unexamined,
             io_summarised: folded.io_summarised,
             readiness_not_needed: folded.readiness_not_needed,
@@ -240,6 +257,19 @@ impl Tracer {
             },
             watch: None,
         }
+    }
+}
+
+impl Tracer {
+    /// Events decoded so far, from every ring buffer, by [`Detail::type_index`].
+    fn events_by_type(&self) -> [u64; Detail::TYPE_NAMES.len()] {
+        let mut sum = [0; Detail::TYPE_NAMES.len()];
+        for tally in &self.tallies {
+            for (total, n) in sum.iter_mut().zip(tally.events_by_type()) {
+                *total += n;
+            }
+        }
+        sum
     }
 }
 

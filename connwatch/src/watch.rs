@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     cli::WatchArgs,
-    correlate::{Correlator, Kind, Shards},
+    correlate::{Correlator, Kind, NoTap, Shards},
     decode::Event,
     inventory::socket_settings::PidfdProber,
     pipeline::{self, Consumer},
@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
-    let options = args.common.load_options();
+    let options = args.load_options();
     let thresholds = args.thresholds.thresholds();
     let max_sockets = args.thresholds.max_sockets;
     let correlators = Shards::new(args.correlator_count(), max_sockets, |each| {
@@ -37,6 +37,9 @@ pub async fn watch(
     let started = Instant::now();
     let mut tracer = Tracer::start(options)?;
     let mut watcher = Watcher::new(correlators, sink);
+    if tracer.ring_count() > 1 {
+        watcher.correlator.read_rings(tracer.hand_over_rings(), || Box::new(NoTap));
+    }
     let outcome = match watcher.sink.ready(&tracer.ready()) {
         Ok(()) => pipeline::run(&mut tracer, duration, &mut watcher).await,
         Err(e) => Err(e),

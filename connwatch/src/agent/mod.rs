@@ -8,30 +8,29 @@ pub mod http;
 mod inventory_feed;
 pub mod report;
 mod series;
+mod tap;
 
 use std::{
     collections::HashMap,
     io::{self, Write as _},
-    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard},
     time::Instant,
 };
 
 use anyhow::Context as _;
-use connwatch_common::socket::BIRTH_ADOPTED;
 
 use self::{
     inventory_feed::{InventoryFeed, Update},
     report::{FindingLog, Line},
-    series::SeriesCache,
+    tap::{AgentTap, Joins, Labeler},
 };
 use crate::{
     cli::AgentArgs,
-    correlate::{Correlator, Finding, Kind, Shards},
-    decode::{Detail, Event, SockId},
+    correlate::{Correlator, Finding, Kind, Shards, Tap},
+    decode::{Event, SockId},
     pipeline::{self, Consumer},
     sinks::{
         Sink,
-        attribution::{Attribution, AttributionCache, LabelCap},
         clock::monotonic_ns,
         metrics::{FindingLabels, HookLabels, Metrics, StateLabels, TypeLabels},
         summary::WatchSummary,
@@ -44,7 +43,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Bound first: a taken address fails before anything is loaded.
     let listener = http::bind(args.listen).await?;
-    let options = args.watch.common.load_options();
+    let options = args.watch.load_options();
     let mut tracer = Tracer::start(&options)?;
     // What predates the agent, read once the probes see everything that happens after.
     let feed = InventoryFeed::start(args.inventory_interval)?;
@@ -57,19 +56,23 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
         Shards::new(args.watch.correlator_count(), args.watch.thresholds.max_sockets, |each| {
             Correlator::new(thresholds, each).with_prober(Box::new(feed.prober()))
         });
+    let labeler = Arc::new(Mutex::new(Labeler::new(args.max_label_values)));
+    let joins = Arc::new(RwLock::new(Joins::default()));
+    let make_tap = || AgentTap::new(metrics.clone(), Arc::clone(&labeler), Arc::clone(&joins));
+    let mut correlator = correlator;
+    if tracer.ring_count() > 1 {
+        correlator.read_rings(tracer.hand_over_rings(), || Box::new(make_tap()));
+    }
     let mut agent = Agent {
         correlator,
+        tap: make_tap(),
         ended: Vec::new(),
         json: args.watch.common.json,
         sink: sink.as_mut(),
-        metrics,
-        attribution: AttributionCache::new(4096),
-        series: SeriesCache::default(),
-        comms: LabelCap::new(args.max_label_values),
-        cgroups: LabelCap::new(args.max_label_values),
+        metrics: metrics.clone(),
+        labeler: Arc::clone(&labeler),
+        joins: Arc::clone(&joins),
         problems: HashMap::new(),
-        seen_at_start: HashMap::new(),
-        aliases: HashMap::new(),
         log: FindingLog::default(),
         feed,
         filters: options.filters.clone(),
@@ -107,23 +110,19 @@ struct Counted {
 
 struct Agent<'a> {
     correlator: Shards,
+    /// The tap of the events this thread reads (where one ring buffer carries them all; the
+    /// correlator threads have their own otherwise).
+    tap: AgentTap,
     /// Sockets whose connection ended since the last tick: they stop counting as problems
     /// once every finding about them is in (several correlator threads answer late).
     ended: Vec<SockId>,
     json: bool,
     sink: &'a mut dyn Sink,
     metrics: Metrics,
-    attribution: AttributionCache,
-    /// Each process's series, found once.
-    series: SeriesCache,
-    comms: LabelCap,
-    cgroups: LabelCap,
+    labeler: Arc<Mutex<Labeler>>,
+    joins: Arc<RwLock<Joins>>,
     /// Sockets counted in `connwatch_problem_sockets`, with their label sets.
     problems: HashMap<SockId, Vec<FindingLabels>>,
-    /// Sockets the startup inventory found in CLOSE_WAIT: by endpoints, and by cookie.
-    seen_at_start: HashMap<(SocketAddr, SocketAddr), (u64, SockId)>,
-    /// Kernel identities of sockets first known from the inventory.
-    aliases: HashMap<SockId, SockId>,
     log: FindingLog,
     feed: InventoryFeed,
     /// `--pid`, `--port`, `--comm`: the kernel applies them to events, the agent to what the
@@ -137,76 +136,18 @@ impl Agent<'_> {
         crate::watch::summary_of(&self.correlator)
     }
 
-    /// Bounded labels for the process that owns a socket.
-    fn process_labels(&mut self, owner: Option<u32>, comm: &str) -> (String, String, Attribution) {
-        labels_of(&mut self.attribution, &mut self.comms, &mut self.cgroups, owner, comm)
+    fn labeler(&self) -> MutexGuard<'_, Labeler> {
+        self.labeler.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts `event` in the metrics and gives it the identity the inventory knows its socket
-    /// by, if any.
-    fn count(&mut self, event: &mut Event) {
-        let owner = event.owner.as_ref();
-        let (attribution, comms, cgroups) =
-            (&mut self.attribution, &mut self.comms, &mut self.cgroups);
-        let labels = || {
-            let comm = owner.map(|o| o.comm.to_string()).unwrap_or_default();
-            let (comm, cgroup, _) =
-                labels_of(attribution, comms, cgroups, owner.map(|o| o.pid), &comm);
-            (comm, cgroup)
-        };
-        let metrics = &self.metrics;
-        match &event.detail {
-            Detail::Reset { direction, .. } => {
-                let series = self.series.get(SeriesCache::key(owner), labels);
-                series.reset(metrics, *direction).inc();
-            }
-            Detail::Retransmit { .. } => {
-                self.series.get(SeriesCache::key(owner), labels).retransmits(metrics).inc();
-            }
-            Detail::Send { snapshot, .. } | Detail::Recv { snapshot, .. }
-                if snapshot.srtt_us > 0 =>
-            {
-                let rtt = f64::from(snapshot.srtt_us) / 1e6;
-                self.series.get(SeriesCache::key(owner), labels).rtt(metrics).observe(rtt);
-            }
-            // A life measured from its birth (connect, listen, a listener's child); sockets
-            // older than the agent have no birth to measure from.
-            Detail::State { new, .. }
-                if new.name() == "CLOSE"
-                    && owner.is_some()
-                    && event.sock.birth_ns & BIRTH_ADOPTED == 0
-                    && event.sock.birth_ns < event.ts_ns =>
-            {
-                let lived = (event.ts_ns - event.sock.birth_ns) as f64 / 1e9;
-                self.series.get(SeriesCache::key(owner), labels).duration(metrics).observe(lived);
-            }
-            _ => {}
-        }
-        if let Some(sock) = self.joined(event) {
-            event.sock = sock;
-        }
-    }
-
-    /// The event under the identity the inventory gave its socket, when it has one: a socket
-    /// older than the agent is known by its endpoints until the kernel reports it, and the
-    /// kernel meets it mid-life, under an adopted (odd) birth. A new connection that happens to
-    /// reuse the endpoints has a birth the kernel saw, and stays its own.
-    fn joined(&mut self, event: &Event) -> Option<SockId> {
-        if let Some(alias) = self.aliases.get(&event.sock) {
-            return Some(*alias);
-        }
-        if event.sock.birth_ns & BIRTH_ADOPTED == 0 {
-            return None;
-        }
-        let (_, seen) = *self.seen_at_start.get(&(event.local, event.remote))?;
-        self.aliases.insert(event.sock, seen);
-        Some(seen)
+    fn joins(&self) -> RwLockWriteGuard<'_, Joins> {
+        self.joins.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn report(&mut self, mut finding: Finding) -> io::Result<()> {
         let pid = finding.owner.as_ref().map(|o| o.pid);
         let comm = finding.owner.as_ref().map(|o| o.comm.to_string()).unwrap_or_default();
-        let (comm, cgroup, attribution) = self.process_labels(pid, &comm);
+        let (comm, cgroup, attribution) = self.labeler().labels(pid, &comm);
         let labels = FindingLabels { kind: finding.kind.name().into(), comm, cgroup };
         self.metrics.findings.get_or_create(&labels).inc();
         self.metrics.problem_sockets.get_or_create(&labels).inc();
@@ -268,7 +209,8 @@ impl Agent<'_> {
             update.at_start.into_iter().filter(|s| s.wanted(&self.filters)).collect();
         for seen in wanted {
             let sock = SockId { addr: seen.socket.cookie, birth_ns: 0 };
-            self.seen_at_start
+            self.joins()
+                .seen_at_start
                 .insert((seen.socket.local, seen.socket.remote), (seen.socket.cookie, sock));
             let event = seen.event(sock, now);
             for finding in self.correlator.ingest_one(&event) {
@@ -277,14 +219,17 @@ impl Agent<'_> {
         }
         // Sockets known from the start that have left CLOSE_WAIT or gone.
         let gone: Vec<_> = self
+            .joins()
             .seen_at_start
             .iter()
             .filter(|(_, (cookie, _))| update.close_wait_cookies.binary_search(cookie).is_err())
             .map(|(key, (_, sock))| (*key, *sock))
             .collect();
         for ((local, remote), sock) in gone {
-            self.seen_at_start.remove(&(local, remote));
-            self.aliases.retain(|_, known| *known != sock);
+            let mut joins = self.joins();
+            joins.seen_at_start.remove(&(local, remote));
+            joins.aliases.retain(|_, known| *known != sock);
+            drop(joins);
             let event = inventory_feed::gone(sock, local, remote, now);
             for finding in self.correlator.ingest_one(&event) {
                 self.report(finding)?;
@@ -295,37 +240,12 @@ impl Agent<'_> {
     }
 }
 
-/// Bounded labels (comm, cgroup) for a socket's owner, and its attribution.
-fn labels_of(
-    attribution: &mut AttributionCache,
-    comms: &mut LabelCap,
-    cgroups: &mut LabelCap,
-    owner: Option<u32>,
-    comm: &str,
-) -> (String, String, Attribution) {
-    let attribution = owner.map(|pid| attribution.get(pid)).unwrap_or_default();
-    let comm = comms.value(if comm.is_empty() { "unknown" } else { comm });
-    let cgroup = cgroups.value(&attribution.cgroup);
-    (comm, cgroup, attribution)
-}
-
-/// Events after which the connection is over for the application.
-fn ends_connection(detail: &Detail) -> bool {
-    match detail {
-        Detail::Close { others, .. } => *others == 0,
-        Detail::State { new, .. } => new.name() == "CLOSE",
-        Detail::Seen { state, .. } => state.name() == "CLOSE",
-        Detail::Destroy { .. } => true,
-        _ => false,
-    }
-}
-
 impl Consumer for Agent<'_> {
     fn events(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
         for event in events.iter_mut() {
-            self.count(event);
+            self.tap.tap(event);
         }
-        self.ended.extend(events.iter().filter(|e| ends_connection(&e.detail)).map(|e| e.sock));
+        self.ended.extend(self.tap.ended());
         for finding in self.correlator.ingest_taken(events) {
             self.report(finding)?;
         }
@@ -347,6 +267,7 @@ impl Consumer for Agent<'_> {
         for finding in self.correlator.tick(now_ns) {
             self.report(finding)?;
         }
+        self.ended.extend(self.correlator.take_ended());
         self.settle_ended();
         for (kind, pid, count) in self.log.closed(now_ns) {
             self.window_line(kind, pid, count)?;

@@ -19,7 +19,7 @@ use retiring::{Retiring, Window};
 
 pub use detect::Thresholds;
 pub use finding::{Evidence, Finding, Kind, Measures, Severity};
-pub use shards::Shards;
+pub use shards::{NoTap, Shards, Tap};
 use table::Tracks;
 use track::Track;
 

@@ -27,7 +27,7 @@ use connwatch_common::{
     },
     names::{
         GLOBAL_CONFIG, MAP_EPOLL_WATCH, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER,
-        MAX_FILTER_PIDS, MAX_FILTER_PORTS,
+        MAX_FILTER_PIDS, MAX_FILTER_PORTS, MAX_RINGS,
     },
 };
 use thiserror::Error;
@@ -64,8 +64,11 @@ pub struct Filters {
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub attach: AttachMode,
-    /// Power of two, multiple of the page size.
+    /// Power of two, multiple of the page size: shared by the ring buffers.
     pub ring_buffer_bytes: u32,
+    /// Ring buffers to spread the records over, by socket address (1 to [`MAX_RINGS`]): one
+    /// per correlator thread, so that no one thread reads every record.
+    pub rings: usize,
     pub filters: Filters,
     /// Report every recv, send and readiness call instead of summarising busy sockets.
     pub all_io: bool,
@@ -91,6 +94,7 @@ impl Default for LoadOptions {
         Self {
             attach: AttachMode::Auto,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            rings: 1,
             filters: Filters::default(),
             all_io: false,
             healthy_readiness: true,
@@ -153,15 +157,21 @@ impl Probes {
             self_tgid: std::process::id(),
             flags: flag_bits(options),
             comm: options.filters.comm.as_deref().map(comm_bytes).unwrap_or_default(),
-            wakeup_bytes: u64::from(options.ring_buffer_bytes / 4),
+            wakeup_bytes: u64::from(options.each_ring_bytes() / 4),
+            rings: options.rings as u32,
+            _pad: 0,
             tracepoints: layouts.fields,
             sock,
             task,
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_CONFIG, &config, true)
-            .map_max_entries(MAP_EVENTS, options.ring_buffer_bytes)
-            .load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(GLOBAL_CONFIG, &config, true);
+        for (index, ring) in MAP_EVENTS.into_iter().enumerate() {
+            let used = index < options.rings;
+            loader
+                .map_max_entries(ring, if used { options.each_ring_bytes() } else { page_size() });
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         fill_filters(&mut ebpf, &options.filters)?;
         let (attached, skipped) = attach::attach_all(
             &mut ebpf,
@@ -203,13 +213,31 @@ impl Probes {
     }
 }
 
+impl LoadOptions {
+    /// Each ring buffer's share of `ring_buffer_bytes`: a power of two, at least a page.
+    pub fn each_ring_bytes(&self) -> u32 {
+        let share = self.ring_buffer_bytes / self.rings.max(1) as u32;
+        (1 << share.max(1).ilog2()).max(page_size())
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u32 }
+}
+
 fn validate(options: &LoadOptions) -> Result<(), ProbeError> {
     let bytes = options.ring_buffer_bytes;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    let page = page_size();
     if !bytes.is_power_of_two() || bytes < page {
         return Err(ProbeError::Option(format!(
             "ring buffer size {bytes} must be a power of two and at least the page size ({page})"
+        )));
+    }
+    if !(1..=MAX_RINGS).contains(&options.rings) {
+        return Err(ProbeError::Option(format!(
+            "{} ring buffers asked for; connwatch has 1 to {MAX_RINGS}",
+            options.rings
         )));
     }
     let filters = &options.filters;
@@ -273,4 +301,19 @@ fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<(), ProbeError> {
         ports.insert(port, 1, 0).map_err(map_err(MAP_PORT_FILTER))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_buffers_share_the_size_in_powers_of_two_of_at_least_a_page() {
+        let options =
+            |bytes, rings| LoadOptions { ring_buffer_bytes: bytes, rings, ..Default::default() };
+        assert_eq!(options(8 << 20, 1).each_ring_bytes(), 8 << 20);
+        assert_eq!(options(8 << 20, 4).each_ring_bytes(), 2 << 20);
+        assert_eq!(options(8 << 20, 3).each_ring_bytes(), 2 << 20, "rounded down");
+        assert_eq!(options(page_size(), 8).each_ring_bytes(), page_size());
+    }
 }
