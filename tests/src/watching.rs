@@ -1,9 +1,13 @@
 //! connwatch's correlator fed by a live session, as `connwatch watch` runs it.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use connwatch::{
-    correlate::{Correlator, DEFAULT_MAX_SOCKETS, Finding, Kind, Shards, Thresholds},
+    correlate::{Correlator, DEFAULT_MAX_SOCKETS, Finding, Kind, Shards, Tap, Thresholds},
+    decode::Event,
     inventory::socket_settings::PidfdProber,
     probes::{Filters, LoadOptions},
     sinks::clock::monotonic_ns,
@@ -32,8 +36,21 @@ pub struct Watching {
     pub session: Session,
     pub correlator: Shards,
     thresholds: Thresholds,
+    options: LoadOptions,
     pub findings: Vec<Finding>,
     fed: usize,
+    /// With several correlator threads, each reads its own ring buffer and the events it
+    /// reads are copied here (for the tests' own checks), not fed from this thread.
+    read_by_shards: Option<Arc<Mutex<Vec<Event>>>>,
+}
+
+/// Copies every event a correlator thread reads.
+struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+impl Tap for Recorder {
+    fn tap(&mut self, event: &mut Event) {
+        self.0.lock().expect("recorded events").push(event.clone());
+    }
 }
 
 impl Watching {
@@ -78,29 +95,49 @@ impl Watching {
     }
 
     fn with(filters: Filters, thresholds: Thresholds) -> Self {
+        let options = LoadOptions {
+            filters,
+            healthy_readiness: false,
+            closing_together: true,
+            ..LoadOptions::default()
+        };
         Self {
-            session: Session::start(LoadOptions {
-                filters,
-                healthy_readiness: false,
-                closing_together: true,
-                ..LoadOptions::default()
-            }),
+            session: Session::start(options.clone()),
             correlator: correlators(1, thresholds),
             thresholds,
+            options,
             findings: Vec::new(),
             fed: 0,
+            read_by_shards: None,
         }
     }
 
-    /// Joins events on `threads` correlator threads (`connwatch watch --correlator-threads`).
+    /// Joins events on `threads` correlator threads (`connwatch watch --correlator-threads`),
+    /// each reading its own ring buffer: the programs are loaded again with that many.
     pub fn sharded(mut self, threads: usize) -> Self {
         assert_eq!(self.fed, 0, "sharded before any event is fed");
+        drop(self.session);
+        self.session = Session::start(LoadOptions { rings: threads, ..self.options.clone() });
         self.correlator = correlators(threads, self.thresholds);
+        if threads > 1 {
+            let recorded = Arc::new(Mutex::new(Vec::new()));
+            let rings = self.session.tracer.hand_over_rings();
+            self.correlator.read_rings(rings, || Box::new(Recorder(Arc::clone(&recorded))));
+            self.read_by_shards = Some(recorded);
+        }
         self
     }
 
     /// Feeds new events and lets the correlator's timers run at `now`.
     fn pump(&mut self, now: u64) {
+        if let Some(recorded) = &self.read_by_shards {
+            // Each shard reads its ring buffer before it ticks.
+            self.correlator.note_lost_total(monotonic_ns(), self.session.tracer.lost_total());
+            self.findings.extend(self.correlator.tick(now));
+            self.session.events.append(&mut recorded.lock().expect("recorded events"));
+            self.fed = self.session.events.len();
+            return;
+        }
         self.session.tracer.poll(&mut self.session.events);
         self.findings.extend(self.correlator.ingest(&self.session.events[self.fed..]));
         self.fed = self.session.events.len();
@@ -126,9 +163,26 @@ impl Watching {
     }
 
     /// Waits until an event matching `what` has arrived.
-    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[connwatch::decode::Event]) -> bool) {
-        self.session.wait_until(what, done);
-        self.pump(monotonic_ns());
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) {
+        if self.read_by_shards.is_none() {
+            self.session.wait_until(what, done);
+            self.pump(monotonic_ns());
+            return;
+        }
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            self.pump(monotonic_ns());
+            if done(&self.session.events) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}; events:
+{}",
+                self.session.dump()
+            );
+            self.session.tracer.wait(Duration::from_millis(50));
+        }
     }
 
     /// Runs `load` (a benchmark, a client) on another thread while feeding events, as

@@ -125,6 +125,15 @@ fn value_of(page: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
 #[test]
 fn agent_exports_what_it_finds_with_bounded_labels_and_leaves_nothing_behind() {
     require_root();
+    // One correlator thread reading the one ring buffer, then three each reading their own
+    // (as on a host with six CPUs or more).
+    for threads in ["1", "3"] {
+        println!("--correlator-threads {threads}");
+        agent_run(threads);
+    }
+}
+
+fn agent_run(threads: &str) {
     let topology = Topology::new("agentcw");
     let cgroup = TestCgroup::new(&format!("connwatch-test-{}", std::process::id()));
     // The leak, before the agent: a server that never reads its peer's FIN.
@@ -148,6 +157,7 @@ fn agent_exports_what_it_finds_with_bounded_labels_and_leaves_nothing_behind() {
     // Only the test's ports, so no other socket on the host takes the one label value.
     let ports = [LEAK_PORT, TRAP_PORT, RTT_PORT].map(|p| p.to_string());
     let mut args = vec!["--close-wait-grace", "1", "--max-label-values", "1"];
+    args.extend(["--correlator-threads", threads]);
     args.extend(["--inventory-interval", "1"]);
     for port in &ports {
         args.extend(["--port", port.as_str()]);

@@ -105,7 +105,9 @@ fn postgresql_under_pgbench_with_and_without_reconnects_gives_no_findings() {
     init.extend(conn);
     init.push("postgres");
     servers::run(pgbench, "postgresql", &init);
-    let mut watching = Watching::as_deployed(&[port]);
+    // Three correlator threads, each reading its own ring buffer: every backend pgbench -C
+    // forks is a new connection, and their lives spread over the threads.
+    let mut watching = Watching::as_deployed(&[port]).sharded(3);
     watching.during(|| {
         for reconnect in [false, true] {
             let mut args = vec!["-T", "3", "-c", "4", "-j", "2"];
