@@ -30,24 +30,33 @@ pub fn keep_or_report(sk: u64, info: &SocketInfo, ends: &Endpoints, old: u8, new
     // SAFETY: a valid map value pointer; the kernel changes a socket's state under its lock,
     // so its changes come one at a time.
     let closing = unsafe { &mut (*entry).closing };
-    let kept = (closing.count as usize).min(CLOSING_SLOTS);
     let now = owner::now();
-    if new != TCP_CLOSE
-        && let (Some(ts_ns), Some(old_state), Some(new_state)) = (
-            closing.ts_ns.get_mut(kept),
-            closing.old_state.get_mut(kept),
-            closing.new_state.get_mut(kept),
-        )
-    {
-        (*ts_ns, *old_state, *new_state) = (now, old, new);
-        closing.count = kept as u8 + 1;
+    if new != TCP_CLOSE && keep(closing, now, old, new) {
         return true;
     }
-    if kept == 0 {
+    if closing.count == 0 {
         return false;
     }
     report(sk, info, ends, closing, Some((now, old, new)));
     true
+}
+
+/// Keeps one state change in the next free slot; false when they are full. A function of its
+/// own: inlined, the compiler bounds-checked the slot index in one register and then used a
+/// copy reloaded from the stack, which Linux 6.1's verifier cannot tie to the check.
+#[inline(never)]
+fn keep(closing: &mut Closing, now: u64, old: u8, new: u8) -> bool {
+    let kept = (closing.count as usize).min(CLOSING_SLOTS);
+    if let (Some(ts_ns), Some(old_state), Some(new_state)) = (
+        closing.ts_ns.get_mut(kept),
+        closing.old_state.get_mut(kept),
+        closing.new_state.get_mut(kept),
+    ) {
+        (*ts_ns, *old_state, *new_state) = (now, old, new);
+        closing.count = kept as u8 + 1;
+        return true;
+    }
+    false
 }
 
 /// The kernel destroys `sk`: reports the changes still kept, if any.

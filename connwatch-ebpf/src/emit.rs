@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_get_current_comm,
-    maps::{RingBuf, ring_buf::RingBufEntry},
+    maps::ring_buf::RingBufEntry,
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
@@ -88,7 +88,8 @@ pub fn emit_standing_for<T: 'static>(
     ends: &Endpoints,
     body: impl FnOnce(&mut T),
 ) {
-    let Some((mut entry, wakeup)) = reserve::<T>(info.route) else {
+    let route = info.route;
+    let Some(mut entry) = reserve::<T>(route) else {
         count_lost(events.0, events.1);
         return;
     };
@@ -110,35 +111,65 @@ pub fn emit_standing_for<T: 'static>(
     sock::fill_addresses(sk, ends, header);
     // SAFETY: as above; `body` writes the remaining fields, including padding.
     body(unsafe { &mut *record });
-    entry.submit(wakeup);
+    entry.submit(wakeup_flags(route));
 }
 
-/// A `T` reserved in the ring buffer that carries the records of the socket life with this
-/// `route`, and the flags to submit it with. Each ring is named in a branch of its own: the
-/// verifier takes a map only as a constant.
+/// The ring buffer that carries the records of the socket life with this `route`. Each ring is
+/// named in a branch of its own: the verifier takes a map only as a constant. With one ring
+/// (`CONFIG` is read-only), the verifier follows the first branch alone.
+macro_rules! in_ring_of {
+    ($route:expr, |$ring:ident| $use:expr) => {
+        match ring_of($route, conf!(rings)) {
+            0 => {
+                let $ring = &EVENTS;
+                $use
+            }
+            1 => {
+                let $ring = &EVENTS_1;
+                $use
+            }
+            2 => {
+                let $ring = &EVENTS_2;
+                $use
+            }
+            3 => {
+                let $ring = &EVENTS_3;
+                $use
+            }
+            4 => {
+                let $ring = &EVENTS_4;
+                $use
+            }
+            5 => {
+                let $ring = &EVENTS_5;
+                $use
+            }
+            6 => {
+                let $ring = &EVENTS_6;
+                $use
+            }
+            _ => {
+                let $ring = &EVENTS_7;
+                $use
+            }
+        }
+    };
+}
+
 #[inline(always)]
-fn reserve<T: 'static>(route: u16) -> Option<(RingBufEntry<T>, u64)> {
-    match ring_of(route, conf!(rings)) {
-        0 => reserve_in(&EVENTS),
-        1 => reserve_in(&EVENTS_1),
-        2 => reserve_in(&EVENTS_2),
-        3 => reserve_in(&EVENTS_3),
-        4 => reserve_in(&EVENTS_4),
-        5 => reserve_in(&EVENTS_5),
-        6 => reserve_in(&EVENTS_6),
-        _ => reserve_in(&EVENTS_7),
-    }
+fn reserve<T: 'static>(route: u16) -> Option<RingBufEntry<T>> {
+    in_ring_of!(route, |ring| ring.reserve::<T>(0))
 }
 
 /// Wakes userspace only when enough has piled up; otherwise it drains on its own timer.
 #[inline(always)]
-fn reserve_in<T: 'static>(ring: &RingBuf) -> Option<(RingBufEntry<T>, u64)> {
-    let wakeup = if ring.query(BPF_RB_AVAIL_DATA as u64) >= conf!(wakeup_bytes) {
+fn wakeup_flags(route: u16) -> u64 {
+    let waiting = in_ring_of!(route, |ring| ring.query(BPF_RB_AVAIL_DATA as u64));
+    if waiting >= conf!(wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
-    };
-    Some((ring.reserve::<T>(0)?, wakeup))
+    }
 }
 
 #[inline(always)]

@@ -4,7 +4,9 @@
 //! interrupted (on loopback, often the peer). The owner is therefore recorded only where the
 //! socket is touched in process context and looked up everywhere else.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+};
 use connwatch_common::{
     names::LATEST_LIFE_SLOTS,
     socket::{CLOSING_SLOTS, Closing, ListenerKey, Owner, SocketEntry, SocketInfo, route_of_life},
@@ -33,12 +35,13 @@ pub fn now() -> u64 {
 #[inline(always)]
 pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
     let birth_ns = now() & !ADOPTED;
-    let route = route_of_life(sk, birth_ns);
-    if let Some(latest) = LATEST_LIVES.get_ptr_mut(latest_slot(sk)) {
+    let addr = as_number(sk);
+    let route = route_of_life(addr, birth_ns);
+    if let Some(latest) = LATEST_LIVES.get_ptr_mut(latest_slot(addr)) {
         // SAFETY: a valid map value pointer. A racing writer at the same slot may leave the
         // other's address with this route: an adopted identity there then takes this route.
         unsafe {
-            (*latest).sk = sk;
+            (*latest).sk = addr;
             (*latest).route = route;
         }
     }
@@ -46,18 +49,29 @@ pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
 }
 
 /// The route of an identity adopted at `sk` born at `birth_ns`: the latest life begun there,
-/// if its slot still holds it, for that life may be this one (`LatestLife`).
-#[inline(always)]
+/// if its slot still holds it, for that life may be this one (`LatestLife`). Out of line: its
+/// locals would otherwise join the frames of the readiness programs, whose combined stack is
+/// near the 512-byte limit.
+#[inline(never)]
 fn adopted_route(sk: u64, birth_ns: u64) -> u16 {
-    match LATEST_LIVES.get(latest_slot(sk)) {
-        Some(latest) if latest.sk == sk => latest.route,
-        _ => route_of_life(sk, birth_ns),
+    let addr = as_number(sk);
+    match LATEST_LIVES.get(latest_slot(addr)) {
+        Some(latest) if latest.sk == addr => latest.route,
+        _ => route_of_life(addr, birth_ns),
     }
 }
 
 #[inline(always)]
-fn latest_slot(sk: u64) -> u32 {
-    (sk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 % LATEST_LIFE_SLOTS
+fn latest_slot(addr: u64) -> u32 {
+    (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 % LATEST_LIFE_SLOTS
+}
+
+/// The socket's address as a plain number, for arithmetic: fentry and fexit programs hold it
+/// as a typed pointer, which the verifier lets no multiplication touch. Once per life.
+#[inline(always)]
+fn as_number(sk: u64) -> u64 {
+    // SAFETY: reads 8 bytes of this program's own stack.
+    unsafe { bpf_probe_read_kernel(&raw const sk) }.unwrap_or(0)
 }
 
 /// An identity for a socket met mid-life: born now, adopted.

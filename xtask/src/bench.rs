@@ -256,7 +256,7 @@ fn estimate_s(args: &BenchArgs) -> f64 {
         total += 60.0 + f64::from(args.rounds) * 5.0 * (f64::from(args.mechanism_seconds) + 150.0);
     }
     if args.only.contains(&Workload::Parallel) {
-        total += 3.0 * (f64::from(args.parallel_seconds) + TRACER_OVERHEAD_S);
+        total += 4.0 * f64::from(args.parallel_seconds) + 3.0 * TRACER_OVERHEAD_S;
     }
     total
 }

@@ -1,8 +1,9 @@
 //! Parallel churn: 2 x cores `cw-churner` processes (the tests' correct churn program: one-byte
-//! echo, SO_LINGER 0 close) at full speed, under `connwatch trace`, `connwatch watch` and
-//! `connwatch agent` (their default correlator threads). Under trace, every event's socket id is
-//! checked against the port pair it carries: no id may carry two connections. Under watch and
-//! the agent, a correct program must give no finding.
+//! echo, SO_LINGER 0 close) at full speed, untraced, then under `connwatch trace`, `connwatch
+//! watch` and `connwatch agent` (their default correlator threads). Under trace, every event's
+//! socket id is checked against the port pair it carries: no id may carry two connections.
+//! Under watch and the agent, a correct program must give no finding. Each run's connections
+//! against the untraced run's are what the tracer kept; its lost share is lost / (seen + lost).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,6 +32,7 @@ pub struct ParallelRun {
     pub sock_ids_with_two_connections: u64,
     /// watch, agent: findings reported.
     pub findings: u64,
+    pub events_seen: u64,
     pub events_lost: u64,
 }
 
@@ -51,10 +53,45 @@ pub fn build_churner() -> anyhow::Result<PathBuf> {
 pub fn run(connwatch: &Path, churner: &Path, seconds: u32) -> anyhow::Result<Vec<ParallelRun>> {
     let processes = 2 * thread::available_parallelism().map_or(2, |n| n.get());
     let ports: Vec<u16> = (0..processes as u16).map(|i| FIRST_PORT + i).collect();
-    ["trace", "watch", "agent"]
-        .into_iter()
-        .map(|mode| one(mode, connwatch, churner, &ports, seconds))
-        .collect()
+    let untraced = ParallelRun {
+        mode: "untraced",
+        processes,
+        seconds,
+        connections: churn(churner, &ports, seconds)?,
+        sock_ids_checked: 0,
+        sock_ids_with_two_connections: 0,
+        findings: 0,
+        events_seen: 0,
+        events_lost: 0,
+    };
+    let mut runs = vec![untraced];
+    for mode in ["trace", "watch", "agent"] {
+        runs.push(one(mode, connwatch, churner, &ports, seconds)?);
+    }
+    Ok(runs)
+}
+
+/// Runs one churner per port for `seconds`; returns the connections they made.
+fn churn(churner: &Path, ports: &[u16], seconds: u32) -> anyhow::Result<u64> {
+    let churners: Vec<Child> = ports
+        .iter()
+        .map(|port| {
+            Command::new(churner)
+                .args([&port.to_string(), &seconds.to_string(), "0"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting cw-churner")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut connections = 0;
+    for churner in churners {
+        let out = churner.wait_with_output()?;
+        if !out.status.success() {
+            bail!("cw-churner failed ({})", out.status);
+        }
+        connections += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+    }
+    Ok(connections)
 }
 
 fn one(
@@ -88,24 +125,7 @@ fn one(
         other => bail!("connwatch {mode} did not get ready: {other:?}"),
     }
     let reader = thread::spawn(move || Tally::read(lines));
-    let churners: Vec<Child> = ports
-        .iter()
-        .map(|port| {
-            Command::new(churner)
-                .args([&port.to_string(), &seconds.to_string(), "0"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("starting cw-churner")
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut connections = 0;
-    for churner in churners {
-        let out = churner.wait_with_output()?;
-        if !out.status.success() {
-            bail!("cw-churner failed ({})", out.status);
-        }
-        connections += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
-    }
+    let connections = churn(churner, ports, seconds)?;
     // SAFETY: signalling our own child; SIGTERM makes connwatch drain and print its summary.
     unsafe { libc::kill(tracer.id() as i32, libc::SIGTERM) };
     tracer.wait()?;
@@ -119,6 +139,7 @@ fn one(
         sock_ids_checked: tally.pairs.len() as u64,
         sock_ids_with_two_connections: reused,
         findings: tally.findings,
+        events_seen: tally.seen,
         events_lost: tally.lost,
     })
 }
@@ -127,6 +148,7 @@ fn one(
 struct Tally {
     pairs: HashMap<String, HashSet<(u16, u16)>>,
     findings: u64,
+    seen: u64,
     lost: u64,
 }
 
@@ -141,6 +163,8 @@ impl Tally {
                 tally.findings += 1;
             } else if line.starts_with("{\"type\":\"summary\"") {
                 let summary: serde_json::Value = serde_json::from_str(&line)?;
+                let events = summary["events"].as_object().into_iter().flat_map(|e| e.values());
+                tally.seen = events.filter_map(|v| v.as_u64()).sum();
                 tally.lost = ["lost", "skipped"]
                     .iter()
                     .filter_map(|key| summary[key].as_object())
@@ -177,18 +201,35 @@ pub fn markdown(runs: &[ParallelRun]) -> String {
             first.processes, first.seconds
         );
     }
-    md += "| mode | connections | socket ids checked | ids with two connections | findings | events lost |\n";
-    md += "|---|---:|---:|---:|---:|---:|\n";
+    md += "| mode | connections | kept | socket ids checked | ids with two connections | findings | events lost | share lost |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    let untraced = runs.iter().find(|r| r.mode == "untraced").map(|r| r.connections);
     for r in runs {
+        let kept = match untraced {
+            Some(base) if base > 0 && r.mode != "untraced" => {
+                format!("{:.2}", r.connections as f64 / base as f64)
+            }
+            _ => "–".into(),
+        };
+        let all = r.events_seen + r.events_lost;
+        let share = if all > 0 {
+            format!("{:.1}%", 100.0 * r.events_lost as f64 / all as f64)
+        } else {
+            "–".into()
+        };
         let checked = if r.mode == "trace" { r.sock_ids_checked.to_string() } else { "–".into() };
         let reused = if r.mode == "trace" {
             r.sock_ids_with_two_connections.to_string()
         } else {
             "–".into()
         };
+        let (findings, lost) = match r.mode {
+            "untraced" => ("–".into(), "–".into()),
+            _ => (r.findings.to_string(), r.events_lost.to_string()),
+        };
         md += &format!(
-            "| {} | {} | {checked} | {reused} | {} | {} |\n",
-            r.mode, r.connections, r.findings, r.events_lost
+            "| {} | {} | {kept} | {checked} | {reused} | {findings} | {lost} | {share} |\n",
+            r.mode, r.connections
         );
     }
     md
