@@ -52,14 +52,13 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(listener, registry));
     let mut sink = output(args.watch.common.json, false);
     let thresholds = args.watch.thresholds.thresholds();
-    let correlator =
+    let mut correlator =
         Shards::new(args.watch.correlator_count(), args.watch.thresholds.max_sockets, |each| {
             Correlator::new(thresholds, each).with_prober(Box::new(feed.prober()))
         });
     let labeler = Arc::new(Mutex::new(Labeler::new(args.max_label_values)));
     let joins = Arc::new(RwLock::new(Joins::default()));
     let make_tap = || AgentTap::new(metrics.clone(), Arc::clone(&labeler), Arc::clone(&joins));
-    let mut correlator = correlator;
     if tracer.ring_count() > 1 {
         correlator.read_rings(tracer.hand_over_rings(), || Box::new(make_tap()));
     }
