@@ -123,9 +123,13 @@ impl WatchArgs {
         self.correlator_threads.0.unwrap_or_else(Shards::auto_count)
     }
 
-    /// One ring buffer per correlator thread: each reads its own.
+    /// One ring buffer per correlator thread, each reading its own, where the kernel allows
+    /// ([`crate::probes::ring_count`]).
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { rings: self.correlator_count(), ..self.common.load_options() }
+        LoadOptions {
+            rings: crate::probes::ring_count(self.correlator_count()),
+            ..self.common.load_options()
+        }
     }
 }
 

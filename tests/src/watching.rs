@@ -113,13 +113,15 @@ impl Watching {
     }
 
     /// Joins events on `threads` correlator threads (`connwatch watch --correlator-threads`),
-    /// each reading its own ring buffer: the programs are loaded again with that many.
+    /// each reading its own ring buffer where the kernel allows (the programs are loaded again
+    /// with that many); elsewhere they share one, split on this thread.
     pub fn sharded(mut self, threads: usize) -> Self {
         assert_eq!(self.fed, 0, "sharded before any event is fed");
-        drop(self.session);
-        self.session = Session::start(LoadOptions { rings: threads, ..self.options.clone() });
         self.correlator = correlators(threads, self.thresholds);
-        if threads > 1 {
+        let rings = connwatch::probes::ring_count(threads);
+        if rings > 1 {
+            drop(self.session);
+            self.session = Session::start(LoadOptions { rings, ..self.options.clone() });
             let recorded = Arc::new(Mutex::new(Vec::new()));
             let rings = self.session.tracer.hand_over_rings();
             self.correlator.read_rings(rings, || Box::new(Recorder(Arc::clone(&recorded))));

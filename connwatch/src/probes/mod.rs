@@ -213,6 +213,18 @@ impl Probes {
     }
 }
 
+/// How many ring buffers `threads` correlator threads read on this kernel: one each where its
+/// verifier has been seen to check the programs for several in about the time it takes for one
+/// (6.18: a 0.5 s `watch` run took 1.89 s wall with 8, 1.82 s with one). Linux 6.1's had not finished in 10 minutes under
+/// emulation (`cargo xtask vm-test`), where one ring takes about one; there the threads share
+/// one ring buffer, split by address on the reading thread, as before.
+pub fn ring_count(threads: usize) -> usize {
+    if kernel_at_least(MANY_RINGS_FROM) { threads.clamp(1, MAX_RINGS) } else { 1 }
+}
+
+/// The oldest kernel several ring buffers are loaded on (the newest one tested).
+pub const MANY_RINGS_FROM: (u32, u32) = (6, 18);
+
 impl LoadOptions {
     /// Each ring buffer's share of `ring_buffer_bytes`: a power of two, at least a page.
     pub fn each_ring_bytes(&self) -> u32 {
