@@ -65,12 +65,14 @@ async fn stream(
     duration: Option<Duration>,
     consumer: &mut dyn Consumer,
 ) -> io::Result<()> {
-    // Duplicates of the fds of the ring buffers read here: readiness without borrowing the
-    // tracer.
+    // Duplicates of the fds of the ring buffers read here (none where the correlator threads
+    // read them): readiness without borrowing the tracer.
     let mut rings = Vec::new();
-    for fd in tracer.ring_fds().filter(|_| tracer.reads_rings()) {
-        // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.
-        rings.push(unsafe { AsyncFd::register(fd.try_clone_to_owned()?)? });
+    if tracer.reads_rings() {
+        for fd in tracer.ring_fds() {
+            // SAFETY: the AsyncFd owns this duplicate; nothing else closes or replaces it.
+            rings.push(unsafe { AsyncFd::register(fd.try_clone_to_owned()?)? });
+        }
     }
     let mut tick = interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

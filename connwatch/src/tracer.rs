@@ -148,15 +148,14 @@ impl Tracer {
         taken
     }
 
-    /// Hands the ring buffers over, to be read on the correlator threads: [`Self::poll`] then
-    /// takes nothing, and their readiness ([`Self::ring_fds`]) is to be passed on.
+    /// Hands the ring buffers over, to be read on the correlator threads, where there are
+    /// several (one per thread): [`Self::poll`] then takes nothing. A single ring buffer stays
+    /// here (the result is empty).
     pub fn hand_over_rings(&mut self) -> Vec<Reader> {
-        std::mem::take(&mut self.readers)
-    }
-
-    /// How many ring buffers carry the records.
-    pub fn ring_count(&self) -> usize {
-        self.wake_fds.len()
+        match self.readers.len() {
+            0 | 1 => Vec::new(),
+            _ => std::mem::take(&mut self.readers),
+        }
     }
 
     /// Whether [`Self::poll`] reads the ring buffers (they were not handed over).

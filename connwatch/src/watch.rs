@@ -37,9 +37,7 @@ pub async fn watch(
     let started = Instant::now();
     let mut tracer = Tracer::start(options)?;
     let mut watcher = Watcher::new(correlators, sink);
-    if tracer.ring_count() > 1 {
-        watcher.correlator.read_rings(tracer.hand_over_rings(), || Box::new(NoTap));
-    }
+    watcher.correlator.read_rings(tracer.hand_over_rings(), || Box::new(NoTap));
     let outcome = match watcher.sink.ready(&tracer.ready()) {
         Ok(()) => pipeline::run(&mut tracer, duration, &mut watcher).await,
         Err(e) => Err(e),

@@ -59,9 +59,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     let labeler = Arc::new(Mutex::new(Labeler::new(args.max_label_values)));
     let joins = Arc::new(RwLock::new(Joins::default()));
     let make_tap = || AgentTap::new(metrics.clone(), Arc::clone(&labeler), Arc::clone(&joins));
-    if tracer.ring_count() > 1 {
-        correlator.read_rings(tracer.hand_over_rings(), || Box::new(make_tap()));
-    }
+    correlator.read_rings(tracer.hand_over_rings(), || Box::new(make_tap()));
     let mut agent = Agent {
         correlator,
         tap: make_tap(),
