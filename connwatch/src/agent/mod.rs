@@ -242,6 +242,7 @@ impl Consumer for Agent<'_> {
         for event in events.iter_mut() {
             self.tap.tap(event);
         }
+        self.tap.flush();
         self.ended.extend(self.tap.ended());
         for finding in self.correlator.ingest_taken(events) {
             self.report(finding)?;

@@ -5,11 +5,14 @@
 
 use std::collections::HashMap;
 
-use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     decode::{Direction, Owner},
-    sinks::metrics::{Metrics, ProcessLabels, ResetLabels},
+    sinks::{
+        metrics::{Metrics, ProcessLabels, ResetLabels},
+        shared_histogram::Local,
+    },
 };
 
 /// Processes whose series are kept; all are forgotten when more come (found again on use).
@@ -22,8 +25,9 @@ pub struct ProcessSeries {
     labels: ProcessLabels,
     resets: [Option<Counter>; 2],
     retransmits: Option<Counter>,
-    rtt: Option<Histogram>,
-    duration: Option<Histogram>,
+    /// This thread's observations, added to the family's at each [`SeriesCache::flush`].
+    rtt: Option<Local>,
+    duration: Option<Local>,
 }
 
 impl ProcessSeries {
@@ -45,14 +49,18 @@ impl ProcessSeries {
         self.retransmits.get_or_insert_with(|| metrics.retransmits.get_or_create(labels).clone())
     }
 
-    pub fn rtt(&mut self, metrics: &Metrics) -> &Histogram {
+    pub fn rtt(&mut self, metrics: &Metrics) -> &mut Local {
         let labels = &self.labels;
-        self.rtt.get_or_insert_with(|| metrics.rtt.get_or_create(labels).clone())
+        self.rtt.get_or_insert_with(|| metrics.rtt.get_or_create(labels).local())
     }
 
-    pub fn duration(&mut self, metrics: &Metrics) -> &Histogram {
+    pub fn duration(&mut self, metrics: &Metrics) -> &mut Local {
         let labels = &self.labels;
-        self.duration.get_or_insert_with(|| metrics.duration.get_or_create(labels).clone())
+        self.duration.get_or_insert_with(|| metrics.duration.get_or_create(labels).local())
+    }
+
+    fn flush(&mut self) {
+        self.rtt.iter_mut().chain(&mut self.duration).for_each(Local::flush);
     }
 }
 
@@ -70,6 +78,11 @@ impl SeriesCache {
             name[..bytes.len()].copy_from_slice(bytes);
         }
         (owner.map_or(0, |o| o.pid), name)
+    }
+
+    /// Adds the observations held for every process to the exported histograms.
+    pub fn flush(&mut self) {
+        self.by_process.values_mut().for_each(ProcessSeries::flush);
     }
 
     /// The process's series, its labels made by `labels` (comm, cgroup) the first time.

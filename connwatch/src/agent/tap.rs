@@ -138,6 +138,10 @@ impl Tap for AgentTap {
     fn ended(&mut self) -> Vec<SockId> {
         std::mem::take(&mut self.ended)
     }
+
+    fn flush(&mut self) {
+        self.series.flush();
+    }
 }
 
 /// Events after which the connection is over for the application.

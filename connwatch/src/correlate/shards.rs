@@ -201,6 +201,9 @@ pub trait Tap: Send {
     fn ended(&mut self) -> Vec<SockId> {
         Vec::new()
     }
+
+    /// After each batch of events read: what the tap holds for others to see is published.
+    fn flush(&mut self) {}
 }
 
 /// A tap that leaves every event as it is.
@@ -540,6 +543,7 @@ impl Shard {
                 break;
             }
         }
+        source.tap.flush();
         self.ended.extend(source.tap.ended());
     }
 

@@ -8,14 +8,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets},
     registry::Registry,
 };
+
+use super::shared_histogram::SharedHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FindingLabels {
@@ -88,8 +85,9 @@ pub struct Metrics {
     pub sockets: Family<StateLabels, Gauge>,
     pub resets: Family<ResetLabels, Counter>,
     pub retransmits: Family<ProcessLabels, Counter>,
-    pub rtt: Family<ProcessLabels, Histogram, fn() -> Histogram>,
-    pub duration: Family<ProcessLabels, Histogram, fn() -> Histogram>,
+    /// Filled by every correlator thread: see [`SharedHistogram`].
+    pub rtt: Family<ProcessLabels, SharedHistogram, fn() -> SharedHistogram>,
+    pub duration: Family<ProcessLabels, SharedHistogram, fn() -> SharedHistogram>,
     pub events: Family<TypeLabels, Counter>,
     pub events_lost: Family<TypeLabels, Counter>,
     pub events_skipped: Family<HookLabels, Counter>,
@@ -112,11 +110,11 @@ impl Metrics {
             retransmits: Family::default(),
             // 10 µs (loopback) to ~21 s.
             rtt: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(1e-5, 2.0, 22))
+                SharedHistogram::new(exponential_buckets(1e-5, 2.0, 22))
             }),
             // 1 ms to ~12 days.
             duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(1e-3, 4.0, 15))
+                SharedHistogram::new(exponential_buckets(1e-3, 4.0, 15))
             }),
             events: Family::default(),
             events_lost: Family::default(),
@@ -224,8 +222,8 @@ mod tests {
         let r = ResetLabels { direction: "rx".into(), comm: "c".into(), cgroup: "/".into() };
         m.resets.get_or_create(&r).inc();
         m.retransmits.get_or_create(&p()).inc();
-        m.rtt.get_or_create(&p()).observe(0.001);
-        m.duration.get_or_create(&p()).observe(2.0);
+        m.rtt.get_or_create(&p()).local().observe(0.001);
+        m.duration.get_or_create(&p()).local().observe(2.0);
         m.events.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
         m.events_lost.get_or_create(&TypeLabels { r#type: "state".into() }).inc();
         m.events_skipped

@@ -7,6 +7,7 @@ mod human;
 mod json;
 mod json_line;
 pub mod metrics;
+pub mod shared_histogram;
 pub mod summary;
 
 use std::io;
