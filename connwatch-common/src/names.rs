@@ -2,9 +2,25 @@
 
 /// The ring buffers, in order: records go to `EVENTS` alone unless the loader asks for more
 /// (one per correlator thread).
-pub const MAP_EVENTS: [&str; MAX_RINGS] =
-    ["EVENTS", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7"];
-pub const MAX_RINGS: usize = 8;
+pub const MAP_EVENTS: [&str; MAX_RINGS] = [
+    "EVENTS",
+    "EVENTS_1",
+    "EVENTS_2",
+    "EVENTS_3",
+    "EVENTS_4",
+    "EVENTS_5",
+    "EVENTS_6",
+    "EVENTS_7",
+    "EVENTS_8",
+    "EVENTS_9",
+    "EVENTS_10",
+    "EVENTS_11",
+    "EVENTS_12",
+    "EVENTS_13",
+    "EVENTS_14",
+    "EVENTS_15",
+];
+pub const MAX_RINGS: usize = 16;
 pub const MAP_LOST: &str = "LOST";
 pub const MAP_SOCKETS: &str = "SOCKETS";
 pub const MAP_LISTENERS: &str = "LISTENERS";

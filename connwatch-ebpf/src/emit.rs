@@ -18,7 +18,8 @@ use crate::{
     config::conf,
     maps::{
         COUNTERS, EVENTS, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7,
-        LOST, PID_FILTER, PORT_FILTER,
+        EVENTS_8, EVENTS_9, EVENTS_10, EVENTS_11, EVENTS_12, EVENTS_13, EVENTS_14, EVENTS_15, LOST,
+        PID_FILTER, PORT_FILTER,
     },
     owner::{self, now},
     policy::Span,
@@ -118,40 +119,28 @@ pub fn emit_standing_for<T: 'static>(
 /// named in a branch of its own: the verifier takes a map only as a constant. With one ring
 /// (`CONFIG` is read-only), the verifier follows the first branch alone.
 macro_rules! in_ring_of {
+    (@use $map:ident, $ring:ident, $use:expr) => {{
+        let $ring = &$map;
+        $use
+    }};
     ($route:expr, |$ring:ident| $use:expr) => {
         match ring_of($route, conf!(rings)) {
-            0 => {
-                let $ring = &EVENTS;
-                $use
-            }
-            1 => {
-                let $ring = &EVENTS_1;
-                $use
-            }
-            2 => {
-                let $ring = &EVENTS_2;
-                $use
-            }
-            3 => {
-                let $ring = &EVENTS_3;
-                $use
-            }
-            4 => {
-                let $ring = &EVENTS_4;
-                $use
-            }
-            5 => {
-                let $ring = &EVENTS_5;
-                $use
-            }
-            6 => {
-                let $ring = &EVENTS_6;
-                $use
-            }
-            _ => {
-                let $ring = &EVENTS_7;
-                $use
-            }
+            0 => in_ring_of!(@use EVENTS, $ring, $use),
+            1 => in_ring_of!(@use EVENTS_1, $ring, $use),
+            2 => in_ring_of!(@use EVENTS_2, $ring, $use),
+            3 => in_ring_of!(@use EVENTS_3, $ring, $use),
+            4 => in_ring_of!(@use EVENTS_4, $ring, $use),
+            5 => in_ring_of!(@use EVENTS_5, $ring, $use),
+            6 => in_ring_of!(@use EVENTS_6, $ring, $use),
+            7 => in_ring_of!(@use EVENTS_7, $ring, $use),
+            8 => in_ring_of!(@use EVENTS_8, $ring, $use),
+            9 => in_ring_of!(@use EVENTS_9, $ring, $use),
+            10 => in_ring_of!(@use EVENTS_10, $ring, $use),
+            11 => in_ring_of!(@use EVENTS_11, $ring, $use),
+            12 => in_ring_of!(@use EVENTS_12, $ring, $use),
+            13 => in_ring_of!(@use EVENTS_13, $ring, $use),
+            14 => in_ring_of!(@use EVENTS_14, $ring, $use),
+            _ => in_ring_of!(@use EVENTS_15, $ring, $use),
         }
     };
 }

@@ -17,24 +17,23 @@ use connwatch_common::{
 
 use crate::{syscall::KeptCall, understudy::LeadNotes};
 
-/// Every record, in order, when one ring buffer carries them all; else those of the sockets
-/// `ring_of` gives 0. The loader sizes every ring (`--ring-buffer-size`; a page if unused).
-#[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_1")]
-pub static EVENTS_1: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_2")]
-pub static EVENTS_2: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_3")]
-pub static EVENTS_3: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_4")]
-pub static EVENTS_4: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_5")]
-pub static EVENTS_5: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_6")]
-pub static EVENTS_6: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map(name = "EVENTS_7")]
-pub static EVENTS_7: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+/// Declares the ring buffers, each a static named as its map (`connwatch_common::names`).
+macro_rules! rings {
+    ($($ring:ident),+) => {
+        $(
+            #[map]
+            pub static $ring: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+        )+
+    };
+}
+
+// Every record, in order, when one ring buffer carries them all; else each goes to the ring
+// `ring_of` gives its socket life. The loader sizes every ring (`--ring-buffer-size`; a page
+// if unused).
+rings!(
+    EVENTS, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7, EVENTS_8,
+    EVENTS_9, EVENTS_10, EVENTS_11, EVENTS_12, EVENTS_13, EVENTS_14, EVENTS_15
+);
 
 /// Failed reservations, per CPU and per event kind: nothing is lost without being counted.
 #[map(name = "LOST")]

@@ -108,13 +108,13 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
     /// Threads that join the kernel's events to what applications saw, each owning a share of
-    /// the connections and reading its own ring buffer (`auto`: one per two CPUs, at most 8).
+    /// the connections and reading its own ring buffer (`auto`: one per CPU, at most 16).
     /// More keep up with more connections a second.
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_correlator_threads)]
     pub correlator_threads: CorrelatorThreads,
 }
 
-/// `--correlator-threads`: a number, or `None` for one per two CPUs.
+/// `--correlator-threads`: a number, or `None` for one per CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct CorrelatorThreads(pub Option<usize>);
 
@@ -434,6 +434,8 @@ mod tests {
             (&["bogus"], ErrorKind::InvalidSubcommand),
             (&["watch", "--retrans-threshold", "0"], ErrorKind::ValueValidation),
             (&["watch", "--max-sockets", "0"], ErrorKind::ValueValidation),
+            (&["watch", "--correlator-threads", "0"], ErrorKind::ValueValidation),
+            (&["watch", "--correlator-threads", "17"], ErrorKind::ValueValidation),
             (&["watch", "--close-wait-grace", "-1"], ErrorKind::UnknownArgument),
             (&["--json", "trace"], ErrorKind::ArgumentConflict),
         ];

@@ -60,12 +60,14 @@ impl Shards {
         Self { inner }
     }
 
-    /// How many correlators `auto` runs on this host: one per two CPUs (one below four). Each
-    /// reads its own ring buffer, and a thread costs nothing while its sockets are quiet; on a
-    /// busy host each gets only its fair share of a CPU, so the work needs several.
+    /// How many correlators `auto` runs on this host: one per CPU, at most [`MOST_SHARDS`].
+    /// Each reads its own ring buffer, and a thread costs nothing while its sockets are quiet.
+    /// On a host whose CPUs a workload saturates, each thread gets only its fair share of a
+    /// CPU: one per two CPUs then fell behind on 16 CPUs, the work of each a little more than
+    /// its share (docs/benchmarks.md, session 17).
     pub fn auto_count() -> usize {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-        (cpus / 2).clamp(1, MOST_SHARDS)
+        cpus.clamp(1, MOST_SHARDS)
     }
 
     /// Joins `events` (in the order the kernel delivered them); returns the findings completed
