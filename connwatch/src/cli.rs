@@ -73,9 +73,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Kernel ring buffer size: a power of two of at least 4K (suffixes K and M). With several
-    /// correlator threads, their ring buffers share it equally.
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
-    pub ring_buffer_size: u32,
+    /// correlator threads, their ring buffers share it equally. [default: 8M, or 1M per
+    /// correlator thread where that is more]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_buffer_size: Option<u32>,
     /// How to attach to the kernel: auto picks, per hook, the cheapest mechanism this kernel
     /// offers; any other value is required of every hook that has a variant of it.
     #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
@@ -126,10 +127,9 @@ impl WatchArgs {
     /// One ring buffer per correlator thread, each reading its own, where the kernel allows
     /// ([`crate::probes::ring_count`]).
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            rings: crate::probes::ring_count(self.correlator_count()),
-            ..self.common.load_options()
-        }
+        let rings = crate::probes::ring_count(self.correlator_count());
+        let bytes = self.common.ring_buffer_size.unwrap_or_else(|| default_ring_bytes(rings));
+        LoadOptions { rings, ring_buffer_bytes: bytes, ..self.common.load_options() }
     }
 }
 
@@ -212,7 +212,7 @@ impl CommonArgs {
                 AttachChoice::Kprobe => AttachMode::Prefer(Mechanism::Kprobe),
                 AttachChoice::Fentry => AttachMode::Prefer(Mechanism::Fentry),
             },
-            ring_buffer_bytes: self.ring_buffer_size,
+            ring_buffer_bytes: self.ring_buffer_size.unwrap_or(DEFAULT_RING_BUFFER_BYTES),
             rings: 1,
             filters: Filters {
                 pids: self.pids.clone(),
@@ -293,6 +293,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: the duration must be a positive number of seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The ring buffers' size unless `--ring-buffer-size` says otherwise: 8 MiB, or 1 MiB for
+/// each of `rings` where that is more. On 16 CPUs, sixteen rings of 512 KiB each held about
+/// 15 ms of a churning host's records, and a thread that waited longer for a CPU lost some
+/// (docs/benchmarks.md, session 17).
+pub fn default_ring_bytes(rings: usize) -> u32 {
+    let each_at_least = 1 << 20;
+    (each_at_least * rings as u32).next_power_of_two().max(DEFAULT_RING_BUFFER_BYTES)
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -402,6 +411,20 @@ mod tests {
         assert!(!watch(&["watch"]).common.load_options().healthy_readiness);
         assert!(!o.closing_together, "trace reports every state change as it happens");
         assert!(watch(&["watch"]).common.load_options().closing_together);
+    }
+
+    #[test]
+    fn the_default_ring_size_gives_each_of_many_rings_a_mebibyte() {
+        assert_eq!(super::default_ring_bytes(1), DEFAULT_RING_BUFFER_BYTES);
+        assert_eq!(super::default_ring_bytes(8), DEFAULT_RING_BUFFER_BYTES);
+        assert_eq!(super::default_ring_bytes(12), 16 << 20);
+        assert_eq!(super::default_ring_bytes(16), 16 << 20);
+        let sixteen = watch(&["watch", "--correlator-threads", "16"]).load_options();
+        if sixteen.rings == 16 {
+            assert_eq!(sixteen.each_ring_bytes(), 1 << 20);
+        }
+        let asked = watch(&["watch", "--correlator-threads", "16", "--ring-buffer-size", "4M"]);
+        assert_eq!(asked.load_options().ring_buffer_bytes, 4 << 20, "a size asked for is kept");
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Tracer {
             wake_fds,
             loss,
             logger,
-            ring_buffer_bytes: options.ring_buffer_bytes,
+            ring_buffer_bytes: options.ring_bytes_total(),
             skips: RefCell::default(),
             ring_lost: Cell::new((0, u64::MAX)),
             cost_at_detach: None,

@@ -48,7 +48,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<()> {
     // What predates the agent, read once the probes see everything that happens after.
     let feed = InventoryFeed::start(args.inventory_interval)?;
     caps::keep_only(&[]).context("dropping capabilities after attaching")?;
-    let (metrics, registry) = Metrics::new(options.ring_buffer_bytes);
+    let (metrics, registry) = Metrics::new(options.ring_bytes_total());
     let server = tokio::spawn(http::serve(listener, registry));
     let mut sink = output(args.watch.common.json, false);
     let thresholds = args.watch.thresholds.thresholds();

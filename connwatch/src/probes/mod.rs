@@ -231,6 +231,12 @@ impl LoadOptions {
         let share = self.ring_buffer_bytes / self.rings.max(1) as u32;
         (1 << share.max(1).ilog2()).max(page_size())
     }
+
+    /// What the ring buffers hold together: less than `ring_buffer_bytes` where its share is
+    /// not a power of two.
+    pub fn ring_bytes_total(&self) -> u32 {
+        self.each_ring_bytes() * self.rings.max(1) as u32
+    }
 }
 
 fn page_size() -> u32 {
