@@ -297,7 +297,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The ring buffers' size unless `--ring-buffer-size` says otherwise: 8 MiB, or 1 MiB for
 /// each of `rings` where that is more. On 16 CPUs, sixteen rings of 512 KiB each held about
-/// 15 ms of a churning host's records, and a thread that waited longer for a CPU lost some
+/// 13 ms of a churning host's records, and a thread that waited longer for a CPU lost some
 /// (docs/benchmarks.md, session 17).
 pub fn default_ring_bytes(rings: usize) -> u32 {
     let each_at_least = 1 << 20;
