@@ -109,13 +109,14 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
     /// Threads that join the kernel's events to what applications saw, each owning a share of
-    /// the connections and reading its own ring buffer (`auto`: one per CPU, at most 16).
+    /// the connections and reading its own ring buffer (`auto`: one per CPU, at most 16; one
+    /// below 4 CPUs).
     /// More keep up with more connections a second.
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_correlator_threads)]
     pub correlator_threads: CorrelatorThreads,
 }
 
-/// `--correlator-threads`: a number, or `None` for one per CPU.
+/// `--correlator-threads`: a number, or `None` for `auto` ([`Shards::auto_count`]).
 #[derive(Clone, Copy, Debug)]
 pub struct CorrelatorThreads(pub Option<usize>);
 

@@ -33,6 +33,8 @@ use crate::{
 
 /// The most shards `--correlator-threads` accepts (and auto chooses): one ring buffer each.
 pub const MOST_SHARDS: usize = MAX_RINGS;
+/// The fewest CPUs `auto` runs several correlator threads on.
+pub const SHARDED_FROM_CPUS: usize = 4;
 /// Batches a shard may have queued before the drain waits for it (and the ring buffer, not
 /// memory, absorbs the excess: what it cannot hold is counted as lost).
 const QUEUED_BATCHES: usize = 8;
@@ -60,14 +62,15 @@ impl Shards {
         Self { inner }
     }
 
-    /// How many correlators `auto` runs on this host: one per CPU, at most [`MOST_SHARDS`].
-    /// Each reads its own ring buffer, and a thread costs nothing while its sockets are quiet.
-    /// On a host whose CPUs a workload saturates, each thread gets only its fair share of a
-    /// CPU: one per two CPUs then fell behind on 16 CPUs, the work of each a little more than
-    /// its share (docs/benchmarks.md, session 17).
+    /// How many correlators `auto` runs on this host: one per CPU, at most [`MOST_SHARDS`]; one
+    /// below [`SHARDED_FROM_CPUS`]. Each reads its own ring buffer, and a thread costs nothing
+    /// while its sockets are quiet. On a host whose CPUs a workload saturates, each thread gets
+    /// only its fair share of a CPU: one per two CPUs fell behind on 16 CPUs, the work of each
+    /// a little more than its share (docs/benchmarks.md, session 17). On 2 CPUs one keeps up,
+    /// and a second one's memory arena took the agent over its memory target.
     pub fn auto_count() -> usize {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-        cpus.clamp(1, MOST_SHARDS)
+        if cpus < SHARDED_FROM_CPUS { 1 } else { cpus.min(MOST_SHARDS) }
     }
 
     /// Joins `events` (in the order the kernel delivered them); returns the findings completed
