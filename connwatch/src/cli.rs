@@ -420,10 +420,12 @@ mod tests {
         assert_eq!(super::default_ring_bytes(8), DEFAULT_RING_BUFFER_BYTES);
         assert_eq!(super::default_ring_bytes(12), 16 << 20);
         assert_eq!(super::default_ring_bytes(16), 16 << 20);
-        let sixteen = watch(&["watch", "--correlator-threads", "16"]).load_options();
-        if sixteen.rings == 16 {
-            assert_eq!(sixteen.each_ring_bytes(), 1 << 20);
-        }
+        let sixteen = LoadOptions {
+            rings: 16,
+            ring_buffer_bytes: super::default_ring_bytes(16),
+            ..LoadOptions::default()
+        };
+        assert_eq!(sixteen.each_ring_bytes(), 1 << 20);
         let asked = watch(&["watch", "--correlator-threads", "16", "--ring-buffer-size", "4M"]);
         assert_eq!(asked.load_options().ring_buffer_bytes, 4 << 20, "a size asked for is kept");
     }
