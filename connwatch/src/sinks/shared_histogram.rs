@@ -38,7 +38,8 @@ impl SharedHistogram {
 
     /// A thread's own view: its observations stay in it until flushed.
     pub fn local(&self) -> Local {
-        Local { shared: self.clone(), counts: vec![0; self.bounds.len()].into(), sum: 0.0 }
+        let counts = vec![0; self.bounds.len()].into();
+        Local { shared: self.clone(), counts, sum: 0.0, observed: 0 }
     }
 
     fn totals(&self) -> MutexGuard<'_, Totals> {
@@ -53,6 +54,9 @@ pub struct Local {
     shared: SharedHistogram,
     counts: Box<[u64]>,
     sum: f64,
+    /// How many observations `counts` holds: a flush with none is one comparison (the agent
+    /// flushes every process's series after each batch it reads).
+    observed: u64,
 }
 
 impl Local {
@@ -61,11 +65,12 @@ impl Local {
         let bucket = self.shared.bounds.iter().position(|&bound| value <= bound);
         self.counts[bucket.unwrap_or(self.counts.len() - 1)] += 1;
         self.sum += value;
+        self.observed += 1;
     }
 
     /// Adds what this thread observed to the shared counts, in one step.
     pub fn flush(&mut self) {
-        if self.counts.iter().all(|&n| n == 0) {
+        if std::mem::take(&mut self.observed) == 0 {
             return;
         }
         let mut totals = self.shared.totals();
