@@ -27,7 +27,6 @@ use super::{Correlator, Finding, Kind};
 use crate::{
     decode::{Event, SockId},
     ingest::Reader,
-    pipeline::DRAIN_INTERVAL,
     tracer::POLL_BATCH,
 };
 
@@ -35,6 +34,12 @@ use crate::{
 pub const MOST_SHARDS: usize = MAX_RINGS;
 /// The fewest CPUs `auto` runs several correlator threads on.
 pub const SHARDED_FROM_CPUS: usize = 4;
+/// How long a correlator thread waits for records before it reads its ring buffer anyway.
+/// The ticks, every `pipeline::DRAIN_INTERVAL`, read it too, and the kernel wakes the thread once a
+/// quarter of it is full: this only bounds a quiet record's wait should the ticks stop (the
+/// main thread held up writing its output, say). At the drain interval, sixteen quiet threads
+/// woke three times per tick between them and cost 13 ms of CPU a second at rest.
+const READ_ANYWAY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Batches a shard may have queued before the drain waits for it (and the ring buffer, not
 /// memory, absorbs the excess: what it cannot hold is counted as lost).
 const QUEUED_BATCHES: usize = 8;
@@ -124,11 +129,13 @@ impl Shards {
         }
     }
 
-    /// The kernel's running loss count at `now` (see [`Correlator::note_lost_total`]).
+    /// The kernel's running loss count at `now` (see [`Correlator::note_lost_total`]). With
+    /// several shards it goes with the next tick (or before the next events), so a quiet shard
+    /// is woken once per drain, not twice.
     pub fn note_lost_total(&mut self, now: u64, lost_total: u64) {
         match &mut self.inner {
             Inner::One(one) => one.note_lost_total(now, lost_total),
-            Inner::Many(workers) => workers.send_all(|| Work::Lost { now, lost_total }),
+            Inner::Many(workers) => workers.lost = Some((now, lost_total)),
         }
     }
 
@@ -138,7 +145,8 @@ impl Shards {
         match &mut self.inner {
             Inner::One(one) => one.tick(now),
             Inner::Many(workers) => {
-                workers.send_all(|| Work::Tick { now });
+                let lost = workers.lost.take();
+                workers.send_all(|| Work::Tick { now, lost });
                 workers.settle()
             }
         }
@@ -229,16 +237,16 @@ struct Source {
 }
 
 impl Source {
-    /// Waits until the ring buffer has records, work is queued or [`DRAIN_INTERVAL`] passes.
-    /// The ring buffer is ready as long as it holds anything: under load the thread reads on
-    /// without sleeping, and the kernel's batched wake-ups only matter to a quiet one.
+    /// Waits until the ring buffer has records, work is queued or [`READ_ANYWAY_AFTER`]
+    /// passes. The ring buffer is ready as long as it holds anything: under load the thread
+    /// reads on without sleeping, and the kernel's batched wake-ups only matter to a quiet one.
     fn wait(&self) {
         let mut fds = [self.reader.as_raw_fd(), self.wake.as_raw_fd()].map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         });
-        let timeout = DRAIN_INTERVAL.as_millis() as i32;
+        let timeout = READ_ANYWAY_AFTER.as_millis() as i32;
         // SAFETY: two valid pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if fds[1].revents & libc::POLLIN != 0 {
@@ -262,8 +270,15 @@ fn eventfd() -> OwnedFd {
 /// the loss count and the tick, so they come after every event queued.
 enum Work {
     Events(Vec<Event>),
-    Lost { now: u64, lost_total: u64 },
-    Tick { now: u64 },
+    Lost {
+        now: u64,
+        lost_total: u64,
+    },
+    /// Timers due at `now`, after the loss count noted since the last tick, if any.
+    Tick {
+        now: u64,
+        lost: Option<(u64, u64)>,
+    },
     Read(Box<Source>),
 }
 
@@ -333,6 +348,8 @@ struct Workers {
     wakes: Vec<Option<Arc<OwnedFd>>>,
     redirected: Vec<Event>,
     ended: Vec<SockId>,
+    /// The loss count noted and not sent yet: `(now, lost_total)`.
+    lost: Option<(u64, u64)>,
 }
 
 impl Workers {
@@ -363,10 +380,15 @@ impl Workers {
             wakes: vec![None; count],
             redirected: Vec::new(),
             ended: Vec::new(),
+            lost: None,
         }
     }
 
     fn ingest(&mut self, events: impl Iterator<Item = Event>) -> Vec<Finding> {
+        // A loss noted before these events is known to the shards before them.
+        if let Some((now, lost_total)) = self.lost.take() {
+            self.send_all(|| Work::Lost { now, lost_total });
+        }
         self.split(events);
         self.collect()
     }
@@ -501,7 +523,10 @@ fn serve(
                 done.emptied = Some(events);
             }
             Work::Lost { now, lost_total } => shard.correlator.note_lost_total(now, lost_total),
-            Work::Tick { now } => {
+            Work::Tick { now, lost } => {
+                if let Some((at, lost_total)) = lost {
+                    shard.correlator.note_lost_total(at, lost_total);
+                }
                 done.findings.extend(shard.correlator.tick(now));
                 done.ended = mem::take(&mut shard.ended);
             }
