@@ -27,12 +27,6 @@ use crate::{
 /// only once a quarter of the buffer is full). Bounds the delay of a lone event.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
-/// How often the command ticks where its correlator threads read the ring buffers themselves
-/// (each tick has every one of them read its ring and run its timers): bounds a lone event's
-/// delay there. Sixteen quiet threads cost 9.5-10 ms of CPU a second at 50 ms, 3.5-4 at 200
-/// (docs/benchmarks.md, session 17).
-pub const SHARDED_TICK_INTERVAL: Duration = Duration::from_millis(200);
-
 /// What a command does with the stream.
 pub trait Consumer {
     /// One drained batch, in the order the kernel delivered it. The consumer may take the
@@ -80,8 +74,7 @@ async fn stream(
             rings.push(unsafe { AsyncFd::register(fd.try_clone_to_owned()?)? });
         }
     }
-    let mut tick =
-        interval(if tracer.reads_rings() { DRAIN_INTERVAL } else { SHARDED_TICK_INTERVAL });
+    let mut tick = interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

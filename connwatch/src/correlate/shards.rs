@@ -27,6 +27,7 @@ use super::{Correlator, Finding, Kind};
 use crate::{
     decode::{Event, SockId},
     ingest::Reader,
+    pipeline::DRAIN_INTERVAL,
     tracer::POLL_BATCH,
 };
 
@@ -34,12 +35,6 @@ use crate::{
 pub const MOST_SHARDS: usize = MAX_RINGS;
 /// The fewest CPUs `auto` runs several correlator threads on.
 pub const SHARDED_FROM_CPUS: usize = 4;
-/// How long a correlator thread waits for records before it reads its ring buffer anyway.
-/// The ticks, every `pipeline::DRAIN_INTERVAL`, read it too, and the kernel wakes the thread once a
-/// quarter of it is full: this only bounds a quiet record's wait should the ticks stop (the
-/// main thread held up writing its output, say). At the drain interval, sixteen quiet threads
-/// woke three times per tick between them and cost 13 ms of CPU a second at rest.
-const READ_ANYWAY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Batches a shard may have queued before the drain waits for it (and the ring buffer, not
 /// memory, absorbs the excess: what it cannot hold is counted as lost).
 const QUEUED_BATCHES: usize = 8;
@@ -237,16 +232,16 @@ struct Source {
 }
 
 impl Source {
-    /// Waits until the ring buffer has records, work is queued or [`READ_ANYWAY_AFTER`]
-    /// passes. The ring buffer is ready as long as it holds anything: under load the thread
-    /// reads on without sleeping, and the kernel's batched wake-ups only matter to a quiet one.
+    /// Waits until the ring buffer has records, work is queued or [`DRAIN_INTERVAL`] passes.
+    /// The ring buffer is ready as long as it holds anything: under load the thread reads on
+    /// without sleeping, and the kernel's batched wake-ups only matter to a quiet one.
     fn wait(&self) {
         let mut fds = [self.reader.as_raw_fd(), self.wake.as_raw_fd()].map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         });
-        let timeout = READ_ANYWAY_AFTER.as_millis() as i32;
+        let timeout = DRAIN_INTERVAL.as_millis() as i32;
         // SAFETY: two valid pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if fds[1].revents & libc::POLLIN != 0 {
