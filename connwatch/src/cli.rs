@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     correlate::{DEFAULT_MAX_SOCKETS, Shards, Thresholds, shards::MOST_SHARDS},
     probes::{
-        AttachMode, DEFAULT_RING_BUFFER_BYTES, Filters, LoadOptions,
+        AttachMode, Filters, LoadOptions, default_ring_bytes,
         hooks::{HOOKS, Mechanism, Role},
     },
 };
@@ -213,7 +213,7 @@ impl CommonArgs {
                 AttachChoice::Kprobe => AttachMode::Prefer(Mechanism::Kprobe),
                 AttachChoice::Fentry => AttachMode::Prefer(Mechanism::Fentry),
             },
-            ring_buffer_bytes: self.ring_buffer_size.unwrap_or(DEFAULT_RING_BUFFER_BYTES),
+            ring_buffer_bytes: self.ring_buffer_size.unwrap_or_else(|| default_ring_bytes(1)),
             rings: 1,
             filters: Filters {
                 pids: self.pids.clone(),
@@ -296,15 +296,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// The ring buffers' size unless `--ring-buffer-size` says otherwise: 8 MiB, or 1 MiB for
-/// each of `rings` where that is more. On 16 CPUs, sixteen rings of 512 KiB each held about
-/// 13 ms of a churning host's records, and a thread that waited longer for a CPU lost some
-/// (docs/benchmarks.md, session 17).
-pub fn default_ring_bytes(rings: usize) -> u32 {
-    let each_at_least = 1 << 20;
-    (each_at_least * rings as u32).next_power_of_two().max(DEFAULT_RING_BUFFER_BYTES)
-}
-
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let (digits, unit) = match s.strip_suffix(['K', 'k']) {
         Some(d) => (d, 1 << 10),
@@ -329,6 +320,7 @@ mod tests {
     use clap::error::ErrorKind;
 
     use super::*;
+    use crate::probes::DEFAULT_RING_BUFFER_BYTES;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("connwatch").chain(args.iter().copied()))
@@ -416,13 +408,13 @@ mod tests {
 
     #[test]
     fn the_default_ring_size_gives_each_of_many_rings_a_mebibyte() {
-        assert_eq!(super::default_ring_bytes(1), DEFAULT_RING_BUFFER_BYTES);
-        assert_eq!(super::default_ring_bytes(8), DEFAULT_RING_BUFFER_BYTES);
-        assert_eq!(super::default_ring_bytes(12), 16 << 20);
-        assert_eq!(super::default_ring_bytes(16), 16 << 20);
+        assert_eq!(default_ring_bytes(1), DEFAULT_RING_BUFFER_BYTES);
+        assert_eq!(default_ring_bytes(8), DEFAULT_RING_BUFFER_BYTES);
+        assert_eq!(default_ring_bytes(12), 16 << 20);
+        assert_eq!(default_ring_bytes(16), 16 << 20);
         let sixteen = LoadOptions {
             rings: 16,
-            ring_buffer_bytes: super::default_ring_bytes(16),
+            ring_buffer_bytes: default_ring_bytes(16),
             ..LoadOptions::default()
         };
         assert_eq!(sixteen.each_ring_bytes(), 1 << 20);

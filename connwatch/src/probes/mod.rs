@@ -107,6 +107,15 @@ impl Default for LoadOptions {
 
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 
+/// The size of `rings` ring buffers unless `--ring-buffer-size` says otherwise: 8 MiB, or
+/// 1 MiB each where that is more. On 16 CPUs, sixteen rings of 512 KiB each held about 13 ms
+/// of a churning host's records, and a thread that waited longer for a CPU lost some
+/// (docs/benchmarks.md, session 17).
+pub fn default_ring_bytes(rings: usize) -> u32 {
+    let each_at_least = 1 << 20;
+    (each_at_least * rings as u32).next_power_of_two().max(DEFAULT_RING_BUFFER_BYTES)
+}
+
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error(transparent)]
