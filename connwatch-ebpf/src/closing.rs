@@ -15,12 +15,18 @@ use connwatch_common::{
     tcp::TCP_CLOSE,
 };
 
-use crate::{config::conf, emit, maps::SOCKETS, owner, sock::Endpoints};
+use crate::{config::conf, emit, maps::SOCKETS, sock::Endpoints};
 
-/// A state change of `sk`: kept, or reported with those kept before it. Returns whether it
-/// was; false leaves it to be reported on its own.
+/// A state change of `sk` at `now`: kept, or reported with those kept before it. Returns
+/// whether it was; false leaves it to be reported on its own.
 #[inline(always)]
-pub fn keep_or_report(sk: u64, info: &SocketInfo, ends: &Endpoints, old: u8, new: u8) -> bool {
+pub fn keep_or_report(
+    sk: u64,
+    info: &SocketInfo,
+    ends: &Endpoints,
+    (old, new): (u8, u8),
+    now: u64,
+) -> bool {
     if conf!(flags) & FLAG_CLOSING_TOGETHER == 0 || info.flags & SOCKET_APP_CLOSED == 0 {
         return false;
     }
@@ -30,14 +36,13 @@ pub fn keep_or_report(sk: u64, info: &SocketInfo, ends: &Endpoints, old: u8, new
     // SAFETY: a valid map value pointer; the kernel changes a socket's state under its lock,
     // so its changes come one at a time.
     let closing = unsafe { &mut (*entry).closing };
-    let now = owner::now();
     if new != TCP_CLOSE && keep(closing, now, old, new) {
         return true;
     }
     if closing.count == 0 {
         return false;
     }
-    report(sk, info, ends, closing, Some((now, old, new)));
+    report(sk, info, ends, closing, now, Some((old, new)));
     true
 }
 
@@ -59,39 +64,41 @@ fn keep(closing: &mut Closing, now: u64, old: u8, new: u8) -> bool {
     false
 }
 
-/// The kernel destroys `sk`: reports the changes still kept, if any.
+/// The kernel destroys `sk` (at `now`): reports the changes still kept, if any.
 #[inline(always)]
-pub fn report_left(sk: u64, info: &SocketInfo, ends: &Endpoints) {
+pub fn report_left(sk: u64, info: &SocketInfo, ends: &Endpoints, now: u64) {
     if let Some(entry) = SOCKETS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer.
         let closing = unsafe { &mut (*entry).closing };
         if closing.count != 0 {
-            report(sk, info, ends, closing, None);
+            report(sk, info, ends, closing, now, None);
         }
     }
 }
 
-/// Reports the kept changes, then `last` if given, and forgets them.
+/// Reports the kept changes, then `last` (old and new state, changed `now`) if given, and
+/// forgets them.
 #[inline(always)]
 fn report(
     sk: u64,
     info: &SocketInfo,
     ends: &Endpoints,
     closing: &mut Closing,
-    last: Option<(u64, u8, u8)>,
+    now: u64,
+    last: Option<(u8, u8)>,
 ) {
     let kept = (closing.count as usize).min(CLOSING_SLOTS);
     let count = kept + usize::from(last.is_some());
     // Lost, the record counts as the state changes it holds.
     let events = (KIND_STATE, count as u64);
-    emit::emit_standing_for(KIND_STATES, events, sk, info, ends, |event: &mut StatesEvent| {
+    emit::emit_standing_for(KIND_STATES, events, sk, info, ends, now, |event: &mut StatesEvent| {
         for (i, change) in event.changes.iter_mut().enumerate() {
             // `get`, not indexing: a panic path would not pass the verifier.
             let kept_change =
                 (closing.ts_ns.get(i), closing.old_state.get(i), closing.new_state.get(i));
             let (ts_ns, old_state, new_state) = match (kept_change, last) {
                 ((Some(&ts), Some(&old), Some(&new)), _) if i < kept => (ts, old, new),
-                (_, Some(last)) if i == kept => last,
+                (_, Some((old, new))) if i == kept => (now, old, new),
                 _ => (0, 0, 0),
             };
             change.ts_ns = ts_ns;

@@ -30,11 +30,11 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A new life of `sk`: connect, listen, or a child spawned by a listener. Nothing of an
-/// earlier life at the same address (its tallies) carries over. Any context.
+/// A new life of `sk`, born at `now`: connect, listen, or a child spawned by a listener.
+/// Nothing of an earlier life at the same address (its tallies) carries over. Any context.
 #[inline(always)]
-pub fn begin(sk: u64, owner: Owner) -> SocketInfo {
-    let birth_ns = now() & !ADOPTED;
+pub fn begin(sk: u64, owner: Owner, now: u64) -> SocketInfo {
+    let birth_ns = now & !ADOPTED;
     let addr = as_number(sk);
     let route = route_of_life(addr, birth_ns);
     if let Some(latest) = LATEST_LIVES.get_ptr_mut(latest_slot(addr)) {

@@ -49,16 +49,16 @@ fn note(notes: *mut LeadNotes, i: usize) -> Option<(*mut HitKey, u64)> {
     Some((keys.get_mut(i)?, *noted_ns.get(i)?))
 }
 
-/// The lead: notes the hit on this CPU, then runs `handle`.
+/// The lead: notes the hit on this CPU, then runs `handle` with the hit's time (the note's).
 ///
 /// A note goes in a free place, so the notes of hits that interrupt this one (a softirq may
 /// change many sockets' states before this hit's understudy runs) never overwrite it: each
 /// takes a free place and gives it back with its understudy. Only when none is free does the
 /// oldest note go, which is a stale one: at most two are open.
 #[inline(always)]
-pub fn lead(slot: u32, key: HitKey, handle: impl FnOnce()) {
+pub fn lead(slot: u32, key: HitKey, handle: impl FnOnce(u64)) {
+    let now = crate::owner::now();
     if let Some(notes) = LEAD_NOTES.get_ptr_mut(slot) {
-        let now = crate::owner::now();
         let (mut place, mut oldest) = (0, u64::MAX);
         for i in 0..NOTES {
             let Some((key_at, noted)) = note(notes, i) else { break };
@@ -83,14 +83,14 @@ pub fn lead(slot: u32, key: HitKey, handle: impl FnOnce()) {
             }
         }
     }
-    handle();
+    handle(now);
 }
 
-/// The understudy: runs `handle` for a hit the lead did not note (it was skipped). Finding its
+/// The understudy: runs `handle` (with the time) for a hit the lead did not note (it was skipped). Finding its
 /// note, it frees it, and any newer one: those are of hits that interrupted this one and are
 /// over, their understudy skipped (it interrupted this one).
 #[inline(always)]
-pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce()) {
+pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce(u64)) {
     let Some(notes) = LEAD_NOTES.get_ptr_mut(slot) else { return };
     let mut mine = None;
     for i in 0..NOTES {
@@ -102,7 +102,7 @@ pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce()) {
         }
     }
     let Some(mine) = mine else {
-        handle();
+        handle(crate::owner::now());
         if let Some(covered) = COVERED.get_ptr_mut(slot) {
             // SAFETY: this CPU's slot. An understudy handles a hit only where it interrupted
             // its lead, in a softirq, which nothing here can interrupt in turn.
@@ -121,23 +121,23 @@ pub fn stand_in(slot: u32, key: HitKey, handle: impl FnOnce()) {
 }
 
 /// A hook's lead raw tracepoint program and its understudy, both running `$handle` on the hit
-/// identified by `$key`.
+/// identified by `$key`, with `$now` the hit's time.
 macro_rules! raw_with_understudy {
     (
         $tracepoint:literal, $slot:expr, $lead:ident, $understudy:ident,
-        key: |$kctx:ident| $key:expr, |$ctx:ident| $handle:expr
+        key: |$kctx:ident| $key:expr, |$ctx:ident, $now:ident| $handle:expr
     ) => {
         #[aya_ebpf::macros::raw_tracepoint(tracepoint = $tracepoint)]
         pub fn $lead($ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
             let $kctx = &$ctx;
-            $crate::understudy::lead($slot, $key, || $handle);
+            $crate::understudy::lead($slot, $key, |$now| $handle);
             0
         }
 
         #[aya_ebpf::macros::raw_tracepoint(tracepoint = $tracepoint)]
         pub fn $understudy($ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
             let $kctx = &$ctx;
-            $crate::understudy::stand_in($slot, $key, || $handle);
+            $crate::understudy::stand_in($slot, $key, |$now| $handle);
             0
         }
     };

@@ -20,17 +20,18 @@ raw_with_understudy!(
     raw_tcp_destroy_sock,
     raw_tcp_destroy_sock_understudy,
     key: |ctx| [ctx.arg(0), 0],
-    |ctx| on_destroy(ctx.arg(0))
+    |ctx, now| on_destroy(ctx.arg(0), now)
 );
 
 socket_functions! {
-    on_destroy;
+    |sk| on_destroy(sk, owner::now());
     kprobe kp_tcp_destroy_sock;
     fentry fentry_tcp_destroy_sock on "tcp_v4_destroy_sock";
 }
 
+/// The kernel destroys `sk` (at `now`).
 #[inline(always)]
-fn on_destroy(sk: u64) {
+fn on_destroy(sk: u64, now: u64) {
     // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
     if let Some((info, kept)) =
         SOCKETS.get_ptr(&sk).map(|entry| unsafe { ((*entry).info, (*entry).closing.count) })
@@ -42,10 +43,10 @@ fn on_destroy(sk: u64) {
             && emit::wanted(sk, &info, &mut ends)
         {
             if app_closed {
-                closing::report_left(sk, &info, &ends);
+                closing::report_left(sk, &info, &ends, now);
             } else {
                 let state = ends.state;
-                emit::emit(KIND_DESTROY, sk, &info, &ends, |event: &mut DestroyEvent| {
+                emit::emit(KIND_DESTROY, sk, &info, &ends, now, |event: &mut DestroyEvent| {
                     event.state = state;
                     crate::zero::zero(&mut event._pad);
                 });

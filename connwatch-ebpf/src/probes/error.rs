@@ -13,17 +13,18 @@ raw_with_understudy!(
     raw_inet_sk_error_report,
     raw_inet_sk_error_report_understudy,
     key: |ctx| [ctx.arg(0), 0],
-    |ctx| on_error_report(ctx.arg(0))
+    |ctx, now| on_error_report(ctx.arg(0), now)
 );
 
 socket_functions! {
-    on_error_report;
+    |sk| on_error_report(sk, owner::now());
     kprobe kp_sk_error_report;
     fentry fentry_sk_error_report on "sk_error_report";
 }
 
+/// The kernel reports an error on `sk` (at `now`).
 #[inline(always)]
-fn on_error_report(sk: u64) {
+fn on_error_report(sk: u64, now: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
@@ -38,7 +39,7 @@ fn on_error_report(sk: u64) {
     policy::distrust(sk, policy::attention_of(&info));
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;
-        emit::emit(KIND_ERROR, sk, &info, &ends, |event: &mut ErrorEvent| {
+        emit::emit(KIND_ERROR, sk, &info, &ends, now, |event: &mut ErrorEvent| {
             event.errno = errno;
             event.state = state;
             crate::zero::zero(&mut event._pad);

@@ -19,7 +19,7 @@ use crate::{config::conf, emit, owner, policy, record, sock, understudy::raw_wit
 #[tracepoint]
 pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if let Some(sk) = record::u64_at(&ctx, conf!(tracepoints.receive_reset_skaddr)) {
-        on_reset(sk, RESET_RX);
+        on_reset(sk, RESET_RX, owner::now());
     }
     0
 }
@@ -30,13 +30,13 @@ raw_with_understudy!(
     raw_tcp_receive_reset,
     raw_tcp_receive_reset_understudy,
     key: |ctx| [ctx.arg(0), 0],
-    |ctx| on_reset(ctx.arg(0), RESET_RX)
+    |ctx, now| on_reset(ctx.arg(0), RESET_RX, now)
 );
 
 #[tracepoint]
 pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
     if let Some(sk) = record::u64_at(&ctx, conf!(tracepoints.send_reset_skaddr)) {
-        on_reset(sk, RESET_TX);
+        on_reset(sk, RESET_TX, owner::now());
     }
     0
 }
@@ -47,18 +47,18 @@ raw_with_understudy!(
     raw_tcp_send_reset,
     raw_tcp_send_reset_understudy,
     key: |ctx| [ctx.arg(0), ctx.arg(1)],
-    |ctx| on_reset(ctx.arg(0), RESET_TX)
+    |ctx, now| on_reset(ctx.arg(0), RESET_TX, now)
 );
 
 socket_functions! {
-    |sk| on_reset(sk, RESET_RX);
+    |sk| on_reset(sk, RESET_RX, owner::now());
     kprobe kp_tcp_reset;
     fentry fentry_tcp_reset on "tcp_reset";
 }
 
 // The three reset senders.
 socket_functions! {
-    |sk| on_reset(sk, RESET_TX);
+    |sk| on_reset(sk, RESET_TX, owner::now());
     kprobe kp_tcp_send_reset;
     fentry fentry_tcp_v4_send_reset on "tcp_v4_send_reset";
     fentry fentry_tcp_v6_send_reset on "tcp_v6_send_reset";
@@ -67,7 +67,7 @@ socket_functions! {
 
 /// `sk` is NULL for resets answering segments that match no socket: nothing to attribute.
 #[inline(always)]
-fn on_reset(sk: u64, direction: u8) {
+fn on_reset(sk: u64, direction: u8, now: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
@@ -76,7 +76,7 @@ fn on_reset(sk: u64, direction: u8) {
     policy::distrust(sk, policy::attention_of(&info));
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;
-        emit::emit(KIND_RESET, sk, &info, &ends, |event: &mut ResetEvent| {
+        emit::emit(KIND_RESET, sk, &info, &ends, now, |event: &mut ResetEvent| {
             event.direction = direction;
             event.state = state;
             crate::zero::zero(&mut event._pad);

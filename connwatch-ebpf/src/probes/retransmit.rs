@@ -14,7 +14,7 @@ use crate::{config::conf, emit, owner, policy, record, sock, understudy::raw_wit
 #[tracepoint]
 pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     if let Some(sk) = record::u64_at(&ctx, conf!(tracepoints.retransmit_skaddr)) {
-        on_retransmit(sk);
+        on_retransmit(sk, owner::now());
     }
     0
 }
@@ -25,17 +25,18 @@ raw_with_understudy!(
     raw_tcp_retransmit_skb,
     raw_tcp_retransmit_skb_understudy,
     key: |ctx| [ctx.arg(0), ctx.arg(1)],
-    |ctx| on_retransmit(ctx.arg(0))
+    |ctx, now| on_retransmit(ctx.arg(0), now)
 );
 
 socket_functions! {
-    on_retransmit;
+    |sk| on_retransmit(sk, owner::now());
     kprobe kp_tcp_retransmit_skb;
     fentry fentry_tcp_retransmit_skb on "tcp_retransmit_skb";
 }
 
+/// The kernel retransmits on `sk` (at `now`).
 #[inline(always)]
-fn on_retransmit(sk: u64) {
+fn on_retransmit(sk: u64, now: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
@@ -44,7 +45,7 @@ fn on_retransmit(sk: u64) {
     policy::distrust(sk, policy::attention_of(&info));
     if emit::wanted(sk, &info, &mut ends) {
         let state = ends.state;
-        emit::emit(KIND_RETRANSMIT, sk, &info, &ends, |event: &mut RetransmitEvent| {
+        emit::emit(KIND_RETRANSMIT, sk, &info, &ends, now, |event: &mut RetransmitEvent| {
             event.state = state;
             crate::zero::zero(&mut event._pad);
         });

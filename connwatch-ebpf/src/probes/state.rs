@@ -29,7 +29,7 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         record::u32_at(&ctx, conf!(tracepoints.set_state_newstate)),
     );
     if let (Some(sk), Some(old), Some(new)) = args {
-        on_state_change(sk, old as i32, new as i32);
+        on_state_change(sk, old as i32, new as i32, owner::now());
     }
     0
 }
@@ -40,7 +40,7 @@ raw_with_understudy!(
     raw_inet_sock_set_state,
     raw_inet_sock_set_state_understudy,
     key: |ctx| [ctx.arg(0), state_pair(ctx.arg(1), ctx.arg(2))],
-    |ctx| on_state_change(ctx.arg(0), ctx.arg(1), ctx.arg(2))
+    |ctx, now| on_state_change(ctx.arg(0), ctx.arg(1), ctx.arg(2), now)
 );
 
 /// A state change's two states as one word (the second half of its hit key).
@@ -53,42 +53,43 @@ fn state_pair(old: i32, new: i32) -> u64 {
 #[kprobe]
 pub fn kp_inet_sk_state_store(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
-        on_state_store(sk, new);
+        on_state_store(sk, new, owner::now());
     }
     0
 }
 
 #[fentry(function = "inet_sk_state_store")]
 pub fn fentry_inet_sk_state_store(ctx: FEntryContext) -> u32 {
-    on_state_store(ctx.arg(0), ctx.arg(1));
+    on_state_store(ctx.arg(0), ctx.arg(1), owner::now());
     0
 }
 
 #[fentry(function = "inet_sk_set_state")]
 pub fn fentry_inet_sk_set_state(ctx: FEntryContext) -> u32 {
-    on_state_store(ctx.arg(0), ctx.arg(1));
+    on_state_store(ctx.arg(0), ctx.arg(1), owner::now());
     0
 }
 
-/// A state about to be stored: the socket still holds the old one.
+/// A state about to be stored (at `now`): the socket still holds the old one.
 #[inline(always)]
-fn on_state_store(sk: u64, new: i32) {
+fn on_state_store(sk: u64, new: i32, now: u64) {
     if let Some(ends) = sock::tcp_endpoints(sk) {
-        changed(sk, ends, ends.state, new as u8);
+        changed(sk, ends, ends.state, new as u8, now);
     }
 }
 
 #[inline(always)]
-fn on_state_change(sk: u64, old: i32, new: i32) {
+fn on_state_change(sk: u64, old: i32, new: i32, now: u64) {
     if let Some(ends) = sock::tcp_endpoints(sk) {
-        changed(sk, ends, old as u8, new as u8);
+        changed(sk, ends, old as u8, new as u8, now);
     }
 }
 
+/// `sk` changed from `old` to `new` at `now` (the hit's one clock read).
 #[inline(always)]
-fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8) {
+fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8, now: u64) {
     // Whatever the kernel did, routine calls must look at the socket again.
-    let info = identify(sk, old, new, ends.sport);
+    let info = identify(sk, old, new, ends.sport, now);
     // ESTABLISHED and a listener's stages are news nobody can misjudge yet.
     let routine = matches!(new, TCP_ESTABLISHED | TCP_LISTEN | TCP_SYN_RECV);
     policy::distrust(sk, if routine { 0 } else { policy::attention_of(&info) });
@@ -97,8 +98,10 @@ fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8) {
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
-    if emit::wanted(sk, &info, &mut ends) && !closing::keep_or_report(sk, &info, &ends, old, new) {
-        emit::emit(KIND_STATE, sk, &info, &ends, |event: &mut StateEvent| {
+    if emit::wanted(sk, &info, &mut ends)
+        && !closing::keep_or_report(sk, &info, &ends, (old, new), now)
+    {
+        emit::emit(KIND_STATE, sk, &info, &ends, now, |event: &mut StateEvent| {
             event.old_state = old;
             event.new_state = new;
             crate::zero::zero(&mut event._pad);
@@ -106,15 +109,19 @@ fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8) {
     }
 }
 
-/// Which life of `sk` this change belongs to and who owns it, from what the transition implies
-/// about the context it runs in.
+/// Which life of `sk` this change (at `now`) belongs to and who owns it, from what the
+/// transition implies about the context it runs in.
 #[inline(always)]
-fn identify(sk: u64, old: u8, new: u8, port: u16) -> SocketInfo {
+fn identify(sk: u64, old: u8, new: u8, port: u16, now: u64) -> SocketInfo {
     match (old, new) {
         // connect() and listen(): process context, a new life.
-        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) => owner::begin(sk, owner::current()),
+        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) => {
+            owner::begin(sk, owner::current(), now)
+        }
         // A child created from a listener in softirq: inherits the listener's owner.
-        (TCP_LISTEN, TCP_SYN_RECV) => owner::begin(sk, owner::listener_owner(sock::net(sk), port)),
+        (TCP_LISTEN, TCP_SYN_RECV) => {
+            owner::begin(sk, owner::listener_owner(sock::net(sk), port), now)
+        }
         // close() or shutdown() by the application: process context.
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => owner::touch(sk),
         // Everything else may run in softirq: the task on the CPU is not the owner.
