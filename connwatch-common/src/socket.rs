@@ -104,7 +104,7 @@ pub struct IoTally {
     pub last_report_ns: u64,
     /// When the first call tallied since the last report was seen (0: none tallied).
     pub first_ns: u64,
-    /// When the last call tallied was seen.
+    /// When the last call tallied was seen (a send whose start was kept: when it began).
     pub last_ns: u64,
     pub bytes: u64,
     pub calls: u32,

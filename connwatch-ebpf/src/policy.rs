@@ -83,7 +83,13 @@ impl Caller {
     /// The caller whose `bpf_get_current_pid_tgid()` the hook read already.
     #[inline(always)]
     pub fn of(pid_tgid: u64, started_ns: u64) -> Self {
-        Self { tgid: (pid_tgid >> 32) as u32, now: now(), started_ns }
+        Self::at(pid_tgid, now(), started_ns)
+    }
+
+    /// [`Caller::of`] at a time the hook read already.
+    #[inline(always)]
+    pub fn at(pid_tgid: u64, now: u64, started_ns: u64) -> Self {
+        Self { tgid: (pid_tgid >> 32) as u32, now, started_ns }
     }
 }
 

@@ -175,7 +175,11 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     // until the call would block, once per request). EOF and errors take the full look.
     let routine = ret > 0 || ret == EAGAIN;
     let bytes = ret.max(0) as u64;
-    let caller = Caller::of(thread, start.started_ns);
+    // A send kept at its start is tallied at that time: one clock read per send, not two.
+    let caller = match start.started_ns {
+        0 => Caller::of(thread, 0),
+        began => Caller::at(thread, began, began),
+    };
     if routine && policy::fast_tally(sk, path, bytes, 0, &caller) {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
