@@ -9,7 +9,10 @@ use aya_ebpf::helpers::{
 };
 use connwatch_common::{
     names::LATEST_LIFE_SLOTS,
-    socket::{CLOSING_SLOTS, Closing, ListenerKey, Owner, SocketEntry, SocketInfo, route_of_life},
+    socket::{
+        CLOSING_SLOTS, Closing, ListenerKey, Owner, SOCKET_APP_CLOSED, SocketEntry, SocketInfo,
+        route_of_life,
+    },
 };
 
 use crate::maps::{LATEST_LIVES, LISTENERS, NEW_SOCKET, SOCKETS};
@@ -139,6 +142,13 @@ pub fn known(sk: u64) -> SocketInfo {
 /// lookup and no write; the name is fetched only when the owner changes.
 #[inline(always)]
 pub fn touch(sk: u64) -> SocketInfo {
+    touch_with(sk, 0)
+}
+
+/// [`touch`], adding `flags` to the socket's in the same lookup (not to an adopted socket's:
+/// the caller sets them).
+#[inline(always)]
+fn touch_with(sk: u64, flags: u16) -> SocketInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     match SOCKETS.get_ptr_mut(&sk) {
         Some(entry) => {
@@ -147,6 +157,7 @@ pub fn touch(sk: u64) -> SocketInfo {
             if info.owner.tgid != tgid {
                 info.owner = current();
             }
+            info.flags |= flags;
             *info
         }
         None => adopt(sk, current(), true),
@@ -158,8 +169,16 @@ fn listener_key(net: u64, port: u16) -> ListenerKey {
     ListenerKey { net, port, _pad: [0; 6] }
 }
 
+/// Records `owner` as the listener's on `port` in namespace `net`. Every accept calls this:
+/// an owner already recorded costs a lookup, not an update.
 pub fn remember_listener(net: u64, port: u16, owner: &Owner) {
-    let _ = LISTENERS.insert(&listener_key(net, port), owner, 0);
+    let key = listener_key(net, port);
+    // SAFETY: a valid map value pointer; Owner is Copy and read whole.
+    let known = LISTENERS.get_ptr(&key).map(|known| unsafe { *known });
+    if known.is_some_and(|known| known.tgid == owner.tgid && known.comm == owner.comm) {
+        return;
+    }
+    let _ = LISTENERS.insert(&key, owner, 0);
 }
 
 pub fn forget_listener(net: u64, port: u16) {
@@ -177,19 +196,29 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
     }
 }
 
-/// The socket's last holder closed it. A socket already in CLOSE dies with it, so its
-/// identity goes now (kernels without `tcp:tcp_destroy_sock` rely on this). Any other socket
-/// lives on (FIN or RST still to send) and keeps its identity until the kernel destroys it;
-/// should its memory be reused, the new life begins with connect, listen or a listener's
-/// child, which gives it a new birth.
+/// The current process closed the last reference to `sk` in `state` (process context): it
+/// becomes the owner, as [`touch`], in the same lookup that marks the socket closed by its
+/// application. A socket already in CLOSE dies with
+/// it, so its identity goes now (kernels without `tcp:tcp_destroy_sock` rely on this). Any
+/// other socket lives on (FIN or RST still to send) and keeps its identity until the kernel
+/// destroys it; should its memory be reused, the new life begins with connect, listen or a
+/// listener's child, which gives it a new birth.
 #[inline(always)]
-pub fn app_closed(sk: u64, state: u8) {
+pub fn touch_closed(sk: u64, state: u8) -> SocketInfo {
     if state == connwatch_common::tcp::TCP_CLOSE {
+        let info = touch(sk);
         forget(sk);
-    } else if let Some(entry) = SOCKETS.get_ptr_mut(&sk) {
-        // SAFETY: a valid map value pointer.
-        unsafe { (*entry).info.flags |= connwatch_common::socket::SOCKET_APP_CLOSED };
+        return info;
     }
+    let info = touch_with(sk, SOCKET_APP_CLOSED);
+    if info.flags & SOCKET_APP_CLOSED == 0 {
+        // Adopted just now: mark it.
+        if let Some(entry) = SOCKETS.get_ptr_mut(&sk) {
+            // SAFETY: a valid map value pointer.
+            unsafe { (*entry).info.flags |= SOCKET_APP_CLOSED };
+        }
+    }
+    info
 }
 
 /// The socket's life is over (`tcp:tcp_destroy_sock`, or its last close in CLOSE).

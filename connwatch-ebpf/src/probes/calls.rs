@@ -115,7 +115,7 @@ pub(super) fn on_accept<C: EbpfContext>(ctx: &C, fd: i64) {
     let info = owner::touch(sk);
     owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     let obs = Observation::single(KIND_ACCEPT, sk, &ends, fd as i32, 0);
-    emit::observed(sk, ends, &obs);
+    emit::observed_as(sk, &ends, &obs, &info);
 }
 
 /// The application lets go of its descriptor (at entry: the fd still resolves). Only the last
@@ -144,12 +144,11 @@ pub(super) fn on_close(fd: i64) {
     };
     let others = (sock::file_references(file) - 1).clamp(0, i32::MAX as i64) as i32;
     let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, others);
-    if others > 0 {
-        emit::observed_as(sk, &ends, &obs, &owner::known(sk));
-    } else {
-        emit::observed(sk, ends, &obs);
-        owner::app_closed(sk, obs.snapshot.state);
-    }
+    let info = match others {
+        0 => owner::touch_closed(sk, obs.snapshot.state),
+        _ => owner::known(sk),
+    };
+    emit::observed_as(sk, &ends, &obs, &info);
 }
 
 /// Reports call `kind` on `fd` with its result, if `fd` is a TCP socket.
