@@ -28,6 +28,8 @@ pub struct ProcessSeries {
     /// This thread's observations, added to the family's at each [`SeriesCache::flush`].
     rtt: Option<Local>,
     duration: Option<Local>,
+    /// Found since the last flush (its key is in [`SeriesCache::found`]).
+    found: bool,
 }
 
 impl ProcessSeries {
@@ -68,6 +70,9 @@ impl ProcessSeries {
 pub struct SeriesCache {
     /// Keys are pids and kernel process names: foldhash rather than SipHash.
     by_process: HashMap<ProcessKey, ProcessSeries, foldhash::fast::RandomState>,
+    /// The processes found since the last flush: only they can hold observations, and a
+    /// flush after every batch read must not walk thousands of idle processes.
+    found: Vec<ProcessKey>,
 }
 
 impl SeriesCache {
@@ -82,7 +87,12 @@ impl SeriesCache {
 
     /// Adds the observations held for every process to the exported histograms.
     pub fn flush(&mut self) {
-        self.by_process.values_mut().for_each(ProcessSeries::flush);
+        for key in self.found.drain(..) {
+            if let Some(series) = self.by_process.get_mut(&key) {
+                series.found = false;
+                series.flush();
+            }
+        }
     }
 
     /// The process's series, its labels made by `labels` (comm, cgroup) the first time.
@@ -92,9 +102,11 @@ impl SeriesCache {
         labels: impl FnOnce() -> (String, String),
     ) -> &mut ProcessSeries {
         if !self.by_process.contains_key(&key) && self.by_process.len() >= PROCESSES_HELD {
+            // Dropped, each series adds what it holds.
             self.by_process.clear();
+            self.found.clear();
         }
-        self.by_process.entry(key).or_insert_with(|| {
+        let series = self.by_process.entry(key).or_insert_with(|| {
             let (comm, cgroup) = labels();
             ProcessSeries {
                 labels: ProcessLabels { comm, cgroup },
@@ -102,8 +114,14 @@ impl SeriesCache {
                 retransmits: None,
                 rtt: None,
                 duration: None,
+                found: false,
             }
-        })
+        });
+        if !series.found {
+            series.found = true;
+            self.found.push(key);
+        }
+        series
     }
 }
 
@@ -137,6 +155,33 @@ mod tests {
         assert!(resets.contains("direction=\"tx\"") && resets.ends_with(" 3"), "{resets}");
         assert!(!body.contains("direction=\"rx\""), "no rx series without an rx reset");
         assert!(line("connwatch_retransmits_total{").is_none(), "no retransmit series");
+    }
+
+    #[test]
+    fn each_flush_adds_what_the_processes_found_since_the_last_one_observed() {
+        let (metrics, registry) = Metrics::new(1 << 20);
+        let mut cache = SeriesCache::default();
+        let observe = |cache: &mut SeriesCache, pid: u32, comm: &str| {
+            let key = SeriesCache::key(Some(&Owner { pid, comm: comm.into() }));
+            cache.get(key, || (comm.into(), String::new())).rtt(&metrics).observe(0.001);
+        };
+        let count = |comm: &str| {
+            let body = page(&registry);
+            let prefix = format!("connwatch_tcp_rtt_seconds_count{{comm=\"{comm}\"");
+            body.lines()
+                .find(|l| l.starts_with(&prefix))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        observe(&mut cache, 7, "nginx");
+        observe(&mut cache, 8, "redis");
+        assert_eq!(count("nginx").as_deref(), Some("0"), "held until the flush");
+        cache.flush();
+        assert_eq!((count("nginx").as_deref(), count("redis").as_deref()), (Some("1"), Some("1")));
+        observe(&mut cache, 8, "redis");
+        observe(&mut cache, 8, "redis");
+        cache.flush();
+        assert_eq!((count("nginx").as_deref(), count("redis").as_deref()), (Some("1"), Some("3")));
+        assert!(cache.found.is_empty(), "nothing left to flush");
     }
 
     #[test]
