@@ -343,4 +343,17 @@ mod tests {
         assert_eq!(options(8 << 20, 3).each_ring_bytes(), 2 << 20, "rounded down");
         assert_eq!(options(page_size(), 8).each_ring_bytes(), page_size());
     }
+
+    /// The ring buffers are named twice: in `names.rs`, which the loader sizes and reads, and
+    /// as the statics of the eBPF side's `rings!`. A ring only one side knew would keep the
+    /// object's default size, or never be read.
+    #[test]
+    fn the_object_declares_every_ring_buffer_the_loader_sizes_and_no_other() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        for ring in MAP_EVENTS {
+            assert!(object.maps.contains_key(ring), "{ring} is not declared by the eBPF side");
+        }
+        let declared = object.maps.keys().filter(|name| name.starts_with("EVENTS")).count();
+        assert_eq!(declared, MAP_EVENTS.len(), "rings declared: {:?}", object.maps.keys());
+    }
 }
