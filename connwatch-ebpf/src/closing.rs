@@ -11,14 +11,15 @@
 use connwatch_common::{
     config::FLAG_CLOSING_TOGETHER,
     event::{KIND_STATE, KIND_STATES, StatesEvent},
-    socket::{CLOSING_SLOTS, Closing, SOCKET_APP_CLOSED, SocketInfo},
+    socket::{CLOSING_SLOTS, Closing, SOCKET_APP_CLOSED, SocketEntry, SocketInfo},
     tcp::TCP_CLOSE,
 };
 
 use crate::{config::conf, emit, maps::SOCKETS, sock::Endpoints};
 
 /// A state change of `sk` at `now`: kept, or reported with those kept before it. Returns
-/// whether it was; false leaves it to be reported on its own.
+/// whether it was; false leaves it to be reported on its own. `entry`: the socket's, if the
+/// caller looked it up already.
 #[inline(always)]
 pub fn keep_or_report(
     sk: u64,
@@ -26,11 +27,12 @@ pub fn keep_or_report(
     ends: &Endpoints,
     (old, new): (u8, u8),
     now: u64,
+    entry: Option<*mut SocketEntry>,
 ) -> bool {
     if conf!(flags) & FLAG_CLOSING_TOGETHER == 0 || info.flags & SOCKET_APP_CLOSED == 0 {
         return false;
     }
-    let Some(entry) = SOCKETS.get_ptr_mut(&sk) else {
+    let Some(entry) = entry.or_else(|| SOCKETS.get_ptr_mut(&sk)) else {
         return false;
     };
     // SAFETY: a valid map value pointer; the kernel changes a socket's state under its lock,

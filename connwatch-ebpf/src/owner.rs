@@ -130,7 +130,13 @@ fn remember_in_scratch(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> Sock
 /// an unknown owner and born now. Any context.
 #[inline(always)]
 pub fn known(sk: u64) -> SocketInfo {
-    match SOCKETS.get_ptr(&sk) {
+    known_in(sk, SOCKETS.get_ptr_mut(&sk))
+}
+
+/// [`known`], the socket's entry (if any) already looked up.
+#[inline(always)]
+pub fn known_in(sk: u64, entry: Option<*mut SocketEntry>) -> SocketInfo {
+    match entry {
         // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
         Some(entry) => unsafe { (*entry).info },
         None => adopt(sk, Owner::UNKNOWN, false),
@@ -149,8 +155,14 @@ pub fn touch(sk: u64) -> SocketInfo {
 /// the caller sets them).
 #[inline(always)]
 fn touch_with(sk: u64, flags: u16) -> SocketInfo {
+    touch_in(sk, SOCKETS.get_ptr_mut(&sk), flags)
+}
+
+/// [`touch`], the socket's entry (if any) already looked up, adding `flags` to it.
+#[inline(always)]
+pub fn touch_in(sk: u64, entry: Option<*mut SocketEntry>, flags: u16) -> SocketInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    match SOCKETS.get_ptr_mut(&sk) {
+    match entry {
         Some(entry) => {
             // SAFETY: a valid map value pointer; concurrent writers store whole owners.
             let info = unsafe { &mut (*entry).info };

@@ -46,17 +46,23 @@ fn field<const N: usize>(window: &[u8], base: u32, offset: u32) -> Option<[u8; N
 /// helper calls: the head of `sock_common` and the type/protocol pair, each read whole.
 #[inline(always)]
 pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
-    let base = conf!(sock.head);
-    let head: [u8; SOCK_HEAD_BYTES as usize] = read(sk, base).ok()?;
-    let family = u16::from_ne_bytes(field(&head, base, conf!(sock.family))?);
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
+    let ends = inet_endpoints(sk)?;
     let pt_base = conf!(sock.proto_type);
     let pt: [u8; PROTO_TYPE_BYTES as usize] = read(sk, pt_base).ok()?;
     let protocol = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.protocol))?);
     let sk_type = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.sk_type))?);
-    if protocol != IPPROTO_TCP || sk_type != SOCK_STREAM {
+    (protocol == IPPROTO_TCP && sk_type == SOCK_STREAM).then_some(ends)
+}
+
+/// The endpoints of an AF_INET or AF_INET6 socket from the head of `sock_common` alone (one
+/// helper call): enough for a socket known to be TCP (it has a `SOCKETS` entry: only TCP
+/// sockets get one, and a TCP socket's memory is only ever reused by another).
+#[inline(always)]
+pub fn inet_endpoints(sk: u64) -> Option<Endpoints> {
+    let base = conf!(sock.head);
+    let head: [u8; SOCK_HEAD_BYTES as usize] = read(sk, base).ok()?;
+    let family = u16::from_ne_bytes(field(&head, base, conf!(sock.family))?);
+    if family != AF_INET && family != AF_INET6 {
         return None;
     }
     Some(Endpoints {

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     event::{KIND_STATE, StateEvent, UNDERSTUDY_STATE},
-    socket::SocketInfo,
+    socket::{SocketEntry, SocketInfo},
     tcp::{
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
         TCP_SYN_RECV, TCP_SYN_SENT,
@@ -18,7 +18,8 @@ use connwatch_common::{
 };
 
 use crate::{
-    closing, config::conf, emit, owner, policy, record, sock, understudy::raw_with_understudy,
+    closing, config::conf, emit, maps::SOCKETS, owner, policy, record, sock,
+    understudy::raw_with_understudy,
 };
 
 #[tracepoint]
@@ -73,23 +74,42 @@ pub fn fentry_inet_sk_set_state(ctx: FEntryContext) -> u32 {
 /// A state about to be stored (at `now`): the socket still holds the old one.
 #[inline(always)]
 fn on_state_store(sk: u64, new: i32, now: u64) {
-    if let Some(ends) = sock::tcp_endpoints(sk) {
-        changed(sk, ends, ends.state, new as u8, now);
+    let entry = SOCKETS.get_ptr_mut(&sk);
+    if let Some(ends) = endpoints(sk, entry) {
+        changed(sk, ends, ends.state, new as u8, now, entry);
     }
 }
 
 #[inline(always)]
 fn on_state_change(sk: u64, old: i32, new: i32, now: u64) {
-    if let Some(ends) = sock::tcp_endpoints(sk) {
-        changed(sk, ends, old as u8, new as u8, now);
+    let entry = SOCKETS.get_ptr_mut(&sk);
+    if let Some(ends) = endpoints(sk, entry) {
+        changed(sk, ends, old as u8, new as u8, now, entry);
     }
 }
 
-/// `sk` changed from `old` to `new` at `now` (the hit's one clock read).
+/// The socket's endpoints, if it is TCP: known already (it has an `entry`), or checked.
 #[inline(always)]
-fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8, now: u64) {
+fn endpoints(sk: u64, entry: Option<*mut SocketEntry>) -> Option<sock::Endpoints> {
+    match entry {
+        Some(_) => sock::inet_endpoints(sk),
+        None => sock::tcp_endpoints(sk),
+    }
+}
+
+/// `sk` changed from `old` to `new` at `now` (the hit's one clock read); `entry` is its
+/// `SOCKETS` entry as the hit began, looked up once for everything below.
+#[inline(always)]
+fn changed(
+    sk: u64,
+    mut ends: sock::Endpoints,
+    old: u8,
+    new: u8,
+    now: u64,
+    entry: Option<*mut SocketEntry>,
+) {
     // Whatever the kernel did, routine calls must look at the socket again.
-    let info = identify(sk, old, new, ends.sport, now);
+    let (info, entry) = identify(sk, (old, new), ends.sport, now, entry);
     // ESTABLISHED and a listener's stages are news nobody can misjudge yet.
     let routine = matches!(new, TCP_ESTABLISHED | TCP_LISTEN | TCP_SYN_RECV);
     policy::distrust(sk, if routine { 0 } else { policy::attention_of(&info) });
@@ -99,7 +119,7 @@ fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8, now: u64) {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
     if emit::wanted(sk, &info, &mut ends)
-        && !closing::keep_or_report(sk, &info, &ends, (old, new), now)
+        && !closing::keep_or_report(sk, &info, &ends, (old, new), now, entry)
     {
         emit::emit(KIND_STATE, sk, &info, &ends, now, |event: &mut StateEvent| {
             event.old_state = old;
@@ -110,21 +130,30 @@ fn changed(sk: u64, mut ends: sock::Endpoints, old: u8, new: u8, now: u64) {
 }
 
 /// Which life of `sk` this change (at `now`) belongs to and who owns it, from what the
-/// transition implies about the context it runs in.
+/// transition implies about the context it runs in; with the entry still to be used (none once
+/// a new life replaced it).
 #[inline(always)]
-fn identify(sk: u64, old: u8, new: u8, port: u16, now: u64) -> SocketInfo {
+fn identify(
+    sk: u64,
+    (old, new): (u8, u8),
+    port: u16,
+    now: u64,
+    entry: Option<*mut SocketEntry>,
+) -> (SocketInfo, Option<*mut SocketEntry>) {
     match (old, new) {
         // connect() and listen(): process context, a new life.
         (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) => {
-            owner::begin(sk, owner::current(), now)
+            (owner::begin(sk, owner::current(), now), None)
         }
         // A child created from a listener in softirq: inherits the listener's owner.
         (TCP_LISTEN, TCP_SYN_RECV) => {
-            owner::begin(sk, owner::listener_owner(sock::net(sk), port), now)
+            (owner::begin(sk, owner::listener_owner(sock::net(sk), port), now), None)
         }
         // close() or shutdown() by the application: process context.
-        (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => owner::touch(sk),
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
+            (owner::touch_in(sk, entry, 0), entry)
+        }
         // Everything else may run in softirq: the task on the CPU is not the owner.
-        _ => owner::known(sk),
+        _ => (owner::known_in(sk, entry), entry),
     }
 }
