@@ -210,11 +210,10 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
 
 /// The current process closed the last reference to `sk` in `state` (process context): it
 /// becomes the owner, as [`touch`], in the same lookup that marks the socket closed by its
-/// application. A socket already in CLOSE dies with
-/// it, so its identity goes now (kernels without `tcp:tcp_destroy_sock` rely on this). Any
-/// other socket lives on (FIN or RST still to send) and keeps its identity until the kernel
-/// destroys it; should its memory be reused, the new life begins with connect, listen or a
-/// listener's child, which gives it a new birth.
+/// application. A socket already in CLOSE dies with it, so its identity goes now (kernels
+/// without `tcp:tcp_destroy_sock` rely on this). Any other socket lives on (FIN or RST still
+/// to send) and keeps its identity until the kernel destroys it; should its memory be reused,
+/// the new life begins with connect, listen or a listener's child, which gives it a new birth.
 #[inline(always)]
 pub fn touch_closed(sk: u64, state: u8) -> SocketInfo {
     if state == connwatch_common::tcp::TCP_CLOSE {
