@@ -128,9 +128,7 @@ impl WatchArgs {
     /// One ring buffer per correlator thread, each reading its own, where the kernel allows
     /// ([`crate::probes::ring_count`]).
     pub fn load_options(&self) -> LoadOptions {
-        let rings = crate::probes::ring_count(self.correlator_count());
-        let bytes = self.common.ring_buffer_size.unwrap_or_else(|| default_ring_bytes(rings));
-        LoadOptions { rings, ring_buffer_bytes: bytes, ..self.common.load_options() }
+        self.common.load_options_for(crate::probes::ring_count(self.correlator_count()))
     }
 }
 
@@ -204,7 +202,13 @@ pub enum AttachChoice {
 }
 
 impl CommonArgs {
+    /// With one ring buffer (`trace`).
     pub fn load_options(&self) -> LoadOptions {
+        self.load_options_for(1)
+    }
+
+    /// With `rings` ring buffers, sized together as `--ring-buffer-size` says or by default.
+    pub fn load_options_for(&self, rings: usize) -> LoadOptions {
         LoadOptions {
             attach: match self.attach {
                 AttachChoice::Auto => AttachMode::Auto,
@@ -213,8 +217,8 @@ impl CommonArgs {
                 AttachChoice::Kprobe => AttachMode::Prefer(Mechanism::Kprobe),
                 AttachChoice::Fentry => AttachMode::Prefer(Mechanism::Fentry),
             },
-            ring_buffer_bytes: self.ring_buffer_size.unwrap_or_else(|| default_ring_bytes(1)),
-            rings: 1,
+            ring_buffer_bytes: self.ring_buffer_size.unwrap_or_else(|| default_ring_bytes(rings)),
+            rings,
             filters: Filters {
                 pids: self.pids.clone(),
                 ports: self.ports.clone(),

@@ -191,12 +191,12 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     // Trust follows the socket as it is now, whatever state the call began in.
     let healthy_now = !policy::notable_socket(ends.state, &health);
     let mut snapshot = None;
-    let mut started_ns = owner::now();
+    // The hit's time, or a send's start where it was kept.
+    let started_ns = caller.now;
     if start.started_ns != 0 {
         // Judged as the call found the socket; the kernel's reaction comes after.
         ends.state = start.snapshot.state;
         snapshot = Some(start.snapshot);
-        started_ns = start.started_ns;
     }
     let health = match snapshot {
         Some(s) => Health { sk_err: s.sk_err, rto_retransmits: s.rto_retransmits },

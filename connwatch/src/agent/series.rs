@@ -85,7 +85,8 @@ impl SeriesCache {
         (owner.map_or(0, |o| o.pid), name)
     }
 
-    /// Adds the observations held for every process to the exported histograms.
+    /// Adds the observations held for the processes found since the last flush (no other
+    /// holds any) to the exported histograms.
     pub fn flush(&mut self) {
         for key in self.found.drain(..) {
             if let Some(series) = self.by_process.get_mut(&key) {
