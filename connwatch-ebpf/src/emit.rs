@@ -9,7 +9,7 @@ use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
     event::{AppEvent, EventHeader, SockSnapshot},
     names::ring_of,
-    socket::{OWNER_UNKNOWN, SocketInfo},
+    socket::{OWNER_UNKNOWN, SocketEntry, SocketInfo},
 };
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
@@ -31,7 +31,18 @@ use crate::{
 /// `ends` with the connection's remembered ports first.
 #[inline(always)]
 pub fn wanted(sk: u64, info: &SocketInfo, ends: &mut Endpoints) -> bool {
-    owner::complete_ports(sk, info, ends);
+    wanted_in(sk, None, info, ends)
+}
+
+/// [`wanted`], with the socket's `SOCKETS` entry if the caller looked it up already.
+#[inline(always)]
+pub fn wanted_in(
+    sk: u64,
+    entry: Option<*mut SocketEntry>,
+    info: &SocketInfo,
+    ends: &mut Endpoints,
+) -> bool {
+    owner::complete_ports_in(sk, entry, info, ends);
     let tgid = info.owner.tgid;
     if tgid != OWNER_UNKNOWN && tgid == conf!(self_tgid) {
         return false;

@@ -243,9 +243,20 @@ pub fn forget(sk: u64) {
 /// released the local port (on the way to CLOSE).
 #[inline(always)]
 pub fn complete_ports(sk: u64, info: &SocketInfo, ends: &mut crate::sock::Endpoints) {
+    complete_ports_in(sk, None, info, ends);
+}
+
+/// [`complete_ports`], with the socket's entry if the caller looked it up already.
+#[inline(always)]
+pub fn complete_ports_in(
+    sk: u64,
+    entry: Option<*mut SocketEntry>,
+    info: &SocketInfo,
+    ends: &mut crate::sock::Endpoints,
+) {
     if ends.sport != 0 && ends.dport != 0 {
         if (info.sport, info.dport) != (ends.sport, ends.dport)
-            && let Some(entry) = SOCKETS.get_ptr_mut(&sk)
+            && let Some(entry) = entry.or_else(|| SOCKETS.get_ptr_mut(&sk))
         {
             // SAFETY: a valid map value pointer.
             unsafe {

@@ -152,13 +152,15 @@ pub fn distrust(sk: u64, attention_of: u32) {
 }
 
 /// The socket's tallies go (its life ended, or a new one began at its address), and with them
-/// its count in `ATTENTION`.
+/// its count in `ATTENTION`. Most new lives find none, and deleting an absent key still takes
+/// a bucket lock: only an entry found is deleted (none can appear meanwhile: the old life is
+/// over, the new one not yet known).
 #[inline(always)]
 pub fn release(sk: u64) {
     if let Some(io) = IO_STATE.get_ptr_mut(&sk) {
         discharge(io);
+        let _ = IO_STATE.remove(&sk);
     }
-    let _ = IO_STATE.remove(&sk);
 }
 
 /// Whether process `tgid` holds a socket needing attention (or shares its `ATTENTION` slot

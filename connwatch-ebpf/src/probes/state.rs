@@ -118,7 +118,7 @@ fn changed(
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
-    if emit::wanted(sk, &info, &mut ends)
+    if emit::wanted_in(sk, entry, &info, &mut ends)
         && !closing::keep_or_report(sk, &info, &ends, (old, new), now, entry)
     {
         emit::emit(KIND_STATE, sk, &info, &ends, now, |event: &mut StateEvent| {
