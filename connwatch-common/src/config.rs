@@ -18,6 +18,10 @@ pub const FLAG_READINESS_ON_ATTENTION: u32 = 16;
 /// the close) are kept in the socket's entry and reported in one record when it reaches CLOSE
 /// ([`crate::event::StatesEvent`]); `watch` and `agent` set it, `trace` reports each at once.
 pub const FLAG_CLOSING_TOGETHER: u32 = 32;
+/// The state change that begins a life (connect, listen, a listener's child) is not reported:
+/// the life's birth records it ([`crate::socket::opening_of`]), and the correlator takes it
+/// from there. `watch` and `agent` set it, `trace` reports it.
+pub const FLAG_OPENING_IN_BIRTH: u32 = 64;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.

@@ -1,6 +1,9 @@
 //! Values of the kernel maps that give each socket its identity and owner.
 
-use crate::assert_size;
+use crate::{
+    assert_size,
+    tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT},
+};
 
 /// `tgid` of an owner nobody has seen in process context yet. Never a real process: pid 0 is the
 /// idle task, which owns no sockets.
@@ -24,6 +27,40 @@ impl Owner {
 /// Set in [`SocketInfo::birth_ns`] (its lowest bit) for a socket first seen mid-life: older
 /// than the agent, or forgotten by the LRU. Its true birth, and so its age, is unknown.
 pub const BIRTH_ADOPTED: u64 = 1;
+
+/// How a life seen born began, in [`SocketInfo::birth_ns`]'s bits 1 and 2 (the adopted bit
+/// clear): the state change that began it. `watch` and `agent` do not report that change on its
+/// own ([`crate::config::FLAG_OPENING_IN_BIRTH`]); the birth on every later record carries it.
+pub const BIRTH_OPENING: u64 = 0b110;
+/// CLOSE -> SYN_SENT: connect().
+pub const BIRTH_BY_CONNECT: u64 = 1 << 1;
+/// CLOSE -> LISTEN: listen().
+pub const BIRTH_BY_LISTEN: u64 = 2 << 1;
+/// LISTEN -> SYN_RECV: a child created by a listener.
+pub const BIRTH_FROM_LISTENER: u64 = 3 << 1;
+
+/// The birth of a life beginning at `now_ns` by `opening` (a `BIRTH_BY_*` or
+/// `BIRTH_FROM_LISTENER`): the time gives up its lowest three bits (8 ns) to the opening and the
+/// adopted bit.
+#[inline(always)]
+pub fn birth_of(now_ns: u64, opening: u64) -> u64 {
+    (now_ns & !(BIRTH_OPENING | BIRTH_ADOPTED)) | (opening & BIRTH_OPENING)
+}
+
+/// The state change (old, new) that began the life born at `birth_ns`, and when, if the birth
+/// records it.
+pub fn opening_of(birth_ns: u64) -> Option<(u8, u8, u64)> {
+    if birth_ns & BIRTH_ADOPTED != 0 {
+        return None;
+    }
+    let (old, new) = match birth_ns & BIRTH_OPENING {
+        BIRTH_BY_CONNECT => (TCP_CLOSE, TCP_SYN_SENT),
+        BIRTH_BY_LISTEN => (TCP_CLOSE, TCP_LISTEN),
+        BIRTH_FROM_LISTENER => (TCP_LISTEN, TCP_SYN_RECV),
+        _ => return None,
+    };
+    Some((old, new, birth_ns & !BIRTH_OPENING))
+}
 
 /// One socket's life as the kernel map records it, keyed by the `struct sock` address.
 ///

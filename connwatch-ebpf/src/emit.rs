@@ -42,7 +42,7 @@ pub fn wanted_in(
     info: &SocketInfo,
     ends: &mut Endpoints,
 ) -> bool {
-    owner::complete_ports_in(sk, entry, info, ends);
+    owner::complete_ports(sk, entry, info, ends);
     let tgid = info.owner.tgid;
     if tgid != OWNER_UNKNOWN && tgid == conf!(self_tgid) {
         return false;

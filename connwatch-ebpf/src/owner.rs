@@ -11,7 +11,7 @@ use connwatch_common::{
     names::LATEST_LIFE_SLOTS,
     socket::{
         CLOSING_SLOTS, Closing, ListenerKey, Owner, SOCKET_APP_CLOSED, SocketEntry, SocketInfo,
-        route_of_life,
+        birth_of, route_of_life,
     },
 };
 
@@ -33,11 +33,12 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A new life of `sk`, born at `now`: connect, listen, or a child spawned by a listener.
-/// Nothing of an earlier life at the same address (its tallies) carries over. Any context.
+/// A new life of `sk`, born at `now` by `opening` (`BIRTH_BY_CONNECT`, `BIRTH_BY_LISTEN` or
+/// `BIRTH_FROM_LISTENER`, kept in the birth). Nothing of an earlier life at the same address
+/// (its tallies) carries over. Any context.
 #[inline(always)]
-pub fn begin(sk: u64, owner: Owner, now: u64) -> SocketInfo {
-    let birth_ns = now & !ADOPTED;
+pub fn begin(sk: u64, owner: Owner, now: u64, opening: u64) -> SocketInfo {
+    let birth_ns = birth_of(now, opening);
     let addr = as_number(sk);
     let route = route_of_life(addr, birth_ns);
     if let Some(latest) = LATEST_LIVES.get_ptr_mut(latest_slot(addr)) {
@@ -240,15 +241,10 @@ pub fn forget(sk: u64) {
 }
 
 /// Remembers the connection's ports while the kernel has them, and supplies them once it has
-/// released the local port (on the way to CLOSE).
+/// released the local port (on the way to CLOSE). `entry`: the socket's, if the caller looked
+/// it up already.
 #[inline(always)]
-pub fn complete_ports(sk: u64, info: &SocketInfo, ends: &mut crate::sock::Endpoints) {
-    complete_ports_in(sk, None, info, ends);
-}
-
-/// [`complete_ports`], with the socket's entry if the caller looked it up already.
-#[inline(always)]
-pub fn complete_ports_in(
+pub fn complete_ports(
     sk: u64,
     entry: Option<*mut SocketEntry>,
     info: &SocketInfo,

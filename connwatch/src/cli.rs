@@ -228,6 +228,7 @@ impl CommonArgs {
             // watch and agent: findings only (trace overrides both).
             healthy_readiness: false,
             closing_together: true,
+            opening_in_birth: true,
             left_out: self.leave_out.clone(),
             args_at_entry: self.args_at_entry,
         }
@@ -240,6 +241,7 @@ impl TraceArgs {
             all_io: self.all_io,
             healthy_readiness: true,
             closing_together: false,
+            opening_in_birth: false,
             ..self.common.load_options()
         }
     }
@@ -408,6 +410,8 @@ mod tests {
         assert!(!watch(&["watch"]).common.load_options().healthy_readiness);
         assert!(!o.closing_together, "trace reports every state change as it happens");
         assert!(watch(&["watch"]).common.load_options().closing_together);
+        assert!(!o.opening_in_birth, "trace reports the change that begins a life");
+        assert!(watch(&["watch"]).common.load_options().opening_in_birth);
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Watching {
             filters,
             healthy_readiness: false,
             closing_together: true,
+            opening_in_birth: true,
             ..LoadOptions::default()
         };
         Self {

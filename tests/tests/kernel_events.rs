@@ -12,6 +12,7 @@ use connwatch::{
         tracefs,
     },
 };
+use connwatch_common::{socket::opening_of, tcp::state_name};
 use connwatch_tests::{
     Netns, Peer, Session, Topology,
     firewall::drop_tcp_input,
@@ -194,6 +195,69 @@ fn lifecycle_with_classic_tracepoints_reads_tracefs_layouts() {
 #[test]
 fn lifecycle_over_ipv6() {
     full_lifecycle("life6", Topology::SERVER_V6, 21003, AttachMode::Auto);
+}
+
+/// Under watch and agent, the change that begins each life is not reported: every later record
+/// carries it in the life's birth (connect, a listener's child, listen), as the correlator reads
+/// it back.
+#[test]
+fn watch_leaves_each_opening_to_the_birth() {
+    require_root();
+    let topology = Topology::new("open4");
+    for attempt in 1..=ATTEMPTS {
+        if openings_once(&topology, 21004) {
+            return;
+        }
+        eprintln!("attempt {attempt}: the kernel skipped {STATE_HOOK} hits; trying again");
+    }
+    panic!("the kernel skipped {STATE_HOOK} hits in each of {ATTEMPTS} attempts");
+}
+
+fn openings_once(topology: &Topology, port: u16) -> bool {
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let mut session =
+        Session::start(LoadOptions { opening_in_birth: true, ..options(pids(&[spid, cpid])) });
+    server.ok(&format!("listen {} {port}", Topology::SERVER_V4));
+    client.ok(&format!("connect {} {port}", Topology::SERVER_V4));
+    server.ok("accept");
+    server.ok("close-listener");
+    let (client_first, child_first, listener_first) =
+        (("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"), ("LISTEN", "CLOSE"));
+    if !session.wait_until_unless_skipped(
+        "each socket's first reported change",
+        STATE_HOOK,
+        |evs| {
+            socket_starting(evs, client_first, cpid).is_some()
+                && socket_starting(evs, child_first, spid).is_some()
+                && socket_starting(evs, listener_first, spid).is_some()
+        },
+    ) {
+        return false;
+    }
+    let events = &session.events;
+    let openings = [CLIENT_STATES[0], SERVER_STATES[0], LISTENER_STATES[0]];
+    let reported: Vec<_> = events.iter().filter_map(transition).collect();
+    assert!(
+        openings.iter().all(|opening| !reported.contains(opening)),
+        "no opening reported on its own:\n{}",
+        session.dump()
+    );
+    for (name, first, pid, opening) in [
+        ("client", client_first, cpid, CLIENT_STATES[0]),
+        ("child", child_first, spid, SERVER_STATES[0]),
+        ("listener", listener_first, spid, LISTENER_STATES[0]),
+    ] {
+        for e in socket_starting(events, first, pid).unwrap() {
+            let (old, new, born) = opening_of(e.sock.birth_ns)
+                .unwrap_or_else(|| panic!("{name}: no opening in the birth of {}", describe(e)));
+            let names = (state_name(old).unwrap(), state_name(new).unwrap());
+            assert_eq!(names, opening, "{name}: {}", describe(e));
+            assert!(born <= e.ts_ns, "{name}: born after its event: {}", describe(e));
+        }
+    }
+    true
 }
 
 #[test]

@@ -9,8 +9,9 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use connwatch_common::{
+    config::FLAG_OPENING_IN_BIRTH,
     event::{KIND_STATE, StateEvent, UNDERSTUDY_STATE},
-    socket::{SocketEntry, SocketInfo},
+    socket::{BIRTH_BY_CONNECT, BIRTH_BY_LISTEN, BIRTH_FROM_LISTENER, SocketEntry, SocketInfo},
     tcp::{
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
         TCP_SYN_RECV, TCP_SYN_SENT,
@@ -109,7 +110,7 @@ fn changed(
     entry: Option<*mut SocketEntry>,
 ) {
     // Whatever the kernel did, routine calls must look at the socket again.
-    let (info, entry) = identify(sk, (old, new), ends.sport, now, entry);
+    let (info, entry, began) = identify(sk, (old, new), ends.sport, now, entry);
     // ESTABLISHED and a listener's stages are news nobody can misjudge yet.
     let routine = matches!(new, TCP_ESTABLISHED | TCP_LISTEN | TCP_SYN_RECV);
     policy::distrust(sk, if routine { 0 } else { policy::attention_of(&info) });
@@ -118,7 +119,10 @@ fn changed(
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
-    if emit::wanted_in(sk, entry, &info, &mut ends)
+    // watch and agent: the change that began the life is in its birth, on every later record.
+    let in_birth = began && conf!(flags) & FLAG_OPENING_IN_BIRTH != 0;
+    if !in_birth
+        && emit::wanted_in(sk, entry, &info, &mut ends)
         && !closing::keep_or_report(sk, &info, &ends, (old, new), now, entry)
     {
         emit::emit(KIND_STATE, sk, &info, &ends, now, |event: &mut StateEvent| {
@@ -131,7 +135,7 @@ fn changed(
 
 /// Which life of `sk` this change (at `now`) belongs to and who owns it, from what the
 /// transition implies about the context it runs in; with the entry still to be used (none once
-/// a new life replaced it).
+/// a new life replaced it) and whether the change began that life.
 #[inline(always)]
 fn identify(
     sk: u64,
@@ -139,21 +143,25 @@ fn identify(
     port: u16,
     now: u64,
     entry: Option<*mut SocketEntry>,
-) -> (SocketInfo, Option<*mut SocketEntry>) {
+) -> (SocketInfo, Option<*mut SocketEntry>, bool) {
     match (old, new) {
         // connect() and listen(): process context, a new life.
-        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) => {
-            (owner::begin(sk, owner::current(), now), None)
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            (owner::begin(sk, owner::current(), now, BIRTH_BY_CONNECT), None, true)
+        }
+        (TCP_CLOSE, TCP_LISTEN) => {
+            (owner::begin(sk, owner::current(), now, BIRTH_BY_LISTEN), None, true)
         }
         // A child created from a listener in softirq: inherits the listener's owner.
         (TCP_LISTEN, TCP_SYN_RECV) => {
-            (owner::begin(sk, owner::listener_owner(sock::net(sk), port), now), None)
+            let owner = owner::listener_owner(sock::net(sk), port);
+            (owner::begin(sk, owner, now, BIRTH_FROM_LISTENER), None, true)
         }
         // close() or shutdown() by the application: process context.
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
-            (owner::touch_in(sk, entry, 0), entry)
+            (owner::touch_in(sk, entry, 0), entry, false)
         }
         // Everything else may run in softirq: the task on the CPU is not the owner.
-        _ => (owner::known_in(sk, entry), entry),
+        _ => (owner::known_in(sk, entry), entry, false),
     }
 }

@@ -6,6 +6,7 @@ pub mod detect;
 mod ends;
 pub mod finding;
 pub mod liveness;
+mod opening;
 mod retiring;
 mod room;
 pub mod shards;
@@ -102,7 +103,15 @@ impl Correlator {
             self.make_room();
         }
         let threshold = self.thresholds.retransmits;
-        let track = self.tracks.get_or_insert_with(event.sock, || Track::new(event));
+        // A new life begins with the change its birth records (watch and agent).
+        let mut opening = None;
+        let track = self.tracks.get_or_insert_with(event.sock, || {
+            opening = opening::implied_by(event);
+            Track::new(opening.as_ref().unwrap_or(event))
+        });
+        if let Some(opening) = &opening {
+            track.apply(opening, threshold);
+        }
         track.apply(event, threshold);
         let found = detect::on_event(track);
         if found.is_empty() {

@@ -413,6 +413,28 @@ fn a_connection_reset_before_it_was_accepted_is_still_unnoticed() {
     );
 }
 
+/// Under watch and agent the kernel leaves a life's opening to its birth: a listener's child
+/// whose first record is its handshake's end still waits to be accepted, and its evidence
+/// begins with the opening.
+#[test]
+fn a_child_known_by_its_birth_waits_for_its_accept() {
+    use connwatch_common::socket::{BIRTH_FROM_LISTENER, birth_of};
+    let child = SockId { addr: SOCK.addr, birth_ns: birth_of(MS / 2, BIRTH_FROM_LISTENER) };
+    let mut events = vec![at(child, 1, change("SYN_RECV", "ESTABLISHED"))];
+    events.extend(reset(child, 5));
+    let mut c = Correlator::new(Thresholds::default(), 16);
+    for e in &events {
+        c.ingest(e);
+    }
+    c.tick(5 * S);
+    c.ingest(&at(child, 5000, accept()));
+    let findings = c.tick(20 * S);
+    assert_eq!(findings.iter().map(|f| f.kind).collect::<Vec<_>>(), [Kind::ResetUnnoticed]);
+    let first = &findings[0].evidence[0];
+    assert_eq!((first.ts_ns, first.source), (MS / 2, "kernel"));
+    assert_eq!(first.detail, change("LISTEN", "SYN_RECV"));
+}
+
 #[test]
 fn a_process_that_exits_after_the_reset_let_go_of_its_socket() {
     // The process exited (the kernel closed its descriptors, no close() call): the kernel's

@@ -23,7 +23,7 @@ use aya::{
 use connwatch_common::{
     config::{
         Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_CLOSING_TOGETHER,
-        FLAG_READINESS_ON_ATTENTION,
+        FLAG_OPENING_IN_BIRTH, FLAG_READINESS_ON_ATTENTION,
     },
     names::{
         GLOBAL_CONFIG, MAP_EPOLL_WATCH, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER,
@@ -81,6 +81,10 @@ pub struct LoadOptions {
     /// reaches CLOSE (`watch` and `agent`: no finding rests on them any more), instead of each
     /// as it happens (`trace`).
     pub closing_together: bool,
+    /// Leave the state change that begins a life (connect, listen, a listener's child) to its
+    /// birth, which every later record of the life carries, instead of reporting it (`watch`
+    /// and `agent`: the correlator takes it from the birth; `trace` reports it).
+    pub opening_in_birth: bool,
     /// Hooks (`category:name`) not to attach, as if this kernel lacked them: their stand-ins
     /// (if any) attach instead.
     pub left_out: Vec<String>,
@@ -99,6 +103,7 @@ impl Default for LoadOptions {
             all_io: false,
             healthy_readiness: true,
             closing_together: false,
+            opening_in_birth: false,
             left_out: Vec::new(),
             args_at_entry: false,
         }
@@ -292,6 +297,9 @@ fn flag_bits(options: &LoadOptions) -> u32 {
     }
     if options.closing_together {
         bits |= FLAG_CLOSING_TOGETHER;
+    }
+    if options.opening_in_birth {
+        bits |= FLAG_OPENING_IN_BIRTH;
     }
     if !filters.pids.is_empty() {
         bits |= FILTER_PIDS;
