@@ -128,7 +128,7 @@ pub fn snapshot(sk: u64, state: u8, health: Health) -> SockSnapshot {
 }
 
 /// `snd_una` and the smoothed round-trip time (µs): one read where `srtt_us` follows within 12
-/// bytes, as on 6.18 (8 bytes on); two otherwise, as on 6.1.
+/// bytes of it, as on 6.18 (8 bytes); two otherwise, as on 6.1.
 #[inline(always)]
 fn una_and_srtt_us(sk: u64) -> (u32, u32) {
     let (una_at, srtt_at) = (conf!(sock.snd_una), conf!(sock.srtt_us));
