@@ -236,12 +236,6 @@ impl Observation {
     }
 }
 
-/// Reports what the current process (the socket's owner from now on) observed on `sk`.
-#[inline(always)]
-pub fn observed(sk: u64, ends: Endpoints, obs: &Observation) {
-    observed_as(sk, &ends, obs, &owner::touch(sk));
-}
-
 /// Reports an observation on `sk` under the owner already known (`info`).
 #[inline(always)]
 pub fn observed_as(sk: u64, ends: &Endpoints, obs: &Observation, info: &SocketInfo) {

@@ -215,14 +215,15 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
 /// without `tcp:tcp_destroy_sock` rely on this). Any other socket lives on (FIN or RST still
 /// to send) and keeps its identity until the kernel destroys it; should its memory be reused,
 /// the new life begins with connect, listen or a listener's child, which gives it a new birth.
+/// `entry`: the socket's, as the caller looked it up.
 #[inline(always)]
-pub fn touch_closed(sk: u64, state: u8) -> SocketInfo {
+pub fn touch_closed(sk: u64, entry: Option<*mut SocketEntry>, state: u8) -> SocketInfo {
     if state == connwatch_common::tcp::TCP_CLOSE {
-        let info = touch(sk);
+        let info = touch_in(sk, entry, 0);
         forget(sk);
         return info;
     }
-    let info = touch_with(sk, SOCKET_APP_CLOSED);
+    let info = touch_in(sk, entry, SOCKET_APP_CLOSED);
     if info.flags & SOCKET_APP_CLOSED == 0 {
         // Adopted just now: mark it.
         if let Some(entry) = SOCKETS.get_ptr_mut(&sk) {

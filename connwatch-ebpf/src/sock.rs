@@ -4,6 +4,7 @@ use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use connwatch_common::{
     config::{OFFSET_ABSENT, PROTO_TYPE_BYTES, SOCK_HEAD_BYTES},
     event::{EventHeader, SockSnapshot},
+    socket::SocketEntry,
     tcp::{AF_INET, AF_INET6, IPPROTO_TCP, S_IFMT, S_IFSOCK, SOCK_STREAM},
 };
 
@@ -52,6 +53,16 @@ pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
     let protocol = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.protocol))?);
     let sk_type = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.sk_type))?);
     (protocol == IPPROTO_TCP && sk_type == SOCK_STREAM).then_some(ends)
+}
+
+/// The endpoints of `sk` if it is TCP: from the head alone where it is known already (`entry`:
+/// its `SOCKETS` entry, which only TCP sockets get), else checked.
+#[inline(always)]
+pub fn endpoints_of(sk: u64, entry: Option<*mut SocketEntry>) -> Option<Endpoints> {
+    match entry {
+        Some(_) => inet_endpoints(sk),
+        None => tcp_endpoints(sk),
+    }
 }
 
 /// The endpoints of an AF_INET or AF_INET6 socket from the head of `sock_common` alone (one

@@ -14,6 +14,7 @@ use connwatch_common::{
 
 use crate::{
     emit::{self, Observation},
+    maps::SOCKETS,
     owner, sock,
     syscall::{self, arg, ret},
 };
@@ -109,10 +110,11 @@ pub(super) fn on_accept<C: EbpfContext>(ctx: &C, fd: i64) {
         warn!(ctx, "accepted fd {} did not resolve to a socket: owners will be missing", fd);
         return;
     };
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let entry = SOCKETS.get_ptr_mut(&sk);
+    let Some(ends) = sock::endpoints_of(sk, entry) else {
         return;
     };
-    let info = owner::touch(sk);
+    let info = owner::touch_in(sk, entry, 0);
     owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     let obs = Observation::single(KIND_ACCEPT, sk, &ends, fd as i32, 0);
     emit::observed_as(sk, &ends, &obs, &info);
@@ -139,14 +141,15 @@ pub(super) fn on_close(fd: i64) {
     let Some(sk) = sock::sock_of_file(file) else {
         return;
     };
-    let Some(ends) = sock::tcp_endpoints(sk) else {
+    let entry = SOCKETS.get_ptr_mut(&sk);
+    let Some(ends) = sock::endpoints_of(sk, entry) else {
         return;
     };
     let others = (sock::file_references(file) - 1).clamp(0, i32::MAX as i64) as i32;
     let obs = Observation::single(KIND_CLOSE, sk, &ends, fd as i32, others);
     let info = match others {
-        0 => owner::touch_closed(sk, obs.snapshot.state),
-        _ => owner::known(sk),
+        0 => owner::touch_closed(sk, entry, obs.snapshot.state),
+        _ => owner::known_in(sk, entry),
     };
     emit::observed_as(sk, &ends, &obs, &info);
 }
@@ -157,8 +160,9 @@ pub(super) fn report(fd: i64, kind: u8, value: i32) {
     let Some(sk) = sock::sock_of_fd(fd) else {
         return;
     };
-    if let Some(ends) = sock::tcp_endpoints(sk) {
+    let entry = SOCKETS.get_ptr_mut(&sk);
+    if let Some(ends) = sock::endpoints_of(sk, entry) {
         let obs = Observation::single(kind, sk, &ends, fd as i32, value);
-        emit::observed(sk, ends, &obs);
+        emit::observed_as(sk, &ends, &obs, &owner::touch_in(sk, entry, 0));
     }
 }

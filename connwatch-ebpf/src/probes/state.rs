@@ -76,7 +76,7 @@ pub fn fentry_inet_sk_set_state(ctx: FEntryContext) -> u32 {
 #[inline(always)]
 fn on_state_store(sk: u64, new: i32, now: u64) {
     let entry = SOCKETS.get_ptr_mut(&sk);
-    if let Some(ends) = endpoints(sk, entry) {
+    if let Some(ends) = sock::endpoints_of(sk, entry) {
         changed(sk, ends, ends.state, new as u8, now, entry);
     }
 }
@@ -84,17 +84,8 @@ fn on_state_store(sk: u64, new: i32, now: u64) {
 #[inline(always)]
 fn on_state_change(sk: u64, old: i32, new: i32, now: u64) {
     let entry = SOCKETS.get_ptr_mut(&sk);
-    if let Some(ends) = endpoints(sk, entry) {
+    if let Some(ends) = sock::endpoints_of(sk, entry) {
         changed(sk, ends, old as u8, new as u8, now, entry);
-    }
-}
-
-/// The socket's endpoints, if it is TCP: known already (it has an `entry`), or checked.
-#[inline(always)]
-fn endpoints(sk: u64, entry: Option<*mut SocketEntry>) -> Option<sock::Endpoints> {
-    match entry {
-        Some(_) => sock::inet_endpoints(sk),
-        None => sock::tcp_endpoints(sk),
     }
 }
 
