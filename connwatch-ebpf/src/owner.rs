@@ -149,17 +149,11 @@ pub fn known_in(sk: u64, entry: Option<*mut SocketEntry>) -> SocketInfo {
 /// lookup and no write; the name is fetched only when the owner changes.
 #[inline(always)]
 pub fn touch(sk: u64) -> SocketInfo {
-    touch_with(sk, 0)
+    touch_in(sk, SOCKETS.get_ptr_mut(&sk), 0)
 }
 
-/// [`touch`], adding `flags` to the socket's in the same lookup (not to an adopted socket's:
-/// the caller sets them).
-#[inline(always)]
-fn touch_with(sk: u64, flags: u16) -> SocketInfo {
-    touch_in(sk, SOCKETS.get_ptr_mut(&sk), flags)
-}
-
-/// [`touch`], the socket's entry (if any) already looked up, adding `flags` to it.
+/// [`touch`], the socket's entry (if any) already looked up, adding `flags` to it in the same
+/// write (not to an adopted socket's: the caller sets them).
 #[inline(always)]
 pub fn touch_in(sk: u64, entry: Option<*mut SocketEntry>, flags: u16) -> SocketInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -75,17 +75,21 @@ pub fn fentry_inet_sk_set_state(ctx: FEntryContext) -> u32 {
 /// A state about to be stored (at `now`): the socket still holds the old one.
 #[inline(always)]
 fn on_state_store(sk: u64, new: i32, now: u64) {
-    let entry = SOCKETS.get_ptr_mut(&sk);
-    if let Some(ends) = sock::endpoints_of(sk, entry) {
-        changed(sk, ends, ends.state, new as u8, now, entry);
-    }
+    on_hit(sk, None, new as u8, now);
 }
 
 #[inline(always)]
 fn on_state_change(sk: u64, old: i32, new: i32, now: u64) {
+    on_hit(sk, Some(old as u8), new as u8, now);
+}
+
+/// A change of `sk` to `new` from `old`, or from the state it still holds where `old` is not
+/// given.
+#[inline(always)]
+fn on_hit(sk: u64, old: Option<u8>, new: u8, now: u64) {
     let entry = SOCKETS.get_ptr_mut(&sk);
     if let Some(ends) = sock::endpoints_of(sk, entry) {
-        changed(sk, ends, old as u8, new as u8, now, entry);
+        changed(sk, ends, old.unwrap_or(ends.state), new, now, entry);
     }
 }
 
