@@ -22,6 +22,10 @@ pub const FLAG_CLOSING_TOGETHER: u32 = 32;
 /// the life's birth records it ([`crate::socket::opening_of`]), and the correlator takes it
 /// from there. `watch` and `agent` set it, `trace` reports it.
 pub const FLAG_OPENING_IN_BIRTH: u32 = 64;
+/// The programs may read the current syscall's number from the registers it was made with
+/// (`bpf_task_pt_regs`, Linux 5.15; x86-64): the loader sets it where the kernel has the helper.
+/// Without it, a send is judged by the socket as it left it ([`crate::socket::SendStart`]).
+pub const FLAG_CALL_REGS: u32 = 128;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.
@@ -46,7 +50,7 @@ pub struct Config {
     pub sock: SockOffsets,
     pub task: TaskOffsets,
 }
-assert_size!(Config, 40 + 48 + 72 + 40);
+assert_size!(Config, 40 + 48 + 76 + 44);
 
 /// Byte offsets of the fields the classic tracepoint programs read from their records, taken
 /// from `/sys/kernel/tracing/events/<category>/<name>/format`.
@@ -99,6 +103,9 @@ pub struct SockOffsets {
     pub proto_type: u32,
     /// `tcp_sock.srtt_us` (u32): smoothed round-trip time, microseconds << 3.
     pub srtt_us: u32,
+    /// `sock.sk_lock.owned` (int): a process holds the socket's lock (`lock_sock`), so the
+    /// kernel's work on it runs in that process's call, not in softirq.
+    pub lock_owned: u32,
 }
 
 /// Bytes read at [`SockOffsets::head`].
@@ -123,6 +130,9 @@ pub struct TaskOffsets {
     pub file_count: u32,
     /// Added to the value read at `file_count` to give the references (1 for `file_ref_t`).
     pub file_count_bias: u32,
+    /// `task_struct.nvcsw`, with `nivcsw` right after it: the thread's context switches,
+    /// voluntary and not, read as one 16-byte window.
+    pub switches: u32,
 }
 
 #[cfg(feature = "user")]

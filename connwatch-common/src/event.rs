@@ -200,8 +200,9 @@ impl SockSnapshot {
 /// An application's observation on a socket: `KIND_SO_ERROR` .. `KIND_ACCEPT`.
 ///
 /// `header.ts_ns` is when the (last) call ended; `started_ns` when the (first) call began.
-/// The snapshot is the socket as the call found it at its start where a hook sees the start
-/// (sends, through `tcp:tcp_sendmsg_locked`), otherwise as the call left it.
+/// The snapshot is the socket as the call left it, except for a send that caused kernel events
+/// itself: then it is the socket as the send found it, and `started_ns` is just before the
+/// first of those events ([`crate::socket::SendStart`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AppEvent {

@@ -176,19 +176,24 @@ pub struct IoState {
 }
 assert_size!(IoState, 160);
 
-/// The socket as a send found it when it began (`tcp:tcp_sendmsg_locked`'s first hit in the
-/// call), kept per CPU until the call's `sock:sock_send_length` takes it. The thread and socket
-/// are checked on taking: a migrated or preempted call falls back to the state at its end.
+/// The socket as a send found it, for a send that changed it itself: kept per CPU by the first
+/// kernel event the send caused (a reset its write provoked, say), until the call's
+/// `sock:sock_send_length` takes it. Thread, socket and the thread's context switches are
+/// checked on taking: a call that slept, was preempted or moved to another CPU after its first
+/// event is judged by the socket as it left it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SendStart {
     pub pid_tgid: u64,
     /// 0 once taken.
     pub sk: u64,
+    /// Just before the first event the send caused.
     pub started_ns: u64,
+    /// The thread's context switches (voluntary and not) when the event kept it.
+    pub switches: u64,
     pub snapshot: crate::event::SockSnapshot,
 }
-assert_size!(SendStart, 40);
+assert_size!(SendStart, 48);
 
 /// An epoll registration: which socket a (process, epfd, user data) triple stands for.
 #[repr(C)]

@@ -21,6 +21,7 @@ mod owner;
 mod policy;
 mod probes;
 mod record;
+mod send_start;
 mod sock;
 mod syscall;
 mod understudy;

@@ -98,6 +98,7 @@ pub static EPOLL_WATCH: LruHashMap<EpollKey, EpollTarget> =
 #[map(name = "PENDING")]
 pub static PENDING: LruHashMap<u64, KeptCall> = LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
 
-/// The socket as the send running on this CPU found it at its start (one slot per CPU).
+/// The socket as the send running on this CPU found it, where the send changed it itself (one
+/// slot per CPU; `send_start.rs`).
 #[map(name = "SEND_START")]
 pub static SEND_START: PerCpuArray<SendStart> = PerCpuArray::with_max_entries(1, 0);

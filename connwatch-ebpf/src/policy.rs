@@ -127,13 +127,6 @@ pub fn fast_tally(sk: u64, path: Path, bytes: u64, signature: u32, by: &Caller) 
     true
 }
 
-/// Whether the socket is trusted (its routine calls skip the look).
-#[inline(always)]
-pub fn trusted(sk: u64) -> bool {
-    // SAFETY: a valid map value pointer, read once.
-    IO_STATE.get_ptr(&sk).is_some_and(|io| unsafe { (*io).trusted } != 0)
-}
-
 /// The kernel did something to the socket (state change, reset, error, retransmission):
 /// routine calls must look again. Unless `attention_of` is 0 (an owner not known, or news
 /// that needs none, such as ESTABLISHED), the socket also counts against that process in

@@ -59,6 +59,22 @@ impl CallRegs {
     pub fn arg(&self, _n: u32) -> u64 {
         0
     }
+
+    /// The syscall's number; anything, in a thread that is not in a syscall (softirq on an
+    /// idle CPU, a kernel thread).
+    #[cfg(bpf_target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn number(&self) -> u64 {
+        // SAFETY: as in `arg`.
+        unsafe { (*self.0).orig_rax }
+    }
+
+    /// Never called off x86-64 (the loader does not set `FLAG_CALL_REGS` there).
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    #[inline(always)]
+    pub fn number(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// The agent's own syscalls (it polls its ring buffer constantly) are never examined.

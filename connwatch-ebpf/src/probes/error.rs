@@ -5,7 +5,7 @@
 
 use connwatch_common::event::{ErrorEvent, KIND_ERROR, UNDERSTUDY_ERROR_REPORT};
 
-use crate::{emit, owner, policy, sock, understudy::raw_with_understudy};
+use crate::{emit, owner, policy, send_start, sock, understudy::raw_with_understudy};
 
 raw_with_understudy!(
     "inet_sk_error_report",
@@ -34,6 +34,7 @@ fn on_error_report(sk: u64, now: u64) {
     if errno == 0 {
         return;
     }
+    send_start::before_event(sk, ends.state, true, now);
     // Whatever the kernel did, routine calls must look at the socket again.
     let info = owner::known(sk);
     policy::distrust(sk, policy::attention_of(&info));

@@ -8,19 +8,14 @@ use aya_ebpf::{
     macros::{fexit, raw_tracepoint, tracepoint},
     programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
-use connwatch_common::{
-    event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND, SockSnapshot},
-    socket::SendStart,
-    tcp::TCP_ESTABLISHED,
-};
+use connwatch_common::event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND};
 
 use crate::{
     config::conf,
     emit::{self, Observation},
-    maps::SEND_START,
     owner,
     policy::{self, Caller, Path},
-    record,
+    record, send_start,
     sock::{self, Health},
 };
 
@@ -79,107 +74,18 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
     0
 }
 
-/// `tcp:tcp_sendmsg_locked` (TP_PROTO(const struct sock *sk, const struct msghdr *msg, const
-/// struct sk_buff *skb, int size_goal), Linux 6.10+; checked against 6.18): runs inside a send
-/// before any data moves, once per segment. Its first hit in a call keeps the socket as the
-/// send found it, so the send is judged by the state at its start (a write into CLOSE_WAIT
-/// provokes the RST that closes the socket before the call returns). Raw only: the classic
-/// record carries no socket address.
-#[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
-pub fn raw_tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
-    on_sendmsg_locked(ctx.arg(0));
-    0
-}
-
-// The function itself, `tcp_sendmsg_locked(struct sock *sk, struct msghdr *msg, size_t size)`
-// (on every kernel connwatch runs on; entered once per call, before any data moves).
-socket_functions! {
-    on_sendmsg_locked;
-    kprobe kp_tcp_sendmsg_locked;
-    fentry fentry_tcp_sendmsg_locked on "tcp_sendmsg_locked";
-}
-
-#[inline(always)]
-fn on_sendmsg_locked(sk: u64) {
-    let Some(slot) = SEND_START.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
-    let slot = unsafe { &mut *slot };
-    let thread = bpf_get_current_pid_tgid();
-    if slot.sk == sk && slot.pid_tgid == thread {
-        return; // A later segment of the same call, or its syscall's entry kept it already.
-    }
-    keep_in(slot, sk, thread);
-}
-
-/// Keeps `sk` as the current thread's send finds it, in this CPU's slot, for the send's end
-/// (`take_send_start`) to judge the call by; false if `sk` is not a TCP socket. Called from
-/// `tcp_sendmsg_locked`, or from the send syscalls' entry where that tracepoint is missing
-/// (a send that sleeps and wakes on another CPU is then judged by its end, as without either).
-#[inline(always)]
-pub(super) fn keep_send_start(sk: u64) -> bool {
-    let Some(slot) = SEND_START.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
-    keep_in(unsafe { &mut *slot }, sk, bpf_get_current_pid_tgid())
-}
-
-/// [`keep_send_start`] into this CPU's `slot`, for `thread`.
-#[inline(always)]
-fn keep_in(slot: &mut SendStart, sk: u64, thread: u64) -> bool {
-    // A trusted socket is ESTABLISHED with no error and no timeout: nothing to read.
-    let snapshot = if policy::trusted(sk) {
-        SockSnapshot::of_state(TCP_ESTABLISHED)
-    } else {
-        let Some(ends) = sock::tcp_endpoints(sk) else {
-            return false;
-        };
-        sock::snapshot(sk, ends.state, sock::health(sk))
-    };
-    *slot = SendStart { pid_tgid: thread, sk, started_ns: owner::now(), snapshot };
-    true
-}
-
-/// No start kept: `started_ns` 0.
-const NO_START: SendStart =
-    SendStart { pid_tgid: 0, sk: 0, started_ns: 0, snapshot: SockSnapshot::of_state(0) };
-
-/// The start this CPU kept for `thread`'s send on `sk`, taken (cleared), or
-/// [`NO_START`]. A plain value, not an `Option`: the compiler may copy a `None`'s undefined
-/// payload through registers, and the verifier refuses to read a register never written
-/// (`R9 !read_ok`, which kept the raw and fexit send programs from loading).
-#[inline(always)]
-fn take_send_start(sk: u64, thread: u64) -> SendStart {
-    let Some(slot) = SEND_START.get_ptr_mut(0) else {
-        return NO_START;
-    };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
-    let slot = unsafe { &mut *slot };
-    if slot.sk != sk || slot.pid_tgid != thread {
-        return NO_START;
-    }
-    slot.sk = 0;
-    *slot
-}
-
 #[inline(always)]
 pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let thread = bpf_get_current_pid_tgid();
     let start = match path {
-        Path::Send => take_send_start(sk, thread),
-        _ => NO_START,
+        Path::Send => send_start::take(sk, thread),
+        _ => send_start::NO_START,
     };
     // Routine: data moved, or none to move yet (EAGAIN: event-driven servers read and write
     // until the call would block, once per request). EOF and errors take the full look.
     let routine = ret > 0 || ret == EAGAIN;
     let bytes = ret.max(0) as u64;
-    // A send kept at its start is tallied at that time: one clock read per send, not two.
-    let caller = match start.started_ns {
-        0 => Caller::of(thread, 0),
-        began => Caller::at(thread, began, began),
-    };
+    let caller = Caller::of(thread, start.started_ns);
     if routine && policy::fast_tally(sk, path, bytes, 0, &caller) {
         emit::count(COUNTER_IO_SUMMARISED, 1);
         return;
@@ -192,8 +98,9 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let healthy_now = !policy::notable_socket(ends.state, &health);
     let mut snapshot = None;
     // The hit's time, or a send's start where it was kept.
-    let started_ns = caller.now;
+    let mut started_ns = caller.now;
     if start.started_ns != 0 {
+        started_ns = start.started_ns;
         // Judged as the call found the socket; the kernel's reaction comes after.
         ends.state = start.snapshot.state;
         snapshot = Some(start.snapshot);
@@ -216,10 +123,7 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
         emit::observed_as(sk, &ends, &obs, &info);
     }
     let this = due.this;
-    let mut snapshot = snapshot.unwrap_or_else(|| sock::snapshot(sk, ends.state, health));
-    if snapshot.srtt_us == 0 {
-        snapshot.srtt_us = sock::srtt_us(sk);
-    }
+    let snapshot = snapshot.unwrap_or_else(|| sock::snapshot(sk, ends.state, health));
     let obs = Observation {
         kind,
         fd: -1,

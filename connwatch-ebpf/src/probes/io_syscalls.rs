@@ -7,7 +7,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use connwatch_common::socket::{CALL_RECV, CALL_SEND, PendingCall};
 
-use super::io::{keep_send_start, on_io};
+use super::io::on_io;
 use crate::{
     policy::Path,
     sock,
@@ -24,9 +24,7 @@ fn enter_recv(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// A write's socket, resolved and kept as the write finds it (as `tcp_sendmsg_locked` does on
-/// newer kernels): the write is judged by the state it began in, not the one its own RST left.
-/// Writes to anything but a TCP socket are let go here.
+/// A write's socket, resolved at entry: writes to anything but a TCP socket are let go here.
 #[inline(always)]
 fn enter_send(ctx: &TracePointContext) -> u32 {
     if syscall::from_agent() {
@@ -34,7 +32,7 @@ fn enter_send(ctx: &TracePointContext) -> u32 {
     }
     let fd = arg(ctx, 0) as i32;
     if let Some(sk) = sock::sock_of_fd(fd as i64)
-        && keep_send_start(sk)
+        && sock::tcp_endpoints(sk).is_some()
     {
         syscall::keep(PendingCall { call: CALL_SEND, fd, ptr: sk, aux: 0, aux2: 0 });
     }

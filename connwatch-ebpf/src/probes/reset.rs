@@ -14,7 +14,9 @@ use connwatch_common::event::{
     KIND_RESET, RESET_RX, RESET_TX, ResetEvent, UNDERSTUDY_RECEIVE_RESET, UNDERSTUDY_SEND_RESET,
 };
 
-use crate::{config::conf, emit, owner, policy, record, sock, understudy::raw_with_understudy};
+use crate::{
+    config::conf, emit, owner, policy, record, send_start, sock, understudy::raw_with_understudy,
+};
 
 #[tracepoint]
 pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
@@ -71,6 +73,7 @@ fn on_reset(sk: u64, direction: u8, now: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
+    send_start::before_event(sk, ends.state, false, now);
     // Whatever the kernel did, routine calls must look at the socket again.
     let info = owner::known(sk);
     policy::distrust(sk, policy::attention_of(&info));

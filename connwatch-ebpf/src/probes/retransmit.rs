@@ -9,7 +9,9 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use connwatch_common::event::{KIND_RETRANSMIT, RetransmitEvent, UNDERSTUDY_RETRANSMIT};
 
-use crate::{config::conf, emit, owner, policy, record, sock, understudy::raw_with_understudy};
+use crate::{
+    config::conf, emit, owner, policy, record, send_start, sock, understudy::raw_with_understudy,
+};
 
 #[tracepoint]
 pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -40,6 +42,7 @@ fn on_retransmit(sk: u64, now: u64) {
     let Some(mut ends) = sock::tcp_endpoints(sk) else {
         return;
     };
+    send_start::before_event(sk, ends.state, false, now);
     // Whatever the kernel did, routine calls must look at the socket again.
     let info = owner::known(sk);
     policy::distrust(sk, policy::attention_of(&info));

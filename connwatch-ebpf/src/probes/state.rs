@@ -19,7 +19,7 @@ use connwatch_common::{
 };
 
 use crate::{
-    closing, config::conf, emit, maps::SOCKETS, owner, policy, record, sock,
+    closing, config::conf, emit, maps::SOCKETS, owner, policy, record, send_start, sock,
     understudy::raw_with_understudy,
 };
 
@@ -104,6 +104,7 @@ fn changed(
     now: u64,
     entry: Option<*mut SocketEntry>,
 ) {
+    send_start::before_event(sk, old, false, now);
     // Whatever the kernel did, routine calls must look at the socket again.
     let (info, entry, began) = identify(sk, (old, new), ends.sport, now, entry);
     // ESTABLISHED and a listener's stages are news nobody can misjudge yet.

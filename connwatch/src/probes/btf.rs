@@ -109,6 +109,7 @@ impl KernelBtf {
             head: 0,
             proto_type: 0,
             srtt_us: self.offset_of("tcp_sock", "srtt_us")?,
+            lock_owned: sk("sk_lock.owned")?,
         };
         let o = &offsets;
         // (offset, size) of what each window must hold, so one read covers them all.
@@ -141,7 +142,35 @@ impl KernelBtf {
             socket_sk: self.offset_of("socket", "sk")?,
             file_count,
             file_count_bias,
+            switches: self.switches_offset()?,
         })
+    }
+
+    /// `task_struct.nvcsw`, where `nivcsw` follows it (as on every kernel so far), else
+    /// [`OFFSET_ABSENT`]: the programs then never trust a send's kept start.
+    fn switches_offset(&self) -> Result<u32, BtfError> {
+        let voluntary = self.offset_of("task_struct", "nvcsw")?;
+        let involuntary = self.offset_of("task_struct", "nivcsw")?;
+        Ok(if involuntary == voluntary + 8 { voluntary } else { OFFSET_ABSENT })
+    }
+
+    /// Whether the kernel has BPF helper `name` (`bpf_task_pt_regs`, say): the kernel's
+    /// `enum bpf_func_id` names every helper it has.
+    pub fn has_helper(&self, name: &str) -> Result<bool, BtfError> {
+        let wanted = format!("BPF_FUNC_{}", name.trim_start_matches("bpf_"));
+        let types = self
+            .btf
+            .resolve_types_by_name("bpf_func_id")
+            .map_err(|e| BtfError::Parse(e.to_string()))?;
+        for t in types {
+            if let Type::Enum(e) = t {
+                return Ok(e
+                    .members
+                    .iter()
+                    .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == wanted)));
+            }
+        }
+        Ok(false)
     }
 
     fn named_struct(&self, name: &str) -> Result<Type, BtfError> {
@@ -227,8 +256,20 @@ mod tests {
         assert_eq!(sock.head, 0, "skc_daddr opens sock_common");
         assert!(sock.proto_type <= sock.protocol.min(sock.sk_type));
         assert_ne!(sock.v6_daddr, OFFSET_ABSENT, "this kernel has IPv6");
+        assert!(sock.lock_owned > sock.state, "sk_lock follows sock_common: {sock:?}");
         let task = btf.task_offsets().unwrap();
         assert!(task.task_files > 0 && task.socket_sk > 0, "{task:?}");
+        assert_ne!(task.switches, OFFSET_ABSENT, "nivcsw follows nvcsw: {task:?}");
+    }
+
+    /// `bpf_task_pt_regs` came in 5.15 (this host runs 6.18), `bpf_ktime_get_ns` in 4.1; no
+    /// kernel has the made-up one.
+    #[test]
+    fn helpers_are_found_by_name() {
+        let Some(btf) = kernel() else { return };
+        assert!(btf.has_helper("bpf_task_pt_regs").unwrap());
+        assert!(btf.has_helper("bpf_ktime_get_ns").unwrap());
+        assert!(!btf.has_helper("bpf_no_such_helper").unwrap());
     }
 
     #[test]

@@ -377,15 +377,6 @@ pub static HOOKS: &[Hook] = &[
         instead_of: None,
         keeps_args_for: None,
     },
-    // The classic record carries no socket address. The function is on every kernel connwatch
-    // runs on; its tracepoint only from 6.10.
-    kernel_hook!("tcp", "tcp_sendmsg_locked", Role::Precision(
-            "the socket's state at the start of each send (sends are judged by the state at \
-             their end, after any reset they provoked)",
-        ),
-        raw: "raw_tcp_sendmsg_locked",
-        kprobe: "kp_tcp_sendmsg_locked" on ["tcp_sendmsg_locked"],
-        fentry: ["fentry_tcp_sendmsg_locked"]),
     kernel_hook!("tcp", "tcp_destroy_sock", Role::Precision(
             "the kernel's end-of-life marker (identities end at the last close in CLOSE \
              instead, or when the socket tables' LRU pushes them out)",

@@ -22,8 +22,9 @@ use aya::{
 };
 use connwatch_common::{
     config::{
-        Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_CLOSING_TOGETHER,
-        FLAG_OPENING_IN_BIRTH, FLAG_READINESS_ON_ATTENTION,
+        Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_CALL_REGS,
+        FLAG_CLOSING_TOGETHER, FLAG_OPENING_IN_BIRTH, FLAG_READINESS_ON_ATTENTION, OFFSET_ABSENT,
+        TaskOffsets,
     },
     names::{
         GLOBAL_CONFIG, MAP_EPOLL_WATCH, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER,
@@ -162,14 +163,15 @@ impl Probes {
         tracefs::ensure_mounted()?;
         // Let go of the kernel's BTF before aya reads its own copy: held together, they made
         // start-up's peak memory.
-        let (sock, task) = {
+        let (sock, task, call_regs) = {
             let btf = KernelBtf::load()?;
-            (btf.sock_offsets()?, btf.task_offsets()?)
+            let (sock, task) = (btf.sock_offsets()?, btf.task_offsets()?);
+            (sock, task, reads_call_regs(&btf, &task)?)
         };
         let layouts = layouts::read_all();
         let config = Config {
             self_tgid: std::process::id(),
-            flags: flag_bits(options),
+            flags: flag_bits(options) | if call_regs { FLAG_CALL_REGS } else { 0 },
             comm: options.filters.comm.as_deref().map(comm_bytes).unwrap_or_default(),
             wakeup_bytes: u64::from(options.each_ring_bytes() / 4),
             rings: options.rings as u32,
@@ -287,6 +289,15 @@ fn validate(options: &LoadOptions) -> Result<(), ProbeError> {
         )));
     }
     Ok(())
+}
+
+/// Whether the programs can read the current syscall's number (x86-64, `bpf_task_pt_regs`) and
+/// the thread's context switches: what keeps a send's start where the send itself changed the
+/// socket.
+fn reads_call_regs(btf: &KernelBtf, task: &TaskOffsets) -> Result<bool, ProbeError> {
+    Ok(cfg!(target_arch = "x86_64")
+        && task.switches != OFFSET_ABSENT
+        && btf.has_helper("bpf_task_pt_regs")?)
 }
 
 fn flag_bits(options: &LoadOptions) -> u32 {

@@ -23,7 +23,6 @@ const KERNEL_HOOKS: &[&str] = &[
     "tcp:tcp_receive_reset",
     "tcp:tcp_send_reset",
     "sock:inet_sk_error_report",
-    "tcp:tcp_sendmsg_locked",
     "tcp:tcp_destroy_sock",
 ];
 const MODES: &[&str] = &["raw-tracepoint", "fentry", "tracepoint", "kprobe"];
