@@ -104,7 +104,11 @@ fn changed(
     now: u64,
     entry: Option<*mut SocketEntry>,
 ) {
-    send_start::before_event(sk, old, false, now);
+    // Inside a send, only a reset or a timeout (to CLOSE) or the peer's FIN (to CLOSE_WAIT) can
+    // change the socket: the other changes need not ask whether they run in one.
+    if matches!(new, TCP_CLOSE | TCP_CLOSE_WAIT) {
+        send_start::before_event(sk, old, false, now);
+    }
     // Whatever the kernel did, routine calls must look at the socket again.
     let (info, entry, began) = identify(sk, (old, new), ends.sport, now, entry);
     // ESTABLISHED and a listener's stages are news nobody can misjudge yet.
