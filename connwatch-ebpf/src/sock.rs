@@ -138,18 +138,29 @@ pub fn snapshot(sk: u64, state: u8, health: Health) -> SockSnapshot {
     }
 }
 
-/// `snd_una` and the smoothed round-trip time (µs): one read where `srtt_us` follows within 12
-/// bytes of it, as on 6.18 (8 bytes); two otherwise, as on 6.1.
+/// `snd_una` and the smoothed round-trip time (µs): one read where they sit close, as on 6.18
+/// (8 bytes apart); two otherwise, as on 6.1.
 #[inline(always)]
 fn una_and_srtt_us(sk: u64) -> (u32, u32) {
     let (una_at, srtt_at) = (conf!(sock.snd_una), conf!(sock.srtt_us));
-    if srtt_at > una_at && srtt_at - una_at <= 12 {
-        let window: [u8; 16] = read(sk, una_at).unwrap_or([0; 16]);
-        let una = field(&window, una_at, una_at).map_or(0, u32::from_ne_bytes);
-        let srtt = field(&window, una_at, srtt_at).map_or(0, u32::from_ne_bytes);
+    if let Some((low, window)) = close_pair(sk, una_at, srtt_at, 4) {
+        let una = field(&window, low, una_at).map_or(0, u32::from_ne_bytes);
+        let srtt = field(&window, low, srtt_at).map_or(0, u32::from_ne_bytes);
         return (una, srtt >> 3);
     }
     (read(sk, una_at).unwrap_or(0), srtt_us(sk))
+}
+
+/// Where two fields of `base` at `a` and `b` (`len` bytes each at most) lie within 16 bytes:
+/// those 16 bytes, read with one helper call, and where they start. `None` where the fields
+/// lie further apart (or the read failed): the caller reads them one by one.
+#[inline(always)]
+fn close_pair(base: u64, a: u32, b: u32, len: u32) -> Option<(u32, [u8; 16])> {
+    let low = a.min(b);
+    if a.max(b) - low > 16 - len {
+        return None;
+    }
+    Some((low, read(base, low).ok()?))
 }
 
 /// Smoothed round-trip time, microseconds (`tcp_sock.srtt_us` holds it << 3).
@@ -194,11 +205,10 @@ pub fn file_of_fd(fd: i64) -> Option<u64> {
 #[inline(always)]
 fn fd_table(fdt: u64) -> Option<(u32, u64)> {
     let (size_at, array_at) = (conf!(task.fdt_max_fds), conf!(task.fdt_fd));
-    if array_at == size_at + 8 && size_at % 8 == 0 {
-        let table: [u8; 16] = read(fdt, size_at).ok()?;
+    if let Some((low, table)) = close_pair(fdt, size_at, array_at, 8) {
         return Some((
-            u32::from_ne_bytes(field(&table, size_at, size_at)?),
-            u64::from_ne_bytes(field(&table, size_at, array_at)?),
+            u32::from_ne_bytes(field(&table, low, size_at)?),
+            u64::from_ne_bytes(field(&table, low, array_at)?),
         ));
     }
     Some((read(fdt, size_at).ok()?, read(fdt, array_at).ok()?))
@@ -210,13 +220,12 @@ pub fn sock_of_file(file: u64) -> Option<u64> {
     let (inode_at, data_at) = (conf!(task.file_inode), conf!(task.file_private_data));
     // One read where the two pointers sit side by side, as on 6.18; otherwise the private data
     // is read only once the inode says socket (6.1).
-    let (inode, socket) = if inode_at.abs_diff(data_at) == 8 {
-        let low = inode_at.min(data_at);
-        let pair: [u8; 16] = read(file, low).ok()?;
-        let pointer_at = |at| field(&pair, low, at).map(u64::from_ne_bytes);
-        (pointer_at(inode_at)?, pointer_at(data_at))
-    } else {
-        (read(file, inode_at).ok()?, None)
+    let (inode, socket) = match close_pair(file, inode_at, data_at, 8) {
+        Some((low, pair)) => {
+            let pointer_at = |at| field(&pair, low, at).map(u64::from_ne_bytes);
+            (pointer_at(inode_at)?, pointer_at(data_at))
+        }
+        None => (read(file, inode_at).ok()?, None),
     };
     let mode: u16 = read(inode, conf!(task.inode_mode)).ok()?;
     if mode & S_IFMT != S_IFSOCK {
