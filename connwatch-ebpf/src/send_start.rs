@@ -15,11 +15,13 @@ use connwatch_common::{config::FLAG_CALL_REGS, event::SockSnapshot, socket::Send
 
 use crate::{config::conf, maps::SEND_START, sock, syscall::CallRegs};
 
-/// The send syscalls (x86-64 numbers) whose socket calls end in `sock:sock_send_length`:
-/// write, writev, sendfile, sendto, sendmsg, splice, sendmmsg, pwritev2 (offset -1).
+/// The send syscalls (x86-64 numbers) whose socket calls end in `sock:sock_send_length`, and
+/// that only write to the sockets they lock: write, writev, sendfile, sendto, sendmsg,
+/// sendmmsg, pwritev2 (offset -1). Not splice: it also reads sockets, and a read's events
+/// would be kept for a send that never takes them.
 #[inline(always)]
 fn is_send(number: u64) -> bool {
-    matches!(number, 1 | 20 | 40 | 44 | 46 | 275 | 307 | 328)
+    matches!(number, 1 | 20 | 40 | 44 | 46 | 307 | 328)
 }
 
 /// A kernel event on `sk` (at `now`) is about to change it: if it runs inside the send of the
