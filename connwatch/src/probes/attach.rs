@@ -151,6 +151,14 @@ impl Attacher<'_> {
         let mut tried = Tried { live: None, reasons: Vec::new(), wanted_excused: false };
         for variant in variants {
             if variant.args_at_exit && self.leave_args_at_exit {
+                // Left out on request, as on a kernel without it: an explicit mode falls back.
+                tried.reasons.push((
+                    Some(variant.mechanism),
+                    "reads the call's arguments from its registers, and --args-at-entry asks \
+                     for them kept at entry"
+                        .into(),
+                ));
+                tried.wanted_excused |= Some(variant.mechanism) == self.wanted;
                 continue;
             }
             let wanted = Some(variant.mechanism) == self.wanted;
