@@ -233,8 +233,9 @@ fn io_state_or_new(sk: u64) -> Option<*mut IoState> {
     IO_STATE.get_ptr_mut(&sk)
 }
 
-/// Tallies one call of `bytes` made at `started_ns`; returns what is due, or `None` when the
-/// call was folded into the tally. `healthy_now`, when given, is what the caller just read of
+/// Tallies one call of `bytes` that began at `started_ns` and ended at `now` (the hit's clock
+/// read, not read again here); returns what is due, or `None` when the call was folded into
+/// the tally. `healthy_now`, when given, is what the caller just read of
 /// the socket: it decides whether the caller's next routine calls may take the fast path.
 #[inline(always)]
 pub fn tally(
@@ -244,10 +245,9 @@ pub fn tally(
     notable: bool,
     state: u8,
     signature: u32,
-    started_ns: u64,
+    (started_ns, now): (u64, u64),
     healthy_now: Option<bool>,
 ) -> Option<Due> {
-    let now = now();
     let single = Span { calls: 1, bytes, first_ns: started_ns, last_ns: now };
     if conf!(flags) & FLAG_ALL_IO != 0 {
         return Some(Due { earlier: None, this: single });

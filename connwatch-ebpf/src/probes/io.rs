@@ -96,23 +96,21 @@ pub(super) fn on_io(sk: u64, ret: i32, path: Path) {
     let health = sock::health(sk);
     // Trust follows the socket as it is now, whatever state the call began in.
     let healthy_now = !policy::notable_socket(ends.state, &health);
-    let mut snapshot = None;
-    // The hit's time, or a send's start where it was kept.
-    let mut started_ns = caller.now;
-    if start.started_ns != 0 {
-        started_ns = start.started_ns;
-        // Judged as the call found the socket; the kernel's reaction comes after.
-        ends.state = start.snapshot.state;
-        snapshot = Some(start.snapshot);
-    }
-    let health = match snapshot {
-        Some(s) => Health { sk_err: s.sk_err, rto_retransmits: s.rto_retransmits },
-        None => health,
+    // A send that changed the socket itself is judged as it found the socket, at its kept
+    // start; the kernel's reaction comes after.
+    let (started_ns, snapshot, health) = match start.started_ns {
+        0 => (caller.now, None, health),
+        began => {
+            let s = start.snapshot;
+            ends.state = s.state;
+            (began, Some(s), Health { sk_err: s.sk_err, rto_retransmits: s.rto_retransmits })
+        }
     };
     let eof = matches!(path, Path::Recv) && ret == 0;
     let failed = ret < 0 && ret != EAGAIN;
     let notable = eof || failed || policy::notable_socket(ends.state, &health);
-    let due = policy::tally(sk, path, bytes, notable, ends.state, 0, started_ns, Some(healthy_now));
+    let at = (started_ns, caller.now);
+    let due = policy::tally(sk, path, bytes, notable, ends.state, 0, at, Some(healthy_now));
     let info = owner::touch(sk);
     let Some(due) = due else {
         return;

@@ -661,7 +661,8 @@ fn on_ready(sk: u64, fd: i32, mask: i32, via: u8) {
     let health = sock::health(sk);
     let notable = mask & HANGUP_OR_ERROR != 0 || policy::notable_socket(ends.state, &health);
     let now = owner::now();
-    let due = policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, now, None);
+    let due =
+        policy::tally(sk, Path::Readiness, 0, notable, ends.state, signature, (now, now), None);
     let info = owner::touch(sk);
     // Healthy readiness tallied before a change is not reported on its own (one more record
     // inside these bounded loops would multiply the verifier's work): it stays counted in
