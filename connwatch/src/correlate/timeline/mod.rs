@@ -29,15 +29,17 @@ impl Timeline {
         if self.bytes.first().is_none_or(|&len| len == 0) {
             self.base = ts;
         }
-        let (mut used, mut at, mut index, mut count) = (0, None, None, 0);
+        let (mut used, mut count, mut last) = (0, 0, None);
         for (start, end) in self.entries() {
-            if index.is_none() && codec::entry_ts(&self.bytes[start..end], self.base) > ts {
-                (at, index) = (Some(start - 1), Some(count));
-            }
-            count += 1;
-            used = end;
+            (used, count, last) = (end, count + 1, Some((start, end)));
         }
-        let mut at = at.unwrap_or(used);
+        // Events nearly always come in time order: only the newest entry's time is read then.
+        let (mut at, index) = match last {
+            Some((start, end)) if codec::entry_ts(&self.bytes[start..end], self.base) > ts => {
+                self.later_than(ts)
+            }
+            _ => (used, None),
+        };
         if count >= MOST {
             if index.unwrap_or(count) < MOST / 2 {
                 return;
@@ -58,6 +60,15 @@ impl Timeline {
         self.bytes.copy_within(at..used, at + entry.len() + 1);
         self.bytes[at] = len;
         self.bytes[at + 1..=at + entry.len()].copy_from_slice(entry);
+    }
+
+    /// Where the first entry later than `ts` begins (its length byte), and its index.
+    fn later_than(&self, ts: u64) -> (usize, Option<usize>) {
+        let mut entries = self.entries().enumerate();
+        let found = entries
+            .find(|&(_, (start, end))| codec::entry_ts(&self.bytes[start..end], self.base) > ts);
+        let (index, (start, _)) = found.expect("the newest entry is later than ts");
+        (start - 1, Some(index))
     }
 
     /// No entries, with the room they had.
