@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     correlate::{DEFAULT_MAX_SOCKETS, Shards, Thresholds, shards::MOST_SHARDS},
+    ingest::priority::DEFAULT_NICE,
     probes::{
         AttachMode, Filters, LoadOptions, default_ring_bytes,
         hooks::{HOOKS, Mechanism, Role},
@@ -85,6 +86,12 @@ pub struct CommonArgs {
     /// ready line names them; comma-separated or repeated): `ready` lists them as degraded.
     #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_optional_hook)]
     pub leave_out: Vec<String>,
+    /// Nice value of connwatch's threads, which must drain the kernel's ring buffers before
+    /// they fill: on a host whose CPUs a workload keeps busy, at the default priority they got
+    /// only their fair share and events were lost. -20 (highest) to 19; 0 leaves it alone.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_NICE, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
     /// Keep the syscalls' arguments at their entry even where their exit can read them (as on
     /// kernels before 5.15, and without trampolines on the syscalls' functions): for comparing
     /// the two in `cargo xtask bench`.
@@ -435,6 +442,14 @@ mod tests {
     }
 
     #[test]
+    fn the_readers_run_at_nice_minus_ten_unless_told_otherwise() {
+        assert_eq!(watch(&["watch"]).common.nice, -10);
+        assert_eq!(trace(&["trace"]).common.nice, -10);
+        assert_eq!(watch(&["watch", "--nice", "-5"]).common.nice, -5);
+        assert_eq!(watch(&["watch", "--nice", "0"]).common.nice, 0);
+    }
+
+    #[test]
     fn defaults_are_auto_attach_and_default_ring() {
         let o = trace(&["trace"]).load_options();
         assert_eq!(o.attach, AttachMode::Auto);
@@ -458,6 +473,8 @@ mod tests {
             (&["trace", "--ring-buffer-size", "1000"], ErrorKind::ValueValidation),
             (&["trace", "--ring-buffer-size", "2K"], ErrorKind::ValueValidation),
             (&["trace", "--comm", "a-name-longer-than-15"], ErrorKind::ValueValidation),
+            (&["watch", "--nice", "-21"], ErrorKind::ValueValidation),
+            (&["watch", "--nice", "20"], ErrorKind::ValueValidation),
             (&["trace", "--attach", "uprobe"], ErrorKind::InvalidValue),
             (&["trace", "--leave-out", "syscalls:sys_exit_nothing"], ErrorKind::ValueValidation),
             (&["trace", "--leave-out", "tcp:tcp_receive_reset"], ErrorKind::ValueValidation),

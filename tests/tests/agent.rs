@@ -105,6 +105,21 @@ fn thread_caps(pid: u32) -> Vec<(String, u64)> {
     out
 }
 
+/// The nice value of each of the process's threads: (thread name, nice).
+fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).expect("list threads").flatten() {
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let name = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        // Field 19, counted from after the command name's closing parenthesis.
+        let nice = stat.rfind(')').and_then(|at| stat[at + 2..].split(' ').nth(16));
+        if let Some(nice) = nice.and_then(|n| n.parse().ok()) {
+            out.push((name.trim().to_string(), nice));
+        }
+    }
+    out
+}
+
 /// The sample lines of one metric (name and labels), with their values.
 fn samples<'a>(page: &'a str, metric: &str) -> Vec<(&'a str, f64)> {
     page.lines()
@@ -246,6 +261,12 @@ fn agent_run(threads: &str) {
     for (thread, caps) in thread_caps(agent.pid()) {
         let allowed = if thread == "inventory" { INVENTORY } else { 0 };
         assert_eq!(caps & !allowed, 0, "thread {thread} kept capabilities {caps:#x}");
+    }
+    // Every thread, the ring-buffer readers among them, at the default --nice.
+    let niceness = thread_nice(agent.pid());
+    assert!(niceness.iter().any(|(thread, _)| thread.starts_with("correlate-")) || threads == "1");
+    for (thread, nice) in niceness {
+        assert_eq!(nice, -10, "thread {thread} runs at nice {nice}");
     }
 
     // A real Prometheus scraped it: the series read back through its HTTP API.

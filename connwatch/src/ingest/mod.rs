@@ -7,6 +7,7 @@
 //! handles every record.
 
 pub mod loss;
+pub mod priority;
 
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
