@@ -7,10 +7,7 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
-    event::{
-        AppEvent, EventHeader, KIND_ACCEPT, KIND_CONNECT, KIND_DESTROY, KIND_ERROR, KIND_RESET,
-        KIND_RETRANSMIT, KIND_STATE, KIND_STATES, SockSnapshot,
-    },
+    event::{AppEvent, EventHeader, KIND_ACCEPT, KIND_CONNECT, SockSnapshot},
     names::ring_of,
     socket::{OWNER_UNKNOWN, SocketEntry, SocketInfo},
 };
@@ -107,24 +104,11 @@ pub fn emit_standing_for<T: 'static>(
     ts_ns: u64,
     body: impl FnOnce(&mut T),
 ) {
-    // A change to ESTABLISHED still kept goes before the kernel's next news of the socket.
-    // Only the kernel's own events look: the application can tell of a socket only through
-    // its connect or accept record, which carries the change (the look, a second reservation,
-    // would weigh most on the observation programs the verifier already works hardest on).
-    if info.kept_established_ns != 0 && kernel_news(kind) {
+    // A change to ESTABLISHED still kept goes first, unless this record carries it.
+    if info.kept_established_ns != 0 && !matches!(kind, KIND_CONNECT | KIND_ACCEPT) {
         established::report_before(sk, info, ends);
     }
     emit_record(kind, events, sk, info, ends, ts_ns, body);
-}
-
-/// Whether records of `kind` are the kernel's own events (a constant at every call site, so
-/// the look for a kept change is compiled out of the others).
-#[inline(always)]
-const fn kernel_news(kind: u8) -> bool {
-    matches!(
-        kind,
-        KIND_STATE | KIND_STATES | KIND_RESET | KIND_RETRANSMIT | KIND_ERROR | KIND_DESTROY
-    )
 }
 
 /// [`emit_standing_for`] without a look for a kept change.
