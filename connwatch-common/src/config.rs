@@ -26,12 +26,6 @@ pub const FLAG_OPENING_IN_BIRTH: u32 = 64;
 /// (`bpf_task_pt_regs`, Linux 5.15; x86-64): the loader sets it where the kernel has the helper.
 /// Without it, a send is judged by the socket as it left it ([`crate::socket::SendStart`]).
 pub const FLAG_CALL_REGS: u32 = 128;
-/// A connection's change to ESTABLISHED (from SYN_SENT before its connect() returned, or from
-/// SYN_RECV before its accept()) is not reported on its own: it is kept in the socket's entry
-/// ([`crate::socket::SocketInfo::kept_established_ns`]) and carried by the connect or accept
-/// record ([`crate::event::AppEvent::established_ns`]), or reported just before any other
-/// record of the socket. `watch` and `agent` set it, `trace` reports it at once.
-pub const FLAG_ESTABLISHED_IN_CALL: u32 = 256;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.

@@ -224,9 +224,5 @@ pub struct AppEvent {
     pub _pad: [u8; 3],
     /// CLOCK_MONOTONIC time the first call this record stands for began (or was seen).
     pub started_ns: u64,
-    /// connect/accept: when the connection became ESTABLISHED, a state change this record
-    /// carries (before the call itself) instead of a record of its own; 0 when it has none
-    /// ([`crate::config::FLAG_ESTABLISHED_IN_CALL`]).
-    pub established_ns: u64,
 }
-assert_size!(AppEvent, 144);
+assert_size!(AppEvent, 136);

@@ -81,12 +81,8 @@ pub struct SocketInfo {
     /// Which correlator thread joins this life's events, as [`route_of_life`] gave it at the
     /// life's start: the ring buffer its records go to is `route % rings`.
     pub route: u16,
-    /// When the connection became ESTABLISHED, while that change is kept for the next record
-    /// (0: none kept; [`crate::config::FLAG_ESTABLISHED_IN_CALL`]). The state it left is the
-    /// one the birth's opening entered: SYN_SENT after connect, SYN_RECV for a listener's child.
-    pub kept_established_ns: u64,
 }
-assert_size!(SocketInfo, 48);
+assert_size!(SocketInfo, 40);
 
 /// The route of the life of the socket at `sk` born at `birth_ns`: the lives at one address
 /// spread over the correlator threads (under churn a few addresses carry every connection).
@@ -132,25 +128,11 @@ pub struct SocketEntry {
     pub info: SocketInfo,
     pub closing: Closing,
 }
-assert_size!(SocketEntry, 80);
+assert_size!(SocketEntry, 72);
 
 /// [`SocketInfo::flags`]: the last holder's close() was seen (so the kernel's destruction of
 /// the socket needs no report).
 pub const SOCKET_APP_CLOSED: u16 = 1;
-/// [`SocketInfo::flags`]: the application's connect() returned (reported) before the connection
-/// was established (a non-blocking connect): the change to ESTABLISHED is reported at once, as
-/// no connect record will carry it.
-pub const SOCKET_CONNECT_RETURNED: u16 = 2;
-
-/// The state a connection left for ESTABLISHED, where its birth's opening says (a kept change,
-/// [`SocketInfo::kept_established_ns`]): SYN_SENT after connect(), SYN_RECV for a child.
-pub fn established_from(birth_ns: u64) -> Option<u8> {
-    match opening_of(birth_ns)? {
-        (_, TCP_SYN_SENT, _) => Some(TCP_SYN_SENT),
-        (_, TCP_SYN_RECV, _) => Some(TCP_SYN_RECV),
-        _ => None,
-    }
-}
 
 /// recv/send/readiness activity on a socket not yet reported (the summarising policy).
 #[repr(C)]

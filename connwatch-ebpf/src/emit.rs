@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use connwatch_common::{
     config::{FILTER_COMM, FILTER_PIDS, FILTER_PORTS},
-    event::{AppEvent, EventHeader, KIND_ACCEPT, KIND_CONNECT, SockSnapshot},
+    event::{AppEvent, EventHeader, SockSnapshot},
     names::ring_of,
     socket::{OWNER_UNKNOWN, SocketEntry, SocketInfo},
 };
@@ -16,7 +16,6 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use crate::{
     config::conf,
-    established,
     maps::{
         COUNTERS, EVENTS, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7,
         EVENTS_8, EVENTS_9, EVENTS_10, EVENTS_11, EVENTS_12, EVENTS_13, EVENTS_14, EVENTS_15, LOST,
@@ -96,24 +95,6 @@ pub fn emit<T: 'static>(
 /// counted lost if the ring buffer is full.
 #[inline(always)]
 pub fn emit_standing_for<T: 'static>(
-    kind: u8,
-    events: (u8, u64),
-    sk: u64,
-    info: &SocketInfo,
-    ends: &Endpoints,
-    ts_ns: u64,
-    body: impl FnOnce(&mut T),
-) {
-    // A change to ESTABLISHED still kept goes first, unless this record carries it.
-    if info.kept_established_ns != 0 && !matches!(kind, KIND_CONNECT | KIND_ACCEPT) {
-        established::report_before(sk, info, ends);
-    }
-    emit_record(kind, events, sk, info, ends, ts_ns, body);
-}
-
-/// [`emit_standing_for`] without a look for a kept change.
-#[inline(always)]
-pub fn emit_record<T: 'static>(
     kind: u8,
     events: (u8, u64),
     sk: u64,
@@ -271,10 +252,6 @@ pub fn observed_as(sk: u64, ends: &Endpoints, obs: &Observation, info: &SocketIn
         event.via = obs.via;
         crate::zero::zero(&mut event._pad);
         event.started_ns = obs.started_ns;
-        event.established_ns = match obs.kind {
-            KIND_CONNECT | KIND_ACCEPT => established::take(sk, info),
-            _ => 0,
-        };
     });
 }
 

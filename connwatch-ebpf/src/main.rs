@@ -16,7 +16,6 @@
 mod closing;
 mod config;
 mod emit;
-mod established;
 mod maps;
 mod owner;
 mod policy;

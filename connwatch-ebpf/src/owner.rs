@@ -96,8 +96,7 @@ const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 /// can interrupt a program using this CPU's `NEW_SOCKET` slot.
 #[inline(always)]
 fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
-    let info =
-        SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route, kept_established_ns: 0 };
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route };
     let closing = Closing {
         ts_ns: [0; CLOSING_SLOTS],
         old_state: [0; CLOSING_SLOTS],
@@ -114,8 +113,7 @@ fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> Socket
 /// (the readiness programs' combined stack is near the 512-byte limit): process context only.
 #[inline(always)]
 fn remember_in_scratch(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
-    let info =
-        SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route, kept_established_ns: 0 };
+    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route };
     if let Some(entry) = NEW_SOCKET.get_ptr_mut(0) {
         // SAFETY: this CPU's slot. Only process-context programs use it, and none of them can
         // interrupt another. Closing slots past `count` are never read.

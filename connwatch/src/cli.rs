@@ -236,7 +236,6 @@ impl CommonArgs {
             healthy_readiness: false,
             closing_together: true,
             opening_in_birth: true,
-            established_in_call: true,
             left_out: self.leave_out.clone(),
             args_at_entry: self.args_at_entry,
         }
@@ -250,7 +249,6 @@ impl TraceArgs {
             healthy_readiness: true,
             closing_together: false,
             opening_in_birth: false,
-            established_in_call: false,
             ..self.common.load_options()
         }
     }
@@ -421,8 +419,6 @@ mod tests {
         assert!(watch(&["watch"]).common.load_options().closing_together);
         assert!(!o.opening_in_birth, "trace reports the change that begins a life");
         assert!(watch(&["watch"]).common.load_options().opening_in_birth);
-        assert!(!o.established_in_call, "trace reports the change to ESTABLISHED");
-        assert!(watch(&["watch"]).common.load_options().established_in_call);
     }
 
     #[test]

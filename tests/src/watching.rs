@@ -100,7 +100,6 @@ impl Watching {
             healthy_readiness: false,
             closing_together: true,
             opening_in_birth: true,
-            established_in_call: true,
             ..LoadOptions::default()
         };
         Self {

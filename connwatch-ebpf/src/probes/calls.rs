@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use connwatch_common::{
     event::{KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_SO_ERROR},
-    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall, SOCKET_CONNECT_RETURNED},
+    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall},
 };
 
 use crate::{
@@ -163,9 +163,6 @@ pub(super) fn report(fd: i64, kind: u8, value: i32) {
     let entry = SOCKETS.get_ptr_mut(&sk);
     if let Some(ends) = sock::endpoints_of(sk, entry) {
         let obs = Observation::single(kind, sk, &ends, fd as i32, value);
-        // A connect that returns before the connection is established leaves no record to
-        // carry the change: it will be reported on its own.
-        let flags = if kind == KIND_CONNECT { SOCKET_CONNECT_RETURNED } else { 0 };
-        emit::observed_as(sk, &ends, &obs, &owner::touch_in(sk, entry, flags));
+        emit::observed_as(sk, &ends, &obs, &owner::touch_in(sk, entry, 0));
     }
 }

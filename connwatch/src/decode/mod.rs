@@ -13,8 +13,8 @@ use connwatch_common::{
         KIND_SEND, KIND_SO_ERROR, KIND_STATE, KIND_STATES, RESET_RX, RESET_TX, ResetEvent,
         RetransmitEvent, SockSnapshot, StateEvent, StatesEvent, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
-    socket::{OWNER_UNKNOWN, established_from},
-    tcp::{AF_INET, AF_INET6, TCP_ESTABLISHED},
+    socket::OWNER_UNKNOWN,
+    tcp::{AF_INET, AF_INET6},
 };
 use thiserror::Error;
 
@@ -42,8 +42,6 @@ pub enum DecodeError {
     NoCalls,
     #[error("a record of {0} state changes")]
     InvalidCount(u8),
-    #[error("a change to ESTABLISHED carried by a life whose birth begins no connection")]
-    EstablishedWithoutOpening,
 }
 
 /// The JSON / summary name of an event kind.
@@ -113,19 +111,10 @@ fn decode_one(header: &EventHeader, record: &[u8]) -> Result<Event, DecodeError>
 }
 
 /// Decodes one record into the events it holds, appended to `out`: one, or for a
-/// [`KIND_STATES`] record each of its state changes, at its own time, or for a connect or
-/// accept record that carries the change to ESTABLISHED that change and then the call. A bad
-/// record appends nothing.
+/// [`KIND_STATES`] record each of its state changes, at its own time. A bad record appends
+/// nothing.
 pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
     let header: EventHeader = read(record)?;
-    if matches!(header.kind, KIND_CONNECT | KIND_ACCEPT) {
-        let e: AppEvent = read(record)?;
-        let established = established_in(&header, e.established_ns)?;
-        let call = decode_one(&header, record)?;
-        out.extend(established);
-        out.push(call);
-        return Ok(());
-    }
     if header.kind != KIND_STATES {
         out.push(decode_one(&header, record)?);
         return Ok(());
@@ -144,17 +133,6 @@ pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeErro
         out.truncate(decoded);
     }
     each
-}
-
-/// The change to ESTABLISHED a connect or accept record carries (at `ts_ns`; 0: none), from
-/// the state its birth's opening entered.
-fn established_in(h: &EventHeader, ts_ns: u64) -> Result<Option<Event>, DecodeError> {
-    if ts_ns == 0 {
-        return Ok(None);
-    }
-    let old = established_from(h.birth_ns).ok_or(DecodeError::EstablishedWithoutOpening)?;
-    let detail = Detail::State { old: TcpState::new(old)?, new: TcpState::new(TCP_ESTABLISHED)? };
-    event(h, ts_ns, ts_ns, detail).map(Some)
 }
 
 fn event(h: &EventHeader, ts_ns: u64, until_ns: u64, detail: Detail) -> Result<Event, DecodeError> {
