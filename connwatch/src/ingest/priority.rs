@@ -4,8 +4,8 @@
 //! before it fills. When a workload keeps every CPU busy, a reader at the default priority gets
 //! only its fair share of one, and the kernel drops records: on 16 CPUs under 32 churning
 //! processes, up to 2% of events were lost at nice 0 and none at nice -10 (docs/benchmarks.md,
-//! session 21). The readers' own work is bounded by the events they read, so a higher priority
-//! costs the workload nothing it would not lose to them anyway; it only decides *when* they run.
+//! session 21). The readers' own work is bounded by the events they read: a higher priority
+//! changes when they run, not how much.
 
 use std::io;
 
