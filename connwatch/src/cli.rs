@@ -37,6 +37,18 @@ impl Cli {
     }
 }
 
+impl Command {
+    /// The `--nice` of a command that reads the ring buffers (`watch`, `agent`, `trace`).
+    pub fn nice(&self) -> Option<i32> {
+        match self {
+            Command::Watch(args) => Some(args.common.nice),
+            Command::Agent(args) => Some(args.watch.common.nice),
+            Command::Trace(args) => Some(args.common.nice),
+            Command::Demo(_) | Command::DemoProgram { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Report misjudged liveness as it happens: where an application believed a connection

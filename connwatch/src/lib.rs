@@ -23,19 +23,15 @@ pub use tracer::Tracer;
 
 /// Runs a parsed command line.
 pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    match cli.into_command() {
-        cli::Command::Watch(args) => {
-            ingest::priority::raise_readers(args.common.nice);
-            watch::run(&args).await
-        }
-        cli::Command::Agent(args) => {
-            ingest::priority::raise_readers(args.watch.common.nice);
-            agent::run(&args).await
-        }
-        cli::Command::Trace(args) => {
-            ingest::priority::raise_readers(args.common.nice);
-            trace::run(&args).await
-        }
+    let command = cli.into_command();
+    // Before any thread starts: every thread inherits it.
+    if let Some(nice) = command.nice() {
+        ingest::priority::raise_readers(nice);
+    }
+    match command {
+        cli::Command::Watch(args) => watch::run(&args).await,
+        cli::Command::Agent(args) => agent::run(&args).await,
+        cli::Command::Trace(args) => trace::run(&args).await,
         cli::Command::Demo(args) => demo::run(&args).await,
         cli::Command::DemoProgram { name, server_netns, server, port } => {
             demo::program_main(&name, &server_netns, server, port)

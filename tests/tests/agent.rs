@@ -264,7 +264,10 @@ fn agent_run(threads: &str) {
     }
     // Every thread, the ring-buffer readers among them, at the default --nice.
     let niceness = thread_nice(agent.pid());
-    assert!(niceness.iter().any(|(thread, _)| thread.starts_with("correlate-")) || threads == "1");
+    assert!(
+        threads == "1" || niceness.iter().any(|(thread, _)| thread.starts_with("correlate-")),
+        "no correlator thread among {niceness:?}"
+    );
     for (thread, nice) in niceness {
         assert_eq!(nice, -10, "thread {thread} runs at nice {nice}");
     }

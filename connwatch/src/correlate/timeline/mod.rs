@@ -36,7 +36,8 @@ impl Timeline {
         // Events nearly always come in time order: only the newest entry's time is read then.
         let (mut at, index) = match last {
             Some((start, end)) if codec::entry_ts(&self.bytes[start..end], self.base) > ts => {
-                self.later_than(ts)
+                let (at, index) = self.later_than(ts);
+                (at, Some(index))
             }
             _ => (used, None),
         };
@@ -63,12 +64,12 @@ impl Timeline {
     }
 
     /// Where the first entry later than `ts` begins (its length byte), and its index.
-    fn later_than(&self, ts: u64) -> (usize, Option<usize>) {
+    fn later_than(&self, ts: u64) -> (usize, usize) {
         let mut entries = self.entries().enumerate();
         let found = entries
             .find(|&(_, (start, end))| codec::entry_ts(&self.bytes[start..end], self.base) > ts);
         let (index, (start, _)) = found.expect("the newest entry is later than ts");
-        (start - 1, Some(index))
+        (start - 1, index)
     }
 
     /// No entries, with the room they had.
