@@ -26,6 +26,12 @@ pub const FLAG_OPENING_IN_BIRTH: u32 = 64;
 /// (`bpf_task_pt_regs`, Linux 5.15; x86-64): the loader sets it where the kernel has the helper.
 /// Without it, a send is judged by the socket as it left it ([`crate::socket::SendStart`]).
 pub const FLAG_CALL_REGS: u32 = 128;
+/// A connection's change to ESTABLISHED (from the state its birth entered, before its connect()
+/// returned or its accept()) is not reported on its own: it is kept in the socket's entry
+/// ([`crate::socket::SocketInfo::established_after_ns`]) and the socket's next record carries
+/// it in its header ([`crate::event::EventHeader::established_after_ns`]), normally the connect
+/// or accept record. `watch` and `agent` set it, `trace` reports the change at once.
+pub const FLAG_ESTABLISHED_CARRIED: u32 = 256;
 
 /// A struct member the running kernel does not have (for example IPv6 fields without
 /// CONFIG_IPV6); programs skip reads at this offset.

@@ -75,7 +75,10 @@ pub struct EventHeader {
     pub dport: u16,
     /// Owning process; [`crate::socket::OWNER_UNKNOWN`] when no process context has been seen.
     pub tgid: u32,
-    pub _pad1: u32,
+    /// A change to ESTABLISHED this record carries, reported before it: how long after the
+    /// birth it came, in ns (0: none; [`crate::config::FLAG_ESTABLISHED_CARRIED`]). The state it
+    /// left is the one the birth's opening entered ([`crate::socket::established_from`]).
+    pub established_after_ns: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// `struct sock` address; with `birth_ns` the socket's identity.

@@ -81,8 +81,12 @@ pub struct SocketInfo {
     /// Which correlator thread joins this life's events, as [`route_of_life`] gave it at the
     /// life's start: the ring buffer its records go to is `route % rings`.
     pub route: u16,
+    /// The change to ESTABLISHED, while it is kept for the socket's next record: how long after
+    /// the birth it came, in ns, under `u32::MAX` (0: none kept;
+    /// [`crate::config::FLAG_ESTABLISHED_CARRIED`]). A whole word: it is taken by atomic exchange.
+    pub established_after_ns: u64,
 }
-assert_size!(SocketInfo, 40);
+assert_size!(SocketInfo, 48);
 
 /// The route of the life of the socket at `sk` born at `birth_ns`: the lives at one address
 /// spread over the correlator threads (under churn a few addresses carry every connection).
@@ -128,11 +132,26 @@ pub struct SocketEntry {
     pub info: SocketInfo,
     pub closing: Closing,
 }
-assert_size!(SocketEntry, 72);
+assert_size!(SocketEntry, 80);
 
 /// [`SocketInfo::flags`]: the last holder's close() was seen (so the kernel's destruction of
 /// the socket needs no report).
 pub const SOCKET_APP_CLOSED: u16 = 1;
+/// [`SocketInfo::flags`]: the application's connect() returned, or accept() handed the
+/// connection over, before it was ESTABLISHED (a non-blocking connect, a TCP Fast Open child):
+/// the change is reported at once, as no call's record will carry it.
+pub const SOCKET_CALL_RETURNED: u16 = 2;
+
+/// Where a kept change to ESTABLISHED counts from ([`SocketInfo::established_after_ns`]): the
+/// state the connection left, the one its birth's opening entered (SYN_SENT after connect(),
+/// SYN_RECV for a listener's child), and the birth's time. `None` for a life whose birth begins
+/// no connection (a listener's, an adopted one).
+pub fn established_from(birth_ns: u64) -> Option<(u8, u64)> {
+    match opening_of(birth_ns)? {
+        (_, old @ (TCP_SYN_SENT | TCP_SYN_RECV), born_ns) => Some((old, born_ns)),
+        _ => None,
+    }
+}
 
 /// recv/send/readiness activity on a socket not yet reported (the summarising policy).
 #[repr(C)]

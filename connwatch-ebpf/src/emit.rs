@@ -16,6 +16,7 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use crate::{
     config::conf,
+    established,
     maps::{
         COUNTERS, EVENTS, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7,
         EVENTS_8, EVENTS_9, EVENTS_10, EVENTS_11, EVENTS_12, EVENTS_13, EVENTS_14, EVENTS_15, LOST,
@@ -118,7 +119,7 @@ pub fn emit_standing_for<T: 'static>(
     header.sport = ends.sport;
     header.dport = ends.dport;
     header.tgid = info.owner.tgid;
-    header._pad1 = 0;
+    header.established_after_ns = established::take(sk, info);
     header.ts_ns = ts_ns;
     header.sk = sk;
     header.birth_ns = info.birth_ns;

@@ -16,6 +16,7 @@
 mod closing;
 mod config;
 mod emit;
+mod established;
 mod maps;
 mod owner;
 mod policy;

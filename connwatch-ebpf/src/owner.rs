@@ -92,11 +92,17 @@ fn adopt(sk: u64, owner: Owner, in_scratch: bool) -> SocketInfo {
 /// `birth_ns`'s lowest bit: the socket was first seen mid-life, so its true birth is unknown.
 const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 
+/// A new life's identity: nothing known of it yet but its birth, owner and route.
+#[inline(always)]
+fn fresh(birth_ns: u64, owner: Owner, route: u16) -> SocketInfo {
+    SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route, established_after_ns: 0 }
+}
+
 /// Records `sk`, building its entry on the stack: for programs that may run in softirq, which
 /// can interrupt a program using this CPU's `NEW_SOCKET` slot.
 #[inline(always)]
 fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
-    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route };
+    let info = fresh(birth_ns, owner, route);
     let closing = Closing {
         ts_ns: [0; CLOSING_SLOTS],
         old_state: [0; CLOSING_SLOTS],
@@ -113,7 +119,7 @@ fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> Socket
 /// (the readiness programs' combined stack is near the 512-byte limit): process context only.
 #[inline(always)]
 fn remember_in_scratch(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
-    let info = SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route };
+    let info = fresh(birth_ns, owner, route);
     if let Some(entry) = NEW_SOCKET.get_ptr_mut(0) {
         // SAFETY: this CPU's slot. Only process-context programs use it, and none of them can
         // interrupt another. Closing slots past `count` are never read.

@@ -248,6 +248,7 @@ impl CommonArgs {
             healthy_readiness: false,
             closing_together: true,
             opening_in_birth: true,
+            established_carried: true,
             left_out: self.leave_out.clone(),
             args_at_entry: self.args_at_entry,
         }
@@ -261,6 +262,7 @@ impl TraceArgs {
             healthy_readiness: true,
             closing_together: false,
             opening_in_birth: false,
+            established_carried: false,
             ..self.common.load_options()
         }
     }
@@ -431,6 +433,8 @@ mod tests {
         assert!(watch(&["watch"]).common.load_options().closing_together);
         assert!(!o.opening_in_birth, "trace reports the change that begins a life");
         assert!(watch(&["watch"]).common.load_options().opening_in_birth);
+        assert!(!o.established_carried, "trace reports the change to ESTABLISHED");
+        assert!(watch(&["watch"]).common.load_options().established_carried);
     }
 
     #[test]

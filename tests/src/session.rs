@@ -18,6 +18,8 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Session {
     pub tracer: Tracer,
     pub events: Vec<Event>,
+    /// Ring-buffer records taken so far (a record may hold several events).
+    pub records: u64,
     started: Instant,
 }
 
@@ -27,7 +29,7 @@ impl Session {
             options.attach = attach_from_env();
         }
         let tracer = Tracer::start(&options).unwrap_or_else(|e| panic!("starting connwatch: {e}"));
-        Self { tracer, events: Vec::new(), started: Instant::now() }
+        Self { tracer, events: Vec::new(), records: 0, started: Instant::now() }
     }
 
     /// Checks that the session lost nothing it could have kept, and returns the hits the
@@ -69,7 +71,7 @@ impl Session {
     fn wait(&mut self, what: &str, hook: Option<&str>, done: impl Fn(&[Event]) -> bool) -> bool {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
-            self.tracer.poll(&mut self.events);
+            self.records += self.tracer.poll(&mut self.events) as u64;
             if done(&self.events) {
                 return true;
             }
@@ -97,7 +99,12 @@ impl Session {
     /// Ends tracing: detaches, drains what is left, and returns the account.
     pub fn finish(&mut self) -> Summary {
         self.tracer.detach();
-        while self.tracer.poll(&mut self.events) > 0 {}
+        loop {
+            match self.tracer.poll(&mut self.events) {
+                0 => break,
+                taken => self.records += taken as u64,
+            }
+        }
         self.tracer.summary(self.started.elapsed())
     }
 

@@ -100,6 +100,7 @@ impl Watching {
             healthy_readiness: false,
             closing_together: true,
             opening_in_birth: true,
+            established_carried: true,
             ..LoadOptions::default()
         };
         Self {

@@ -260,6 +260,86 @@ fn openings_once(topology: &Topology, port: u16) -> bool {
     true
 }
 
+/// Under watch and agent, a connection's change to ESTABLISHED takes no record of its own: the
+/// socket's next record carries it, normally the connect or accept record, and otherwise any
+/// record the kernel sends first (here the peer's FIN, before anyone accepted the child).
+#[test]
+fn watch_carries_each_change_to_established_in_the_next_record() {
+    require_root();
+    let topology = Topology::new("estb4");
+    for attempt in 1..=ATTEMPTS {
+        if established_once(&topology, 21005) {
+            return;
+        }
+        eprintln!("attempt {attempt}: the kernel skipped {STATE_HOOK} hits; trying again");
+    }
+    panic!("the kernel skipped {STATE_HOOK} hits in each of {ATTEMPTS} attempts");
+}
+
+fn established_once(topology: &Topology, port: u16) -> bool {
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let (spid, cpid) = (server.pid(), client.pid());
+    let mut session = Session::start(LoadOptions {
+        opening_in_birth: true,
+        established_carried: true,
+        ..options(pids(&[spid, cpid]))
+    });
+    let (client_first, child_first) = (("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"));
+    server.ok(&format!("listen {} {port}", Topology::SERVER_V4));
+    client.ok(&format!("connect {} {port}", Topology::SERVER_V4));
+    let connected = |evs: &[Event]| {
+        socket_starting(evs, client_first, cpid)
+            .is_some_and(|s| s.iter().any(|e| e.detail.type_name() == "connect"))
+    };
+    if !session.wait_until_unless_skipped("the client's connect", STATE_HOOK, connected) {
+        return false;
+    }
+    // Two events, one record: the connect carried the change.
+    assert_eq!(
+        (session.events.len(), session.records),
+        (2, 1),
+        "the change to ESTABLISHED and connect() in one record:\n{}",
+        session.dump()
+    );
+    let client_events = socket_starting(&session.events, client_first, cpid).unwrap();
+    assert_eq!(sequence(&client_events), ["SYN_SENT -> ESTABLISHED", "connect"]);
+    assert!(client_events[0].ts_ns <= client_events[1].ts_ns, "{}", session.dump());
+    client.ok("close");
+    let peer_closed = |evs: &[Event]| {
+        socket_starting(evs, child_first, spid)
+            .is_some_and(|s| transitions(&s).contains(&("ESTABLISHED", "CLOSE_WAIT")))
+    };
+    if !session.wait_until_unless_skipped("the child's CLOSE_WAIT", STATE_HOOK, peer_closed) {
+        return false;
+    }
+    // No call of the child's to carry it yet: the FIN's record carried it, before the FIN.
+    let child = socket_starting(&session.events, child_first, spid).unwrap();
+    let [established, fin] = child[..] else {
+        panic!("the child's two changes, nothing else yet:\n{}", session.dump());
+    };
+    assert!(established.ts_ns < fin.ts_ns, "{}", session.dump());
+    server.ok("accept");
+    session.wait_until("the accept", |evs| evs.iter().any(|e| e.detail.type_name() == "accept"));
+    let child = socket_starting(&session.events, child_first, spid).unwrap();
+    assert_eq!(
+        sequence(&child),
+        ["SYN_RECV -> ESTABLISHED", "ESTABLISHED -> CLOSE_WAIT", "accept"],
+        "the accept had no change left to carry:\n{}",
+        session.dump()
+    );
+    true
+}
+
+/// Each event as its transition (`OLD -> NEW`) or its type.
+fn sequence(events: &[&Event]) -> Vec<String> {
+    let name = |e: &&Event| match transition(e) {
+        Some((old, new)) => format!("{old} -> {new}"),
+        None => e.detail.type_name().to_string(),
+    };
+    events.iter().map(name).collect()
+}
+
 #[test]
 fn classic_tracepoint_mode_attaches_tracepoints_where_offered() {
     require_root();

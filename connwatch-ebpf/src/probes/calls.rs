@@ -9,11 +9,12 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use connwatch_common::{
     event::{KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_SO_ERROR},
-    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall},
+    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall, SOCKET_CALL_RETURNED},
 };
 
 use crate::{
     emit::{self, Observation},
+    established,
     maps::SOCKETS,
     owner, sock,
     syscall::{self, arg, ret},
@@ -114,7 +115,8 @@ pub(super) fn on_accept<C: EbpfContext>(ctx: &C, fd: i64) {
     let Some(ends) = sock::endpoints_of(sk, entry) else {
         return;
     };
-    let info = owner::touch_in(sk, entry, 0);
+    let mut info = owner::touch_in(sk, entry, SOCKET_CALL_RETURNED);
+    established::taken_by_call(entry, &mut info);
     owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     let obs = Observation::single(KIND_ACCEPT, sk, &ends, fd as i32, 0);
     emit::observed_as(sk, &ends, &obs, &info);
@@ -163,6 +165,14 @@ pub(super) fn report(fd: i64, kind: u8, value: i32) {
     let entry = SOCKETS.get_ptr_mut(&sk);
     if let Some(ends) = sock::endpoints_of(sk, entry) {
         let obs = Observation::single(kind, sk, &ends, fd as i32, value);
-        emit::observed_as(sk, &ends, &obs, &owner::touch_in(sk, entry, 0));
+        let info = match kind {
+            KIND_CONNECT => {
+                let mut info = owner::touch_in(sk, entry, SOCKET_CALL_RETURNED);
+                established::taken_by_call(entry, &mut info);
+                info
+            }
+            _ => owner::touch_in(sk, entry, 0),
+        };
+        emit::observed_as(sk, &ends, &obs, &info);
     }
 }

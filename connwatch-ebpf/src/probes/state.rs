@@ -19,8 +19,8 @@ use connwatch_common::{
 };
 
 use crate::{
-    closing, config::conf, emit, maps::SOCKETS, owner, policy, record, send_start, sock,
-    understudy::raw_with_understudy,
+    closing, config::conf, emit, established, maps::SOCKETS, owner, policy, record, send_start,
+    sock, understudy::raw_with_understudy,
 };
 
 #[tracepoint]
@@ -123,6 +123,7 @@ fn changed(
     let in_birth = began && conf!(flags) & FLAG_OPENING_IN_BIRTH != 0;
     if !in_birth
         && emit::wanted_in(sk, entry, &info, &mut ends)
+        && !(new == TCP_ESTABLISHED && established::keep(&info, old, now, entry))
         && !closing::keep_or_report(sk, &info, &ends, (old, new), now, entry)
     {
         emit::emit(KIND_STATE, sk, &info, &ends, now, |event: &mut StateEvent| {

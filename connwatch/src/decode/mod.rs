@@ -13,8 +13,8 @@ use connwatch_common::{
         KIND_SEND, KIND_SO_ERROR, KIND_STATE, KIND_STATES, RESET_RX, RESET_TX, ResetEvent,
         RetransmitEvent, SockSnapshot, StateEvent, StatesEvent, VIA_EPOLL, VIA_POLL, VIA_SELECT,
     },
-    socket::OWNER_UNKNOWN,
-    tcp::{AF_INET, AF_INET6},
+    socket::{OWNER_UNKNOWN, established_from},
+    tcp::{AF_INET, AF_INET6, TCP_ESTABLISHED},
 };
 use thiserror::Error;
 
@@ -42,6 +42,8 @@ pub enum DecodeError {
     NoCalls,
     #[error("a record of {0} state changes")]
     InvalidCount(u8),
+    #[error("a change to ESTABLISHED carried by a life whose birth begins no connection")]
+    EstablishedWithoutOpening,
 }
 
 /// The JSON / summary name of an event kind.
@@ -111,28 +113,51 @@ fn decode_one(header: &EventHeader, record: &[u8]) -> Result<Event, DecodeError>
 }
 
 /// Decodes one record into the events it holds, appended to `out`: one, or for a
-/// [`KIND_STATES`] record each of its state changes, at its own time. A bad record appends
-/// nothing.
+/// [`KIND_STATES`] record each of its state changes, at its own time; first, the change to
+/// ESTABLISHED its header carries, if any. A bad record appends nothing.
 pub fn decode_into(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
     let header: EventHeader = read(record)?;
+    let decoded = out.len();
+    let all = carried_established(&header, out).and_then(|()| record_events(&header, record, out));
+    if all.is_err() {
+        out.truncate(decoded);
+    }
+    all
+}
+
+/// The record's own events.
+fn record_events(
+    header: &EventHeader,
+    record: &[u8],
+    out: &mut Vec<Event>,
+) -> Result<(), DecodeError> {
     if header.kind != KIND_STATES {
-        out.push(decode_one(&header, record)?);
+        out.push(decode_one(header, record)?);
         return Ok(());
     }
     let e: StatesEvent = read(record)?;
     let changes = e.changes.get(..usize::from(e.count)).filter(|c| !c.is_empty());
     let changes = changes.ok_or(DecodeError::InvalidCount(e.count))?;
-    let decoded = out.len();
-    let each = changes.iter().try_for_each(|c| {
+    changes.iter().try_for_each(|c| {
         let detail =
             Detail::State { old: TcpState::new(c.old_state)?, new: TcpState::new(c.new_state)? };
-        out.push(event(&header, c.ts_ns, c.ts_ns, detail)?);
+        out.push(event(header, c.ts_ns, c.ts_ns, detail)?);
         Ok(())
-    });
-    if each.is_err() {
-        out.truncate(decoded);
+    })
+}
+
+/// The change to ESTABLISHED the header carries (`established_after_ns` after the birth), from
+/// the state the birth's opening entered.
+fn carried_established(h: &EventHeader, out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    if h.established_after_ns == 0 {
+        return Ok(());
     }
-    each
+    let (old, born_ns) =
+        established_from(h.birth_ns).ok_or(DecodeError::EstablishedWithoutOpening)?;
+    let ts_ns = born_ns + u64::from(h.established_after_ns);
+    let detail = Detail::State { old: TcpState::new(old)?, new: TcpState::new(TCP_ESTABLISHED)? };
+    out.push(event(h, ts_ns, ts_ns, detail)?);
+    Ok(())
 }
 
 fn event(h: &EventHeader, ts_ns: u64, until_ns: u64, detail: Detail) -> Result<Event, DecodeError> {

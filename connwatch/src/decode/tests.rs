@@ -28,7 +28,7 @@ fn header(kind: u8, family: u16) -> EventHeader {
         sport: 40000,
         dport: 80,
         tgid: 4242,
-        _pad1: 0,
+        established_after_ns: 0,
         ts_ns: 123_456_789,
         sk: 0xffff_8880_1234_5600,
         birth_ns: 100,
@@ -73,7 +73,7 @@ fn header_layout_matches_fixed_bytes() {
     let mut bytes = vec![
         KIND_STATE, 0, 2, 0, // kind, pad, family AF_INET (le)
         0x40, 0x9c, 80, 0, // sport 40000, dport 80
-        0x92, 0x10, 0, 0, 0, 0, 0, 0, // tgid 4242, pad
+        0x92, 0x10, 0, 0, 0, 0, 0, 0, // tgid 4242, established_after_ns 0
         0x15, 0xcd, 0x5b, 0x07, 0, 0, 0, 0, // ts_ns 123456789
         0, 0x56, 0x34, 0x12, 0x80, 0x88, 0xff, 0xff, // sk
         100, 0, 0, 0, 0, 0, 0, 0, // birth_ns
@@ -355,4 +355,56 @@ fn a_bad_record_of_state_changes_decodes_to_nothing() {
         decode_into(&states_record(1, &one)[..100], &mut out),
         Err(DecodeError::Short { .. })
     ));
+}
+
+/// A record whose header carries the change to ESTABLISHED (watch and agent) decodes to that
+/// change, from the state its birth entered and at its own time, then the record's own events.
+#[test]
+fn a_carried_change_to_established_comes_first_at_its_own_time() {
+    use connwatch_common::{
+        event::{KIND_ACCEPT, KIND_CONNECT},
+        socket::{BIRTH_BY_CONNECT, BIRTH_FROM_LISTENER, birth_of},
+    };
+    let carried = |mut record: Vec<u8>, birth_ns: u64, after_ns: u32| {
+        let mut header: EventHeader = read(&record).unwrap();
+        (header.birth_ns, header.established_after_ns) = (birth_ns, after_ns);
+        record[..size_of::<EventHeader>()].copy_from_slice(&bytes_of(&header));
+        record
+    };
+    let (connect_born, child_born) =
+        (birth_of(1_000_000, BIRTH_BY_CONNECT), birth_of(2_000_000, BIRTH_FROM_LISTENER));
+    let cases = [
+        (
+            app_record(KIND_CONNECT, 3, 0, 1, 0),
+            connect_born,
+            1_000_000 + 250,
+            "SYN_SENT",
+            "connect",
+        ),
+        (app_record(KIND_ACCEPT, 4, 0, 1, 0), child_born, 2_000_000 + 90, "SYN_RECV", "accept"),
+    ];
+    for (record, birth_ns, established_ns, from, call) in cases {
+        let after = (established_ns - (birth_ns & !7)) as u32;
+        let mut out = Vec::new();
+        decode_into(&carried(record, birth_ns, after), &mut out).expect("valid record");
+        let [established, own] = &out[..] else { panic!("two events: {out:?}") };
+        assert_eq!(established.detail.to_string(), format!("{from} -> ESTABLISHED"));
+        assert_eq!((established.ts_ns, established.until_ns), (established_ns, established_ns));
+        assert_eq!(established.sock, own.sock);
+        assert_eq!(own.detail.type_name(), call);
+    }
+    // Carried by a record of several changes: before all of them.
+    let closing = [(3_000_000, TCP_ESTABLISHED, TCP_CLOSE_WAIT)];
+    let mut out = Vec::new();
+    decode_into(&carried(states_record(1, &closing), connect_born, 500), &mut out).unwrap();
+    let names: Vec<String> = out.iter().map(|e| e.detail.to_string()).collect();
+    assert_eq!(names, ["SYN_SENT -> ESTABLISHED", "ESTABLISHED -> CLOSE_WAIT"]);
+    // A listener's life, or one adopted mid-life, has no handshake to carry: the record is bad.
+    let listener_born = birth_of(1_000_000, connwatch_common::socket::BIRTH_BY_LISTEN);
+    for birth_ns in [listener_born, 1_000_001] {
+        let mut out = Vec::new();
+        let record = carried(state_record(TCP_ESTABLISHED, TCP_CLOSE_WAIT), birth_ns, 500);
+        assert_eq!(decode_into(&record, &mut out), Err(DecodeError::EstablishedWithoutOpening));
+        assert!(out.is_empty(), "nothing of a bad record is kept");
+    }
 }

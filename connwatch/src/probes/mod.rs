@@ -23,8 +23,8 @@ use aya::{
 use connwatch_common::{
     config::{
         Config, FILTER_COMM, FILTER_PIDS, FILTER_PORTS, FLAG_ALL_IO, FLAG_CALL_REGS,
-        FLAG_CLOSING_TOGETHER, FLAG_OPENING_IN_BIRTH, FLAG_READINESS_ON_ATTENTION, OFFSET_ABSENT,
-        TaskOffsets,
+        FLAG_CLOSING_TOGETHER, FLAG_ESTABLISHED_CARRIED, FLAG_OPENING_IN_BIRTH,
+        FLAG_READINESS_ON_ATTENTION, OFFSET_ABSENT, TaskOffsets,
     },
     names::{
         GLOBAL_CONFIG, MAP_EPOLL_WATCH, MAP_EVENTS, MAP_PID_FILTER, MAP_PORT_FILTER,
@@ -86,6 +86,10 @@ pub struct LoadOptions {
     /// birth, which every later record of the life carries, instead of reporting it (`watch`
     /// and `agent`: the correlator takes it from the birth; `trace` reports it).
     pub opening_in_birth: bool,
+    /// Let the socket's next record (normally its connect or accept record) carry a
+    /// connection's change to ESTABLISHED instead of a record of its own (`watch` and `agent`;
+    /// `trace` reports it as it happens).
+    pub established_carried: bool,
     /// Hooks (`category:name`) not to attach, as if this kernel lacked them: their stand-ins
     /// (if any) attach instead.
     pub left_out: Vec<String>,
@@ -105,6 +109,7 @@ impl Default for LoadOptions {
             healthy_readiness: true,
             closing_together: false,
             opening_in_birth: false,
+            established_carried: false,
             left_out: Vec::new(),
             args_at_entry: false,
         }
@@ -311,6 +316,9 @@ fn flag_bits(options: &LoadOptions) -> u32 {
     }
     if options.opening_in_birth {
         bits |= FLAG_OPENING_IN_BIRTH;
+    }
+    if options.established_carried {
+        bits |= FLAG_ESTABLISHED_CARRIED;
     }
     if !filters.pids.is_empty() {
         bits |= FILTER_PIDS;
