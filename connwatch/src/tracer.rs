@@ -244,6 +244,7 @@ impl Tracer {
                 .zip(self.events_by_type())
                 .filter(|(_, n)| *n != 0)
                 .collect(),
+            records: self.tallies.iter().map(|t| t.records()).sum(),
             lost,
             malformed: self.tallies.iter().map(|t| t.malformed()).sum(),
             readiness_unexamined: folded.readiness_unexamined,

@@ -328,6 +328,10 @@ fn established_once(topology: &Topology, port: u16) -> bool {
         "the accept had no change left to carry:\n{}",
         session.dump()
     );
+    // The summary counts the records as they were taken, not the events they held.
+    let summary = session.finish();
+    assert_eq!(summary.records, session.records);
+    assert!(summary.total_events() > summary.records, "{summary}");
     true
 }
 

@@ -37,6 +37,8 @@ pub struct Tally {
     /// Events decoded, by [`Detail::type_index`].
     events_by_type: [AtomicU64; Detail::TYPE_NAMES.len()],
     malformed: AtomicU64,
+    /// Ring-buffer records taken (one may hold several events).
+    records: AtomicU64,
     /// Ring-buffer bytes taken (records with their 8-byte headers, 8-byte aligned).
     bytes_taken: AtomicU64,
 }
@@ -48,6 +50,10 @@ impl Tally {
 
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Relaxed)
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records.load(Relaxed)
     }
 
     pub fn bytes_taken(&self) -> u64 {
@@ -94,6 +100,7 @@ impl Reader {
                 count.fetch_add(n, Relaxed);
             }
             tally.malformed.fetch_add(malformed, Relaxed);
+            tally.records.fetch_add(taken as u64, Relaxed);
             tally.bytes_taken.fetch_add(bytes, Relaxed);
         }
         taken

@@ -11,6 +11,9 @@ pub struct Summary {
     pub duration: Duration,
     /// Events delivered, by type.
     pub events: BTreeMap<&'static str, u64>,
+    /// Ring-buffer records they came in (a record may carry several: a socket's closing state
+    /// changes, a change to ESTABLISHED with the next record).
+    pub records: u64,
     /// Events the kernel could not queue (ring buffer full), by type; every type listed.
     pub lost: BTreeMap<&'static str, u64>,
     /// Hook hits the kernel skipped (a BPF program was already running on that CPU), by hook;
@@ -55,6 +58,7 @@ impl Summary {
             "type": "summary",
             "duration_s": self.duration.as_secs_f64(),
             "events": self.events,
+            "records": self.records,
             "lost": self.lost,
             "skipped": self.skipped,
             "malformed": self.malformed,
@@ -89,10 +93,12 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connwatch: {} events in {:.1} s ({}); lost {} ({}; skipped by the kernel: {}); \
+            "connwatch: {} events from {} records in {:.1} s ({}); lost {} ({}; skipped by the \
+             kernel: {}); \
              malformed {}; readiness unexamined {}; I/O calls summarised {}; \
              readiness not needed {}",
             self.total_events(),
+            self.records,
             self.duration.as_secs_f64(),
             counts(&self.events),
             self.total_lost(),

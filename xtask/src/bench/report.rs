@@ -174,6 +174,8 @@ pub struct TracerTotals {
     pub peak_rss_kib: u64,
     /// Events the tracer reported (connwatch's summary; tcpstates does not count them).
     pub events_seen: Option<u64>,
+    /// The ring-buffer records they came in (connwatch's summary).
+    pub records_seen: Option<u64>,
     /// connwatch: its summary's `lost`; tcpstates: its `lost N events` messages.
     pub events_lost: u64,
     /// connwatch: recv/send/readiness calls folded in the kernel into summarising records.
@@ -257,6 +259,7 @@ impl TracerTotals {
             reader_cpu_s: samples.iter().map(|s| s.reader_cpu.total_s()).sum(),
             peak_rss_kib: samples.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
             events_seen: connwatch.then(|| sum("events")),
+            records_seen: connwatch.then(|| sum("records")),
             events_lost,
             io_summarised: connwatch.then(|| sum("io_summarised")),
             findings: watch.then_some(findings),

@@ -47,6 +47,7 @@ struct TracerSummary {
     /// cpu_s_per_1k_connections / tcpstates' value.
     cpu_vs_tcpstates: f64,
     events_per_connection: Option<f64>,
+    records_per_connection: Option<f64>,
     /// BPF program run time (in the workload's context) per connection.
     bpf_ns_per_connection: f64,
     #[serde(flatten)]
@@ -82,8 +83,8 @@ impl ChurnSection {
             s.rounds, s.seconds, s.connectors, s.source_addresses, s.server_port,
         );
         md += "| configuration | conn/s (mean ± sd) | vs untraced | tracer CPU s / 1k conn | vs tcpstates \
-               | peak RSS | events seen (per conn) | events lost | BPF ns / conn |\n";
-        md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+               | peak RSS | events seen (per conn) | records / conn | events lost | BPF ns / conn |\n";
+        md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         for c in &self.configs {
             let _ = write!(
                 md,
@@ -93,15 +94,17 @@ impl ChurnSection {
                 c.rate_vs_untraced * 100.0
             );
             match &c.tracer {
-                None => md += "| – | – | – | – | – | – |\n",
+                None => md += "| – | – | – | – | – | – | – |\n",
                 Some(t) => {
                     let seen = match (t.totals.events_seen, t.events_per_connection) {
                         (Some(n), Some(per)) => format!("{} ({per:.1})", thousands(n as f64)),
                         _ => "–".into(),
                     };
+                    let records =
+                        t.records_per_connection.map_or("–".into(), |r| format!("{r:.1}"));
                     let _ = writeln!(
                         md,
-                        "| {:.4} | {:.2}x | {} | {seen} | {} | {:.0} |",
+                        "| {:.4} | {:.2}x | {} | {seen} | {records} | {} | {:.0} |",
                         t.cpu_s_per_1k_connections,
                         t.cpu_vs_tcpstates,
                         mib(t.totals.peak_rss_kib),
@@ -223,6 +226,7 @@ fn summarize(config: Config, rounds: &[RoundResult<ChurnResult>]) -> ConfigSumma
             cpu_s_per_1k_connections: per_connection(totals.cpu_s()) * 1000.0,
             cpu_vs_tcpstates: 0.0,
             events_per_connection: totals.events_seen.map(|n| per_connection(n as f64)),
+            records_per_connection: totals.records_seen.map(|n| per_connection(n as f64)),
             bpf_ns_per_connection: per_connection(totals.bpf_ns as f64),
             totals,
         }
