@@ -88,8 +88,14 @@ fn has_transitions(
 fn full_lifecycle(tag: &str, server_addr: &str, port: u16, attach: AttachMode) {
     require_root();
     let topology = Topology::new(tag);
+    until_not_skipped(|| lifecycle_once(&topology, server_addr, port, attach));
+}
+
+/// Runs `once` until it returns true (the kernel skipped no state-change hit it needed), at
+/// most [`ATTEMPTS`] times.
+fn until_not_skipped(mut once: impl FnMut() -> bool) {
     for attempt in 1..=ATTEMPTS {
-        if lifecycle_once(&topology, server_addr, port, attach) {
+        if once() {
             return;
         }
         eprintln!("attempt {attempt}: the kernel skipped {STATE_HOOK} hits; trying again");
@@ -204,13 +210,7 @@ fn lifecycle_over_ipv6() {
 fn watch_leaves_each_opening_to_the_birth() {
     require_root();
     let topology = Topology::new("open4");
-    for attempt in 1..=ATTEMPTS {
-        if openings_once(&topology, 21004) {
-            return;
-        }
-        eprintln!("attempt {attempt}: the kernel skipped {STATE_HOOK} hits; trying again");
-    }
-    panic!("the kernel skipped {STATE_HOOK} hits in each of {ATTEMPTS} attempts");
+    until_not_skipped(|| openings_once(&topology, 21004));
 }
 
 fn openings_once(topology: &Topology, port: u16) -> bool {
@@ -267,13 +267,7 @@ fn openings_once(topology: &Topology, port: u16) -> bool {
 fn watch_carries_each_change_to_established_in_the_next_record() {
     require_root();
     let topology = Topology::new("estb4");
-    for attempt in 1..=ATTEMPTS {
-        if established_once(&topology, 21005) {
-            return;
-        }
-        eprintln!("attempt {attempt}: the kernel skipped {STATE_HOOK} hits; trying again");
-    }
-    panic!("the kernel skipped {STATE_HOOK} hits in each of {ATTEMPTS} attempts");
+    until_not_skipped(|| established_once(&topology, 21005));
 }
 
 fn established_once(topology: &Topology, port: u16) -> bool {
