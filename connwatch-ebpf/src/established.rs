@@ -22,7 +22,7 @@ use connwatch_common::{
 
 use core::intrinsics::{AtomicOrdering::SeqCst, atomic_xchg};
 
-use crate::{config::conf, maps::SOCKETS};
+use crate::{config::conf, maps::SOCKETS, owner};
 
 /// A change of the socket whose entry is `entry` (its identity `info`, as the caller read it)
 /// from `old` to ESTABLISHED at `now`: kept for the socket's next record. Returns whether it
@@ -58,7 +58,7 @@ pub fn keep(info: &SocketInfo, old: u8, now: u64, entry: Option<*mut SocketEntry
 }
 
 /// Set above the 32 bits of a change's time in a caller's copy of [`SocketInfo`]: the caller
-/// took the change already ([`taken_by_call`]), and its record carries that. Never in the map.
+/// took the change already ([`call_returns`]), and its record carries that. Never in the map.
 const TAKEN: u64 = 1 << 32;
 
 /// The kept change `sk`'s record carries, taken from its entry (0: none). `info`: the
@@ -76,15 +76,17 @@ pub fn take(sk: u64, info: &SocketInfo) -> u32 {
     }
 }
 
-/// A connect() or accept() about to be reported returns with the socket, whose entry is `entry`:
-/// marks the socket returned, then takes any kept change for the call's record. `info` is the
-/// caller's copy, made after the mark; it says what was taken.
+/// A connect() or accept() about to be reported returns with `sk`, whose entry is `entry`: the
+/// caller touches it ([`owner::touch_in`]) and marks it returned, then takes any kept change.
+/// Returns the socket's identity for the call's record, which carries what was taken.
 #[inline(always)]
-pub fn taken_by_call(entry: Option<*mut SocketEntry>, info: &mut SocketInfo) {
+pub fn call_returns(sk: u64, entry: Option<*mut SocketEntry>) -> SocketInfo {
+    let mut info = owner::touch_in(sk, entry, SOCKET_CALL_RETURNED);
     info.established_after_ns = match entry {
         Some(entry) => TAKEN | take_from(entry) as u64,
         None => 0,
     };
+    info
 }
 
 /// Takes the kept change from `entry`.

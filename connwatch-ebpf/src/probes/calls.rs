@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use connwatch_common::{
     event::{KIND_ACCEPT, KIND_CLOSE, KIND_CONNECT, KIND_SO_ERROR},
-    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall, SOCKET_CALL_RETURNED},
+    socket::{CALL_CONNECT, CALL_GETSOCKOPT, PendingCall},
 };
 
 use crate::{
@@ -115,8 +115,7 @@ pub(super) fn on_accept<C: EbpfContext>(ctx: &C, fd: i64) {
     let Some(ends) = sock::endpoints_of(sk, entry) else {
         return;
     };
-    let mut info = owner::touch_in(sk, entry, SOCKET_CALL_RETURNED);
-    established::taken_by_call(entry, &mut info);
+    let info = established::call_returns(sk, entry);
     owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
     let obs = Observation::single(KIND_ACCEPT, sk, &ends, fd as i32, 0);
     emit::observed_as(sk, &ends, &obs, &info);
@@ -166,11 +165,7 @@ pub(super) fn report(fd: i64, kind: u8, value: i32) {
     if let Some(ends) = sock::endpoints_of(sk, entry) {
         let obs = Observation::single(kind, sk, &ends, fd as i32, value);
         let info = match kind {
-            KIND_CONNECT => {
-                let mut info = owner::touch_in(sk, entry, SOCKET_CALL_RETURNED);
-                established::taken_by_call(entry, &mut info);
-                info
-            }
+            KIND_CONNECT => established::call_returns(sk, entry),
             _ => owner::touch_in(sk, entry, 0),
         };
         emit::observed_as(sk, &ends, &obs, &info);

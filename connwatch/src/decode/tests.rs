@@ -276,10 +276,10 @@ fn observations_are_placed_at_the_start_of_their_call() {
     let send = decode(&app_record(KIND_SEND, -1, 10, 3, 0)).unwrap();
     assert_eq!((send.ts_ns, send.until_ns), (123_000_000, 123_456_789));
     // A start after the end is no start: the end is used.
-    let mut bytes = app_record(KIND_SEND, -1, 10, 1, 0);
-    let at = bytes.len() - 8;
-    bytes[at..].copy_from_slice(&200_000_000u64.to_ne_bytes());
-    let send = decode(&bytes).unwrap();
+    let mut record: connwatch_common::event::AppEvent =
+        read(&app_record(KIND_SEND, -1, 10, 1, 0)).unwrap();
+    record.started_ns = 200_000_000;
+    let send = decode(&bytes_of(&record)).unwrap();
     assert_eq!((send.ts_ns, send.until_ns), (123_456_789, 123_456_789));
 }
 
