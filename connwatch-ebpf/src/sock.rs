@@ -1,6 +1,6 @@
 //! Reads from kernel structs at offsets the loader took from the running kernel's BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use connwatch_common::{
     config::{OFFSET_ABSENT, PROTO_TYPE_BYTES, SOCK_HEAD_BYTES},
     event::{EventHeader, SockSnapshot},
@@ -20,6 +20,13 @@ pub fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| e as i64)
 }
 
+/// Bytes read whole from a kernel struct, word-aligned: the compiler copies a byte array a
+/// byte at a time (two instructions a byte, each walked by the verifier), a word-aligned one
+/// a word at a time. `N` is a multiple of 8, so the read is exactly `N` bytes.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct Window<const N: usize>(pub [u8; N]);
+
 /// The parts of a socket every event carries, read before reserving ring-buffer space so
 /// filtered events cost no reservation.
 #[derive(Clone, Copy)]
@@ -28,9 +35,10 @@ pub struct Endpoints {
     pub sport: u16,
     pub dport: u16,
     pub state: u8,
-    /// IPv4 addresses (IPv6 ones are read only when an event is written).
-    pub saddr4: [u8; 4],
-    pub daddr4: [u8; 4],
+    /// IPv4 addresses as stored, network order (IPv6 ones are read only when an event is
+    /// written). Words rather than byte arrays: see [`Window`].
+    pub saddr4: u32,
+    pub daddr4: u32,
 }
 
 /// `N` bytes at `offset` of a window read from `base`.
@@ -49,7 +57,7 @@ fn field<const N: usize>(window: &[u8], base: u32, offset: u32) -> Option<[u8; N
 pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
     let ends = inet_endpoints(sk)?;
     let pt_base = conf!(sock.proto_type);
-    let pt: [u8; PROTO_TYPE_BYTES as usize] = read(sk, pt_base).ok()?;
+    let Window(pt) = read::<Window<{ PROTO_TYPE_BYTES as usize }>>(sk, pt_base).ok()?;
     let protocol = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.protocol))?);
     let sk_type = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.sk_type))?);
     (protocol == IPPROTO_TCP && sk_type == SOCK_STREAM).then_some(ends)
@@ -71,7 +79,7 @@ pub fn endpoints_of(sk: u64, entry: Option<*mut SocketEntry>) -> Option<Endpoint
 #[inline(always)]
 pub fn inet_endpoints(sk: u64) -> Option<Endpoints> {
     let base = conf!(sock.head);
-    let head: [u8; SOCK_HEAD_BYTES as usize] = read(sk, base).ok()?;
+    let Window(head) = read::<Window<{ SOCK_HEAD_BYTES as usize }>>(sk, base).ok()?;
     let family = u16::from_ne_bytes(field(&head, base, conf!(sock.family))?);
     if family != AF_INET && family != AF_INET6 {
         return None;
@@ -81,8 +89,8 @@ pub fn inet_endpoints(sk: u64) -> Option<Endpoints> {
         sport: u16::from_ne_bytes(field(&head, base, conf!(sock.num))?),
         dport: u16::from_be_bytes(field(&head, base, conf!(sock.dport))?),
         state: field::<1>(&head, base, conf!(sock.state))?[0],
-        saddr4: field(&head, base, conf!(sock.rcv_saddr))?,
-        daddr4: field(&head, base, conf!(sock.daddr))?,
+        saddr4: u32::from_ne_bytes(field(&head, base, conf!(sock.rcv_saddr))?),
+        daddr4: u32::from_ne_bytes(field(&head, base, conf!(sock.daddr))?),
     })
 }
 
@@ -92,11 +100,21 @@ pub fn fill_addresses(sk: u64, ends: &Endpoints, header: &mut EventHeader) {
     zero(&mut header.saddr);
     zero(&mut header.daddr);
     if ends.family == AF_INET {
-        header.saddr[..4].copy_from_slice(&ends.saddr4);
-        header.daddr[..4].copy_from_slice(&ends.daddr4);
+        header.saddr[..4].copy_from_slice(&ends.saddr4.to_ne_bytes());
+        header.daddr[..4].copy_from_slice(&ends.daddr4.to_ne_bytes());
     } else {
-        header.saddr = read(sk, conf!(sock.v6_rcv_saddr)).unwrap_or([0; 16]);
-        header.daddr = read(sk, conf!(sock.v6_daddr)).unwrap_or([0; 16]);
+        read_into(sk, conf!(sock.v6_rcv_saddr), &mut header.saddr);
+        read_into(sk, conf!(sock.v6_daddr), &mut header.daddr);
+    }
+}
+
+/// Reads `into.len()` bytes at `base + offset` straight into `into`, which keeps its zeroes
+/// where the read fails: no copy through the stack (a byte array is copied a byte at a time).
+#[inline(always)]
+fn read_into(base: u64, offset: u32, into: &mut [u8]) {
+    if base != 0 && offset != OFFSET_ABSENT {
+        // SAFETY: the helper checks the address and fails instead of faulting.
+        let _ = unsafe { bpf_probe_read_kernel_buf((base + offset as u64) as *const u8, into) };
     }
 }
 
@@ -160,7 +178,8 @@ fn close_pair(base: u64, a: u32, b: u32, len: u32) -> Option<(u32, [u8; 16])> {
     if a.max(b) - low > 16 - len {
         return None;
     }
-    Some((low, read(base, low).ok()?))
+    let Window(pair) = read::<Window<16>>(base, low).ok()?;
+    Some((low, pair))
 }
 
 /// Smoothed round-trip time, microseconds (`tcp_sock.srtt_us` holds it << 3).
