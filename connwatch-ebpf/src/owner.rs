@@ -4,6 +4,8 @@
 //! interrupted (on loopback, often the peer). The owner is therefore recorded only where the
 //! socket is touched in process context and looked up everywhere else.
 
+use core::mem::{MaybeUninit, size_of};
+
 use aya_ebpf::{
     cty::c_void,
     helpers::{
@@ -14,26 +16,28 @@ use aya_ebpf::{
 use connwatch_common::{
     names::LATEST_LIFE_SLOTS,
     socket::{
-        ListenerKey, Owner, SOCKET_APP_CLOSED, SocketEntry, SocketInfo, birth_of, route_of_life,
+        CLOSING_SLOTS, Closing, ListenerKey, Owner, SOCKET_APP_CLOSED, SocketEntry, SocketInfo,
+        birth_of, route_of_life,
     },
 };
 
-use crate::{
-    maps::{LATEST_LIVES, LISTENERS, NEW_SOCKET, SOCKETS},
-    zero::zeroed,
-};
+use crate::maps::{LATEST_LIVES, LISTENERS, NEW_SOCKET, SOCKETS};
 
 /// The process running this (process-context) hook. The name is written in place by the
-/// helper (which fills all 16 bytes, zeroes where it fails): a byte array returned by value
-/// is zeroed and copied a byte at a time.
+/// helper, which fills all 16 bytes (zeroes where it fails): a byte array returned by value is
+/// zeroed and copied a byte at a time.
 #[inline(always)]
 pub fn current() -> Owner {
-    let mut owner: Owner = zeroed();
-    owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let comm = &mut owner.comm;
-    // SAFETY: `comm` is a writable buffer of the size passed.
-    unsafe { bpf_get_current_comm(comm.as_mut_ptr() as *mut c_void, comm.len() as u32) };
-    owner
+    let mut owner = MaybeUninit::<Owner>::uninit();
+    let at = owner.as_mut_ptr();
+    // SAFETY: every field of `owner` is written before it is read: `comm` whole, by the helper.
+    unsafe {
+        (&raw mut (*at).tgid).write((bpf_get_current_pid_tgid() >> 32) as u32);
+        (&raw mut (*at)._pad).write(0);
+        let comm = &raw mut (*at).comm;
+        bpf_get_current_comm(comm as *mut c_void, size_of::<[u8; 16]>() as u32);
+        owner.assume_init()
+    }
 }
 
 #[inline(always)]
@@ -104,15 +108,7 @@ const ADOPTED: u64 = connwatch_common::socket::BIRTH_ADOPTED;
 /// A new life's identity: nothing known of it yet but its birth, owner and route.
 #[inline(always)]
 fn fresh(birth_ns: u64, owner: Owner, route: u16) -> SocketInfo {
-    let mut info: SocketInfo = zeroed();
-    (info.birth_ns, info.owner, info.route) = (birth_ns, owner, route);
-    info
-}
-
-/// No owner known ([`Owner::UNKNOWN`], built without a `memset`).
-#[inline(always)]
-fn unknown() -> Owner {
-    zeroed()
+    SocketInfo { birth_ns, owner, sport: 0, dport: 0, flags: 0, route, established_after_ns: 0 }
 }
 
 /// Records `sk`, building its entry on the stack: for programs that may run in softirq, which
@@ -120,9 +116,14 @@ fn unknown() -> Owner {
 #[inline(always)]
 fn remember_on_stack(sk: u64, owner: Owner, birth_ns: u64, route: u16) -> SocketInfo {
     let info = fresh(birth_ns, owner, route);
-    let mut entry: SocketEntry = zeroed();
-    entry.info = info;
-    let _ = SOCKETS.insert(&sk, &entry, 0);
+    let closing = Closing {
+        ts_ns: [0; CLOSING_SLOTS],
+        old_state: [0; CLOSING_SLOTS],
+        new_state: [0; CLOSING_SLOTS],
+        count: 0,
+        _pad: 0,
+    };
+    let _ = SOCKETS.insert(&sk, &SocketEntry { info, closing }, 0);
     crate::policy::release(sk);
     info
 }
@@ -158,7 +159,7 @@ pub fn known_in(sk: u64, entry: Option<*mut SocketEntry>) -> SocketInfo {
     match entry {
         // SAFETY: a valid map value pointer; SocketInfo is Copy and read whole.
         Some(entry) => unsafe { (*entry).info },
-        None => adopt(sk, unknown(), false),
+        None => adopt(sk, Owner::UNKNOWN, false),
     }
 }
 
@@ -191,9 +192,7 @@ pub fn touch_in(sk: u64, entry: Option<*mut SocketEntry>, flags: u16) -> SocketI
 
 #[inline(always)]
 fn listener_key(net: u64, port: u16) -> ListenerKey {
-    let mut key: ListenerKey = zeroed();
-    (key.net, key.port) = (net, port);
-    key
+    ListenerKey { net, port, _pad: [0; 6] }
 }
 
 /// Records `owner` as the listener's on `port` in namespace `net`. Every accept calls this:
@@ -219,7 +218,7 @@ pub fn listener_owner(net: u64, port: u16) -> Owner {
     match LISTENERS.get_ptr(&listener_key(net, port)) {
         // SAFETY: a valid map value pointer; Owner is Copy and read whole.
         Some(owner) => unsafe { *owner },
-        None => unknown(),
+        None => Owner::UNKNOWN,
     }
 }
 
