@@ -10,22 +10,33 @@ use connwatch_common::{
 
 use crate::{config::conf, zero::zero};
 
+/// `base + offset`, unless the base is null or the loader found no such field.
+#[inline(always)]
+fn address(base: u64, offset: u32) -> Option<u64> {
+    (base != 0 && offset != OFFSET_ABSENT).then(|| base + offset as u64)
+}
+
 /// Reads a `T` at `base + offset`; a faulting address is an error, never a crash.
 #[inline(always)]
 pub fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
-    if base == 0 || offset == OFFSET_ABSENT {
-        return Err(-1);
-    }
+    let at = address(base, offset).ok_or(-1)?;
     // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| e as i64)
+    unsafe { bpf_probe_read_kernel(at as *const T) }.map_err(|e| e as i64)
 }
 
 /// Bytes read whole from a kernel struct, word-aligned: the compiler copies a byte array a
 /// byte at a time (two instructions a byte, each walked by the verifier), a word-aligned one
-/// a word at a time. `N` is a multiple of 8, so the read is exactly `N` bytes.
+/// a word at a time.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
-pub struct Window<const N: usize>(pub [u8; N]);
+struct Window<const N: usize>([u8; N]);
+
+/// The `N` bytes (whole words, so the read is exactly `N` bytes) at `base + offset`.
+#[inline(always)]
+fn read_window<const N: usize>(base: u64, offset: u32) -> Option<Window<N>> {
+    const { assert!(N % 8 == 0, "a window is whole words") };
+    read(base, offset).ok()
+}
 
 /// The parts of a socket every event carries, read before reserving ring-buffer space so
 /// filtered events cost no reservation.
@@ -36,7 +47,7 @@ pub struct Endpoints {
     pub dport: u16,
     pub state: u8,
     /// IPv4 addresses as stored, network order (IPv6 ones are read only when an event is
-    /// written). Words rather than byte arrays: see [`Window`].
+    /// written). Words rather than byte arrays (see `Window`).
     pub saddr4: u32,
     pub daddr4: u32,
 }
@@ -57,7 +68,7 @@ fn field<const N: usize>(window: &[u8], base: u32, offset: u32) -> Option<[u8; N
 pub fn tcp_endpoints(sk: u64) -> Option<Endpoints> {
     let ends = inet_endpoints(sk)?;
     let pt_base = conf!(sock.proto_type);
-    let Window(pt) = read::<Window<{ PROTO_TYPE_BYTES as usize }>>(sk, pt_base).ok()?;
+    let Window(pt) = read_window::<{ PROTO_TYPE_BYTES as usize }>(sk, pt_base)?;
     let protocol = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.protocol))?);
     let sk_type = u16::from_ne_bytes(field(&pt, pt_base, conf!(sock.sk_type))?);
     (protocol == IPPROTO_TCP && sk_type == SOCK_STREAM).then_some(ends)
@@ -79,7 +90,7 @@ pub fn endpoints_of(sk: u64, entry: Option<*mut SocketEntry>) -> Option<Endpoint
 #[inline(always)]
 pub fn inet_endpoints(sk: u64) -> Option<Endpoints> {
     let base = conf!(sock.head);
-    let Window(head) = read::<Window<{ SOCK_HEAD_BYTES as usize }>>(sk, base).ok()?;
+    let Window(head) = read_window::<{ SOCK_HEAD_BYTES as usize }>(sk, base)?;
     let family = u16::from_ne_bytes(field(&head, base, conf!(sock.family))?);
     if family != AF_INET && family != AF_INET6 {
         return None;
@@ -112,9 +123,9 @@ pub fn fill_addresses(sk: u64, ends: &Endpoints, header: &mut EventHeader) {
 /// where the read fails: no copy through the stack (a byte array is copied a byte at a time).
 #[inline(always)]
 fn read_into(base: u64, offset: u32, into: &mut [u8]) {
-    if base != 0 && offset != OFFSET_ABSENT {
+    if let Some(at) = address(base, offset) {
         // SAFETY: the helper checks the address and fails instead of faulting.
-        let _ = unsafe { bpf_probe_read_kernel_buf((base + offset as u64) as *const u8, into) };
+        let _ = unsafe { bpf_probe_read_kernel_buf(at as *const u8, into) };
     }
 }
 
@@ -178,7 +189,7 @@ fn close_pair(base: u64, a: u32, b: u32, len: u32) -> Option<(u32, [u8; 16])> {
     if a.max(b) - low > 16 - len {
         return None;
     }
-    let Window(pair) = read::<Window<16>>(base, low).ok()?;
+    let Window(pair) = read_window::<16>(base, low)?;
     Some((low, pair))
 }
 

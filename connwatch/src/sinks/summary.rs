@@ -93,9 +93,8 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connwatch: {} events from {} records in {:.1} s ({}); lost {} ({}; skipped by the \
-             kernel: {}); \
-             malformed {}; readiness unexamined {}; I/O calls summarised {}; \
+            "connwatch: {} events from {} records in {:.1} s ({}); lost {} ({}; skipped by \
+             the kernel: {}); malformed {}; readiness unexamined {}; I/O calls summarised {}; \
              readiness not needed {}",
             self.total_events(),
             self.records,
