@@ -279,14 +279,24 @@ fn readiness_with_arguments_kept_at_entry() {
     poll_and_select_readiness_with(("psentry", 22023), at_entry);
 }
 
-/// Where the readiness exits read the arguments themselves (x86-64, Linux 5.15 on), no entry
-/// program runs on epoll_wait, poll or select; with them kept at entry, all of them do.
+/// Where the exits read the arguments themselves (x86-64, Linux 5.15 on), no entry program
+/// runs on epoll_wait, poll, select, connect or getsockopt; with them kept at entry, all of
+/// them do.
 #[test]
-fn readiness_entry_programs_attach_only_where_needed() {
+fn entry_programs_attach_only_where_needed() {
     require_root();
-    let entries =
-        ["epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6"]
-            .map(|call| format!("syscalls:sys_enter_{call}"));
+    let calls = [
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_pwait2",
+        "poll",
+        "ppoll",
+        "select",
+        "pselect6",
+        "connect",
+        "getsockopt",
+    ];
+    let entries = calls.map(|call| format!("syscalls:sys_enter_{call}"));
     let attached = |options: LoadOptions| -> Vec<String> {
         let session = Session::start(options);
         let hooks = session.tracer.ready().hooks;
@@ -456,12 +466,29 @@ fn a_write_into_close_wait_succeeds_then_the_next_fails_with_epipe() {
 
 #[test]
 fn nonblocking_connect_to_a_closed_port_is_einprogress_then_so_error_refused() {
+    nonblocking_connect_refused_with(("nbconn", 22041), |o| o);
+}
+
+/// Kernels without `bpf_task_pt_regs` keep connect's and getsockopt's arguments at entry: the
+/// same results, from the entry programs.
+#[test]
+fn connect_and_so_error_with_arguments_kept_at_entry() {
+    nonblocking_connect_refused_with(("nbentry", 22042), |o| LoadOptions {
+        args_at_entry: true,
+        ..o
+    });
+}
+
+fn nonblocking_connect_refused_with(
+    (tag, port): (&str, u16),
+    adjust: impl FnOnce(LoadOptions) -> LoadOptions,
+) {
     require_root();
-    let topology = Topology::new("nbconn");
+    let topology = Topology::new(tag);
     let mut client = Peer::spawn(&topology.client);
     let cpid = client.pid();
-    let mut session = Session::start(traced(&[cpid]));
-    assert_eq!(client.send(&format!("connect-nb {} 22041", Topology::SERVER_V4)), "err E115");
+    let mut session = Session::start(adjust(traced(&[cpid])));
+    assert_eq!(client.send(&format!("connect-nb {} {port}", Topology::SERVER_V4)), "err E115");
     client.ok("wait-writable");
     assert_eq!(client.ok("so-error"), "ECONNREFUSED");
     session.wait_until("connect and SO_ERROR", |evs| {

@@ -647,7 +647,7 @@ fn every_hook_attaches_on_this_kernel() {
                 && (!tracepoint || tracefs::exists(h.category, h.name))
                 && h.instead_of.is_none_or(|primary| !attached(primary))
                 // Attached only where its exit cannot read the arguments itself (checked in
-                // app_observations' readiness_entry_programs_attach_only_where_needed).
+                // app_observations' entry_programs_attach_only_where_needed).
                 && h.keeps_args_for.is_none()
         };
         for hook in HOOKS.iter().filter(offered).filter(present) {

@@ -1,7 +1,8 @@
 //! Calls whose results decide what an application believes: `getsockopt(SO_ERROR)`,
 //! `connect`, `accept`/`accept4` and `close`, from `syscalls:sys_enter_*`/`sys_exit_*`
-//! (arguments at tracefs offsets; checked against 6.1 and 6.18). Each is reported every time:
-//! they are rare and each one is evidence.
+//! (arguments at tracefs offsets; checked against 6.1 and 6.18), or from the exit alone where it
+//! can read the call's registers. Each is reported every time: they are rare and each one is
+//! evidence.
 
 use aya_ebpf::{
     EbpfContext, helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
@@ -17,7 +18,7 @@ use crate::{
     established,
     maps::SOCKETS,
     owner, sock,
-    syscall::{self, arg, ret},
+    syscall::{self, CallRegs, arg, ret},
 };
 
 const SOL_SOCKET: u64 = 1;
@@ -61,6 +62,26 @@ pub(super) fn so_error_read(fd: i64, optval: u64) {
     }
 }
 
+/// The exit of a `getsockopt` that returned `result`, its arguments read from the registers it
+/// was made with (no entry program: [`CallRegs`]).
+#[inline(always)]
+pub(super) fn getsockopt_at_exit(result: i64) {
+    if result != 0 || syscall::from_agent() {
+        return;
+    }
+    let regs = CallRegs::current();
+    if reads_so_error(regs.arg(1), regs.arg(2)) {
+        so_error_read(regs.arg(0) as i32 as i64, regs.arg(3));
+    }
+}
+
+/// Where the registers are readable: the exit alone sees the whole call.
+#[tracepoint]
+pub fn tp_sys_exit_getsockopt_regs(ctx: TracePointContext) -> u32 {
+    getsockopt_at_exit(ret(&ctx));
+    0
+}
+
 /// Whether a `getsockopt` with these arguments reads the pending error.
 #[inline(always)]
 pub(super) fn reads_so_error(level: u64, optname: u64) -> bool {
@@ -87,6 +108,22 @@ pub fn tp_sys_exit_connect(ctx: TracePointContext) -> u32 {
     if let Some(call) = syscall::take(CALL_CONNECT) {
         report(call.fd as i64, KIND_CONNECT, ret(&ctx) as i32);
     }
+    0
+}
+
+/// The exit of a `connect` that returned `result`, its descriptor read from the registers it
+/// was made with (no entry program: [`CallRegs`]).
+#[inline(always)]
+pub(super) fn connect_at_exit(result: i64) {
+    if !syscall::from_agent() {
+        report(CallRegs::current().arg(0) as i32 as i64, KIND_CONNECT, result as i32);
+    }
+}
+
+/// Where the registers are readable: the exit alone sees the whole call.
+#[tracepoint]
+pub fn tp_sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
+    connect_at_exit(ret(&ctx));
     0
 }
 

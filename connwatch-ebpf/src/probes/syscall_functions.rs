@@ -12,7 +12,6 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use connwatch_common::event::KIND_CONNECT;
 
 use super::{calls, readiness};
 use crate::syscall::CallRegs;
@@ -37,17 +36,13 @@ pub fn fexit_sys_accept(ctx: FExitContext) -> u32 {
 
 #[fexit(function = "__x64_sys_connect")]
 pub fn fexit_sys_connect(ctx: FExitContext) -> u32 {
-    let fd = CallRegs::current().arg(0) as i32 as i64;
-    calls::report(fd, KIND_CONNECT, result(&ctx) as i32);
+    calls::connect_at_exit(result(&ctx));
     0
 }
 
 #[fexit(function = "__x64_sys_getsockopt")]
 pub fn fexit_sys_getsockopt(ctx: FExitContext) -> u32 {
-    let regs = CallRegs::current();
-    if result(&ctx) == 0 && calls::reads_so_error(regs.arg(1), regs.arg(2)) {
-        calls::so_error_read(regs.arg(0) as i32 as i64, regs.arg(3));
-    }
+    calls::getsockopt_at_exit(result(&ctx));
     0
 }
 

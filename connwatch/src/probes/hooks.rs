@@ -256,6 +256,26 @@ macro_rules! syscall_function {
     };
 }
 
+/// A syscall exit served as [`syscall_function!`] serves it, and between the trampoline and the
+/// tracepoint by `$regs`, a tracepoint program that reads the call's arguments at exit (x86-64,
+/// Linux 5.15): the hook's entry program is attached only where neither can be.
+macro_rules! syscall_exit {
+    ($name:literal, Fexit $function:literal => $program:literal, regs: $regs:literal) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[
+                at_syscall_function(Mechanism::Fexit, &[$function], &[$program]),
+                tp_args_at_exit($regs),
+                tp(concat!("tp_", $name)),
+            ],
+            instead_of: None,
+            keeps_args_for: None,
+        }
+    };
+}
+
 /// A readiness call's entry (`sys_enter_*` of epoll_wait, poll, select and their siblings),
 /// whose program keeps the arguments for `$exit` where that reads them only from its entry.
 macro_rules! readiness_entry {
@@ -399,10 +419,12 @@ pub static HOOKS: &[Hook] = &[
     syscall_function!("sys_exit_accept4", Fexit "__x64_sys_accept4" => "fexit_sys_accept4"),
     syscall_function!("sys_exit_accept", Fexit "__x64_sys_accept" => "fexit_sys_accept",
         "tp_sys_exit_accept4"),
-    syscall_function!("sys_exit_connect", Fexit "__x64_sys_connect" => "fexit_sys_connect"),
+    syscall_exit!("sys_exit_connect", Fexit "__x64_sys_connect" => "fexit_sys_connect",
+        regs: "tp_sys_exit_connect_regs"),
     syscall!("sys_enter_connect", "tp_sys_enter_connect", None, Some("syscalls:sys_exit_connect")),
     syscall_function!("sys_enter_close", Fentry "__x64_sys_close" => "fentry_sys_close"),
-    syscall_function!("sys_exit_getsockopt", Fexit "__x64_sys_getsockopt" => "fexit_sys_getsockopt"),
+    syscall_exit!("sys_exit_getsockopt", Fexit "__x64_sys_getsockopt" => "fexit_sys_getsockopt",
+        regs: "tp_sys_exit_getsockopt_regs"),
     syscall!(
         "sys_enter_getsockopt",
         "tp_sys_enter_getsockopt",
