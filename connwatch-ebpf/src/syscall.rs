@@ -60,6 +60,14 @@ impl CallRegs {
         0
     }
 
+    /// The registers of the current syscall if it is x86-64 syscall `number`: a 32-bit caller's
+    /// arguments are in other registers (and its calls have other numbers).
+    #[inline(always)]
+    pub fn of_call(number: u64) -> Option<Self> {
+        let regs = Self::current();
+        (regs.number() == number).then_some(regs)
+    }
+
     /// The syscall's number; anything, in a thread that is not in a syscall (softirq on an
     /// idle CPU, a kernel thread).
     #[cfg(bpf_target_arch = "x86_64")]
