@@ -1,6 +1,8 @@
 //! Reads from kernel structs at offsets the loader took from the running kernel's BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{
+    bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
 use connwatch_common::{
     config::{OFFSET_ABSENT, PROTO_TYPE_BYTES, SOCK_HEAD_BYTES},
     event::{EventHeader, SockSnapshot},
@@ -213,35 +215,42 @@ pub fn sock_of_fd(fd: i64) -> Option<u64> {
     sock_of_file(file_of_fd(fd)?)
 }
 
-/// The current task's `struct file` for `fd`.
+/// The current task's `struct file` for `fd`. The walk from the task to its fd table is plain
+/// loads: the task comes typed (`bpf_get_current_task_btf`), so the verifier types every
+/// pointer read from it and lets the program load through them, a fault caught by the kernel
+/// (a load costs a nanosecond, a helper call about 30). The array's slot is a pointer to a
+/// pointer, which the verifier leaves untyped: read with the helper, as the file behind it.
 #[inline(always)]
 pub fn file_of_fd(fd: i64) -> Option<u64> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: the helper has no preconditions; the result is only used as an address to read.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, conf!(task.task_files)).ok()?;
-    let fdt: u64 = read(files, conf!(task.files_fdt)).ok()?;
-    let (max_fds, fd_array) = fd_table(fdt)?;
+    // SAFETY: the helper has no preconditions; the verifier types its result.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY (each load): a typed task and pointers loaded from it, at offsets of their
+    // structs' fields taken from the kernel's BTF; the verifier checks each against the type.
+    let files: *const u8 = unsafe { typed_load(task, conf!(task.task_files))? };
+    let fdt: *const u8 = unsafe { typed_load(files, conf!(task.files_fdt))? };
+    let max_fds: u32 = unsafe { typed_load(fdt, conf!(task.fdt_max_fds))? };
     if fd as u64 >= max_fds as u64 {
         return None;
     }
+    let fd_array: u64 = unsafe { typed_load(fdt, conf!(task.fdt_fd))? };
     read(fd_array, (fd as u32).checked_mul(8)?).ok()
 }
 
-/// An fd table's size and its array of files. One read where the array follows the size, as
-/// in `struct fdtable` on every kernel so far; two otherwise.
+/// The `T` at `offset` in the struct at `base`, a pointer the verifier typed (BTF), by one
+/// load; `None` for a null `base` or a field the loader did not find.
+///
+/// # Safety
+/// `base` is typed for the verifier, and `offset` is one of its struct's fields, of type `T`.
 #[inline(always)]
-fn fd_table(fdt: u64) -> Option<(u32, u64)> {
-    let (size_at, array_at) = (conf!(task.fdt_max_fds), conf!(task.fdt_fd));
-    if let Some((low, table)) = close_pair(fdt, size_at, array_at, 8) {
-        return Some((
-            u32::from_ne_bytes(field(&table, low, size_at)?),
-            u64::from_ne_bytes(field(&table, low, array_at)?),
-        ));
+unsafe fn typed_load<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() || offset == OFFSET_ABSENT {
+        return None;
     }
-    Some((read(fdt, size_at).ok()?, read(fdt, array_at).ok()?))
+    // SAFETY: the caller's contract; the kernel catches a faulting load and yields zero.
+    Some(unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) })
 }
 
 /// The `struct sock` behind an open file, if the file is a socket.
