@@ -247,11 +247,9 @@ pub fn file_of_fd(fd: i64) -> Option<u64> {
 /// `base` is typed for the verifier, and `offset` is one of its struct's fields, of type `T`.
 #[inline(always)]
 unsafe fn typed_load<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
-    if base.is_null() || offset == OFFSET_ABSENT {
-        return None;
-    }
+    let at = address(base as u64, offset)?;
     // SAFETY: the caller's contract; the kernel catches a faulting load and yields zero.
-    Some(unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) })
+    Some(unsafe { core::ptr::read_volatile(at as *const T) })
 }
 
 /// The `struct sock` behind an open file, if the file is a socket.

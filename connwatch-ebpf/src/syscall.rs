@@ -27,7 +27,9 @@ pub fn ret(ctx: &TracePointContext) -> i64 {
 /// 5.15). A syscall leaves its argument registers as it found them, so an exit program can read
 /// its arguments here and needs no entry program: one hit per call instead of two. x86-64 only
 /// (arm64 overwrites its first argument with the result); elsewhere the loader keeps arguments
-/// at entry instead.
+/// at entry instead. Always a 64-bit call's registers: x86-64 kernels do not run syscall
+/// tracepoints for 32-bit callers (`ARCH_TRACE_IGNORE_COMPAT_SYSCALLS`), whose arguments sit
+/// in other registers, and the trampolines sit on the 64-bit entry points.
 pub struct CallRegs(*const pt_regs);
 
 impl CallRegs {
@@ -58,14 +60,6 @@ impl CallRegs {
     #[inline(always)]
     pub fn arg(&self, _n: u32) -> u64 {
         0
-    }
-
-    /// The registers of the current syscall if it is x86-64 syscall `number`: a 32-bit caller's
-    /// arguments are in other registers (and its calls have other numbers).
-    #[inline(always)]
-    pub fn of_call(number: u64) -> Option<Self> {
-        let regs = Self::current();
-        (regs.number() == number).then_some(regs)
     }
 
     /// The syscall's number; anything, in a thread that is not in a syscall (softirq on an

@@ -21,10 +21,6 @@ use crate::{
     syscall::{self, CallRegs, arg, ret},
 };
 
-/// x86-64 syscall numbers.
-const NR_CONNECT: u64 = 42;
-const NR_GETSOCKOPT: u64 = 55;
-
 const SOL_SOCKET: u64 = 1;
 const SO_ERROR: u64 = 4;
 
@@ -73,9 +69,7 @@ pub(super) fn getsockopt_at_exit(result: i64) {
     if result != 0 || syscall::from_agent() {
         return;
     }
-    let Some(regs) = CallRegs::of_call(NR_GETSOCKOPT) else {
-        return;
-    };
+    let regs = CallRegs::current();
     if reads_so_error(regs.arg(1), regs.arg(2)) {
         so_error_read(regs.arg(0) as i32 as i64, regs.arg(3));
     }
@@ -121,10 +115,8 @@ pub fn tp_sys_exit_connect(ctx: TracePointContext) -> u32 {
 /// was made with (no entry program: [`CallRegs`]).
 #[inline(always)]
 pub(super) fn connect_at_exit(result: i64) {
-    if !syscall::from_agent()
-        && let Some(regs) = CallRegs::of_call(NR_CONNECT)
-    {
-        report(regs.arg(0) as i32 as i64, KIND_CONNECT, result as i32);
+    if !syscall::from_agent() {
+        report(CallRegs::current().arg(0) as i32 as i64, KIND_CONNECT, result as i32);
     }
 }
 

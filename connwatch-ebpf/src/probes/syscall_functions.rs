@@ -6,7 +6,7 @@
 //! An exit program sees the call's result and reads its arguments from the registers it was
 //! made with ([`CallRegs`]), so one program per call replaces an entry and an exit tracepoint.
 //! x86-64 only, 64-bit callers only (32-bit callers enter through `__ia32_*` and
-//! `__x64_compat_*`, which the tracepoints see and these do not).
+//! `__x64_compat_*`; x86-64 kernels run no syscall tracepoint for them either).
 
 use aya_ebpf::{
     macros::{fentry, fexit},

@@ -236,43 +236,34 @@ macro_rules! syscall {
 
 /// A syscall hook served first by a trampoline program on the syscall's own function (fentry
 /// where the arguments suffice, fexit where the result counts), then by its tracepoint, whose
-/// program is `tp_<name>` unless named (a family served by one program, loaded once).
+/// program is `tp_<name>` unless named (a family served by one program, loaded once). With
+/// `regs`, a tracepoint program that reads the call's arguments at exit (`tp_<name>_regs`,
+/// x86-64, Linux 5.15) comes between them: the hook's entry program is attached only where
+/// neither that nor the trampoline can be.
 macro_rules! syscall_function {
+    (@hook $name:literal, $($variant:expr),+) => {
+        Hook {
+            category: "syscalls",
+            name: $name,
+            role: Role::Observation,
+            variants: &[$($variant),+],
+            instead_of: None,
+            keeps_args_for: None,
+        }
+    };
+    ($name:literal, $mechanism:ident $function:literal => $program:literal, regs) => {
+        syscall_function!(@hook $name,
+            at_syscall_function(Mechanism::$mechanism, &[$function], &[$program]),
+            tp_args_at_exit(concat!("tp_", $name, "_regs")),
+            tp(concat!("tp_", $name)))
+    };
     ($name:literal, $mechanism:ident $function:literal => $program:literal) => {
         syscall_function!($name, $mechanism $function => $program, concat!("tp_", $name))
     };
     ($name:literal, $mechanism:ident $function:literal => $program:literal, $tracepoint:expr) => {
-        Hook {
-            category: "syscalls",
-            name: $name,
-            role: Role::Observation,
-            variants: &[
-                at_syscall_function(Mechanism::$mechanism, &[$function], &[$program]),
-                tp($tracepoint),
-            ],
-            instead_of: None,
-            keeps_args_for: None,
-        }
-    };
-}
-
-/// A syscall exit served as [`syscall_function!`] serves it, and between the trampoline and the
-/// tracepoint by `$regs`, a tracepoint program that reads the call's arguments at exit (x86-64,
-/// Linux 5.15): the hook's entry program is attached only where neither can be.
-macro_rules! syscall_exit {
-    ($name:literal, Fexit $function:literal => $program:literal, regs: $regs:literal) => {
-        Hook {
-            category: "syscalls",
-            name: $name,
-            role: Role::Observation,
-            variants: &[
-                at_syscall_function(Mechanism::Fexit, &[$function], &[$program]),
-                tp_args_at_exit($regs),
-                tp(concat!("tp_", $name)),
-            ],
-            instead_of: None,
-            keeps_args_for: None,
-        }
+        syscall_function!(@hook $name,
+            at_syscall_function(Mechanism::$mechanism, &[$function], &[$program]),
+            tp($tracepoint))
     };
 }
 
@@ -419,12 +410,11 @@ pub static HOOKS: &[Hook] = &[
     syscall_function!("sys_exit_accept4", Fexit "__x64_sys_accept4" => "fexit_sys_accept4"),
     syscall_function!("sys_exit_accept", Fexit "__x64_sys_accept" => "fexit_sys_accept",
         "tp_sys_exit_accept4"),
-    syscall_exit!("sys_exit_connect", Fexit "__x64_sys_connect" => "fexit_sys_connect",
-        regs: "tp_sys_exit_connect_regs"),
+    syscall_function!("sys_exit_connect", Fexit "__x64_sys_connect" => "fexit_sys_connect", regs),
     syscall!("sys_enter_connect", "tp_sys_enter_connect", None, Some("syscalls:sys_exit_connect")),
     syscall_function!("sys_enter_close", Fentry "__x64_sys_close" => "fentry_sys_close"),
-    syscall_exit!("sys_exit_getsockopt", Fexit "__x64_sys_getsockopt" => "fexit_sys_getsockopt",
-        regs: "tp_sys_exit_getsockopt_regs"),
+    syscall_function!("sys_exit_getsockopt", Fexit "__x64_sys_getsockopt" => "fexit_sys_getsockopt",
+        regs),
     syscall!(
         "sys_enter_getsockopt",
         "tp_sys_enter_getsockopt",
