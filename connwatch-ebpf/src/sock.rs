@@ -228,15 +228,17 @@ pub fn file_of_fd(fd: i64) -> Option<u64> {
     }
     // SAFETY: the helper has no preconditions; the verifier types its result.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let (files_at, fdt_at) = (conf!(task.task_files), conf!(task.files_fdt));
+    let (max_fds_at, fd_at) = (conf!(task.fdt_max_fds), conf!(task.fdt_fd));
     // SAFETY (each load): a typed task and pointers loaded from it, at offsets of their
     // structs' fields taken from the kernel's BTF; the verifier checks each against the type.
-    let files: *const u8 = unsafe { typed_load(task, conf!(task.task_files))? };
-    let fdt: *const u8 = unsafe { typed_load(files, conf!(task.files_fdt))? };
-    let max_fds: u32 = unsafe { typed_load(fdt, conf!(task.fdt_max_fds))? };
+    let files: *const u8 = unsafe { typed_load(task, files_at)? };
+    let fdt: *const u8 = unsafe { typed_load(files, fdt_at)? };
+    let max_fds: u32 = unsafe { typed_load(fdt, max_fds_at)? };
     if fd as u64 >= max_fds as u64 {
         return None;
     }
-    let fd_array: u64 = unsafe { typed_load(fdt, conf!(task.fdt_fd))? };
+    let fd_array: u64 = unsafe { typed_load(fdt, fd_at)? };
     read(fd_array, (fd as u32).checked_mul(8)?).ok()
 }
 
