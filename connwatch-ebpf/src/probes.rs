@@ -29,6 +29,7 @@ mod destroy;
 mod error;
 mod io;
 mod io_syscalls;
+mod reach;
 mod readiness;
 mod reset;
 mod retransmit;

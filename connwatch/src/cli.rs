@@ -109,6 +109,11 @@ pub struct CommonArgs {
     /// the two in `cargo xtask bench`.
     #[arg(long, hide = true)]
     pub args_at_entry: bool,
+    /// Attach every hook as usual, each with a program that returns at once, and report
+    /// nothing: what merely reaching the hooks costs this kernel, the floor under connwatch's
+    /// own work (`cargo xtask bench`). Not with --attach fentry (see docs/benchmarks.md).
+    #[arg(long, hide = true)]
+    pub hooks_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -251,6 +256,7 @@ impl CommonArgs {
             established_carried: true,
             left_out: self.leave_out.clone(),
             args_at_entry: self.args_at_entry,
+            hooks_only: self.hooks_only,
         }
     }
 }

@@ -80,6 +80,12 @@ impl Tracer {
     /// Loads and attaches everything; events start queueing in the kernel at once.
     pub fn start(options: &LoadOptions) -> Result<Self, ProbeError> {
         let mut probes = Probes::load(options)?;
+        if options.hooks_only {
+            eprintln!(
+                "connwatch: warning: --hooks-only: every hook runs a program that returns at \
+                 once; nothing will be reported"
+            );
+        }
         // Loading parsed the kernel's BTF (tens of MiB, all freed): give that memory back, or
         // the agent keeps it for its whole life.
         // SAFETY: malloc_trim has no preconditions.

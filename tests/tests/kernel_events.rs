@@ -669,3 +669,27 @@ fn kernel_lacks_every_way(why: &str) -> bool {
             || clause.starts_with("fentry: the kernel refused to load this program type")
     })
 }
+
+/// `--hooks-only` (the bench's floor) attaches the hooks a working session attaches, each
+/// through the same mechanism, with programs that return at once: a connection the working
+/// session sees whole passes its hooks, and it reports nothing.
+#[test]
+fn hooks_only_attaches_the_same_hooks_and_reports_nothing() {
+    require_root();
+    let topology = Topology::new("hooks");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let filters = pids(&[cpid, server.pid()]);
+    let mut working = Session::start(options(filters.clone()));
+    let mut reaching = Session::start(LoadOptions { hooks_only: true, ..options(filters) });
+    assert_eq!(reaching.tracer.ready().hooks, working.tracer.ready().hooks);
+    server.ok(&format!("listen {} 21062", Topology::SERVER_V4));
+    client.ok(&format!("connect {} 21062", Topology::SERVER_V4));
+    client.ok("close");
+    working.wait_until("the client's close", |evs| {
+        has_transitions(evs, CLIENT_STATES[0], cpid, &CLIENT_STATES[..3])
+    });
+    let summary = reaching.finish();
+    assert_eq!((reaching.records, summary.records), (0, 0), "{}", reaching.dump());
+}

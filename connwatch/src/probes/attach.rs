@@ -32,6 +32,8 @@ pub struct Leave<'a> {
     pub hooks: &'a [String],
     /// Variants that read a syscall's arguments at its exit, as on kernels before 5.15.
     pub args_at_exit: bool,
+    /// The programs' work: each hook runs a program that returns at once (`--hooks-only`).
+    pub work: bool,
 }
 
 pub fn attach_all(
@@ -50,6 +52,7 @@ pub fn attach_all(
         refused: Vec::new(),
         wanted,
         leave_args_at_exit: leave.args_at_exit,
+        leave_work: leave.work,
     };
     let mut attached: Vec<Attached> = Vec::new();
     let mut skipped = Vec::new();
@@ -122,6 +125,8 @@ struct Attacher<'a> {
     wanted: Option<Mechanism>,
     /// Variants that read syscall arguments at exit are not tried.
     leave_args_at_exit: bool,
+    /// Each variant attaches a program that returns at once instead of its own.
+    leave_work: bool,
 }
 
 /// What trying one hook's variants came to.
@@ -165,6 +170,14 @@ impl Attacher<'_> {
             let mut fail = |reason: String, excused: bool| {
                 tried.reasons.push((Some(variant.mechanism), reason));
                 tried.wanted_excused |= wanted && excused;
+            };
+            let variant = match (self.leave_work, variant.reaching_only()) {
+                (false, _) => variant,
+                (true, Ok(empty)) => empty,
+                (true, Err(reason)) => {
+                    fail(reason.into(), false);
+                    continue;
+                }
             };
             if let Some(absent) = missing(hook, &variant) {
                 let excused = matches!(absent, Absent::Target(_));

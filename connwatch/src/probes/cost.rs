@@ -39,7 +39,8 @@ pub fn read(ebpf: &Ebpf, attached: &[Attached]) -> Option<BTreeMap<String, Progr
         }
         // The understudy runs on every hit too: its time is the hook's, its runs are not
         // more hits.
-        if let Some(info) = a.variant.understudy.and_then(|u| info(u.program)) {
+        let understudy = a.variant.understudy.filter(|u| u.program != a.variant.program);
+        if let Some(info) = understudy.and_then(|u| info(u.program)) {
             cost.run_ns += info.run_time().as_nanos() as u64;
         }
         costs.insert(a.hook.id(), cost);

@@ -82,6 +82,25 @@ impl Variant {
     }
 }
 
+impl Variant {
+    /// The same attachment with a program that returns at once in place of each of its own
+    /// (`--hooks-only`: what reaching the hook costs), or why the mechanism has none.
+    pub fn reaching_only(self) -> Result<Self, &'static str> {
+        let program = match self.mechanism {
+            Mechanism::RawTracepoint => "reach_raw",
+            Mechanism::Tracepoint => "reach_tp",
+            Mechanism::Kprobe => "reach_kprobe",
+            Mechanism::Fentry | Mechanism::Fexit => {
+                return Err(
+                    "--hooks-only has no empty fentry or fexit program (the kernel binds                             each to one function)",
+                );
+            }
+        };
+        let understudy = self.understudy.map(|u| Understudy { program, ..u });
+        Ok(Self { program, understudy, ..self })
+    }
+}
+
 const fn raw(program: &'static str) -> Variant {
     Variant {
         mechanism: Mechanism::RawTracepoint,
@@ -456,3 +475,24 @@ pub static HOOKS: &[Hook] = &[
     syscall!("sys_enter_sendmsg", SEND),
     syscall!("sys_exit_sendmsg", SEND),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaching_only_swaps_every_program_and_keeps_the_attachment() {
+        let state = HOOKS.iter().find(|h| h.name == "inet_sock_set_state").unwrap();
+        let [raw, fentry, tracepoint, kprobe] = state.variants else { panic!("{state:?}") };
+        let empty = raw.reaching_only().unwrap();
+        assert_eq!(
+            (empty.program, empty.understudy.map(|u| u.program)),
+            ("reach_raw", Some("reach_raw"))
+        );
+        assert_eq!(empty.understudy.map(|u| u.slot), raw.understudy.map(|u| u.slot));
+        assert_eq!(tracepoint.reaching_only().unwrap().program, "reach_tp");
+        let empty = kprobe.reaching_only().unwrap();
+        assert_eq!((empty.program, empty.functions), ("reach_kprobe", kprobe.functions));
+        assert!(fentry.reaching_only().unwrap_err().contains("fentry"));
+    }
+}

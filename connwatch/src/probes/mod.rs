@@ -96,6 +96,9 @@ pub struct LoadOptions {
     /// Keep the readiness calls' arguments at their entry, as on kernels without
     /// `bpf_task_pt_regs` (before 5.15) or off x86-64, even where their exit could read them.
     pub args_at_entry: bool,
+    /// Attach every hook with a program that returns at once, and report nothing: what
+    /// reaching the hooks costs this kernel (`--hooks-only`, for `cargo xtask bench`).
+    pub hooks_only: bool,
 }
 
 impl Default for LoadOptions {
@@ -112,6 +115,7 @@ impl Default for LoadOptions {
             established_carried: false,
             left_out: Vec::new(),
             args_at_entry: false,
+            hooks_only: false,
         }
     }
 }
@@ -198,7 +202,11 @@ impl Probes {
             &mut ebpf,
             options.attach,
             &layouts,
-            attach::Leave { hooks: &options.left_out, args_at_exit: options.args_at_entry },
+            attach::Leave {
+                hooks: &options.left_out,
+                args_at_exit: options.args_at_entry,
+                work: options.hooks_only,
+            },
         )?;
         // After attaching: a registration made meanwhile is learnt by the kernel, and kept.
         let epoll_seeded = epoll_seed::seed(&mut ebpf, std::process::id())
