@@ -30,15 +30,19 @@ pub enum Config {
     /// `connwatch watch --json` with the kernel's BPF statistics on for its run alone: where
     /// the others' throughput is measured without them, the run that reports program time.
     ConnwatchWatchCosted,
+    /// `connwatch watch --json --hooks-only`: watch's hooks, each with a program that returns
+    /// at once: what reaching them costs, the floor under any work the programs do.
+    ConnwatchWatchHooksOnly,
 }
 
 impl Config {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Untraced,
         Self::Tcpstates,
         Self::ConnwatchRaw,
         Self::ConnwatchTracepoint,
         Self::ConnwatchWatch,
+        Self::ConnwatchWatchHooksOnly,
     ];
 
     /// The configurations some round measured, in the order of ALL.
@@ -56,6 +60,7 @@ impl Config {
             Self::ConnwatchAgent => "connwatch agent",
             Self::ConnwatchWatchArgsAtEntry => "connwatch watch, readiness arguments kept at entry",
             Self::ConnwatchWatchCosted => "connwatch watch, BPF statistics on",
+            Self::ConnwatchWatchHooksOnly => "connwatch watch --hooks-only (the floor)",
         }
     }
 
@@ -74,7 +79,14 @@ impl Config {
                 | Self::ConnwatchAgent
                 | Self::ConnwatchWatchArgsAtEntry
                 | Self::ConnwatchWatchCosted
+                | Self::ConnwatchWatchHooksOnly
         )
+    }
+
+    /// Whether its programs only reach the hooks (`--hooks-only`): no targets apply, and its
+    /// one program per type serves every hook, so its time cannot be told apart by hook.
+    pub const fn reaches_only(self) -> bool {
+        matches!(self, Self::ConnwatchWatchHooksOnly)
     }
 
     /// Whether its run turns the kernel's BPF statistics on itself: they cost two clock reads
@@ -97,6 +109,7 @@ impl Config {
             Self::ConnwatchWatch | Self::ConnwatchWatchCosted => connwatch(&["watch", "--json"]),
             Self::ConnwatchAgent => connwatch(&["agent", "--json", "--listen", "127.0.0.1:25743"]),
             Self::ConnwatchWatchArgsAtEntry => connwatch(&["watch", "--json", "--args-at-entry"]),
+            Self::ConnwatchWatchHooksOnly => connwatch(&["watch", "--json", "--hooks-only"]),
         }
     }
 

@@ -26,7 +26,7 @@ pub const CONFIGS: [Config; 5] = [
     Config::Untraced,
     Config::ConnwatchWatch,
     Config::ConnwatchAgent,
-    Config::ConnwatchWatchArgsAtEntry,
+    Config::ConnwatchWatchHooksOnly,
     Config::ConnwatchWatchCosted,
 ];
 

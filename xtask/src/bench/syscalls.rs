@@ -8,7 +8,9 @@
 //! - the registration clients built on `ae` (redis-benchmark) drop and make again per request:
 //!   `EPOLL_CTL_DEL`, then `EPOLL_CTL_ADD` with the same data word, per pair;
 //! - and the same under watch with the readiness arguments kept at entry (`--args-at-entry`, as
-//!   on kernels before 5.15): what reading them at exit saves.
+//!   on kernels before 5.15): what reading them at exit saves;
+//! - and under watch's hooks with programs that return at once (`--hooks-only`): what reaching
+//!   them costs, whatever the programs do.
 
 use std::{fmt::Write as _, os::fd::AsRawFd, time::Instant};
 
@@ -21,8 +23,12 @@ use super::{
 
 const CALLS: u64 = 5_000_000;
 const EPOLL_CALLS: u64 = 2_000_000;
-const CONFIGS: [Config; 3] =
-    [Config::Untraced, Config::ConnwatchWatch, Config::ConnwatchWatchArgsAtEntry];
+const CONFIGS: [Config; 4] = [
+    Config::Untraced,
+    Config::ConnwatchWatch,
+    Config::ConnwatchWatchArgsAtEntry,
+    Config::ConnwatchWatchHooksOnly,
+];
 
 /// ns per call of each syscall measured, in one round.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -152,18 +158,20 @@ pub fn markdown(s: &SyscallSection) -> String {
     let _ = writeln!(
         md,
         "{} `getppid`, {} of each epoll call and half as many DEL + ADD pairs per run, medians over rounds.\n\n\
-         | syscall | untraced ns | connwatch watch ns | added ns | ratio | watch, arguments kept at entry: added ns |\n|---|---:|---:|---:|---:|---:|",
+         | syscall | untraced ns | connwatch watch ns | added ns | ratio | watch, arguments kept at entry: added ns | hooks only (the floor): added ns |\n|---|---:|---:|---:|---:|---:|---:|",
         s.calls, s.epoll_calls
     );
     for (name, pick) in rows {
         let (base, traced) = (of(Config::Untraced, pick), of(Config::ConnwatchWatch, pick));
         let at_entry = of(Config::ConnwatchWatchArgsAtEntry, pick);
+        let floor = of(Config::ConnwatchWatchHooksOnly, pick);
         let _ = writeln!(
             md,
-            "| {name} | {base:.1} | {traced:.1} | {:.1} | {:.2}x | {:.1} |",
+            "| {name} | {base:.1} | {traced:.1} | {:.1} | {:.2}x | {:.1} | {:.1} |",
             traced - base,
             traced / base,
-            at_entry - base
+            at_entry - base,
+            floor - base
         );
     }
     md

@@ -156,6 +156,7 @@ impl ChurnSection {
         let columns: Vec<HookColumn<'_>> = self
             .configs
             .iter()
+            .filter(|c| !c.config.reaches_only())
             .filter_map(|c| {
                 let totals = &c.tracer.as_ref()?.totals;
                 Some(HookColumn { label: c.label, totals, units: c.connections })
@@ -245,7 +246,7 @@ fn summarize(config: Config, rounds: &[RoundResult<ChurnResult>]) -> ConfigSumma
 fn targets(configs: &[ConfigSummary]) -> Vec<Target> {
     let mut targets = Vec::new();
     for c in configs {
-        let Some(t) = &c.tracer else { continue };
+        let Some(t) = c.tracer.as_ref().filter(|_| !c.config.reaches_only()) else { continue };
         let mut target = |target: &str, value: f64, met: bool| {
             targets.push(Target { target: target.into(), config: c.label, value, met });
         };
