@@ -92,7 +92,8 @@ impl Variant {
             Mechanism::Kprobe => "reach_kprobe",
             Mechanism::Fentry | Mechanism::Fexit => {
                 return Err(
-                    "--hooks-only has no empty fentry or fexit program (the kernel binds                             each to one function)",
+                    "--hooks-only has no empty fentry or fexit program (the kernel binds each to one \
+                     function)",
                 );
             }
         };
