@@ -697,9 +697,9 @@ fn hooks_only_attaches_the_same_hooks_and_reports_nothing() {
     let mut working = Session::start(options(filters.clone()));
     let mut reaching = Session::start(LoadOptions { hooks_only: true, ..options(filters) });
     let (worked, reached) = (working.tracer.ready().hooks, reaching.tracer.ready().hooks);
-    let trampoline = |m: &&str| matches!(*m, "fentry" | "fexit");
-    if worked.iter().any(|(_, m)| trampoline(&m)) {
-        assert!(!reached.iter().any(|(_, m)| trampoline(&m)), "{reached:?}");
+    let trampoline = |(_, m): &(String, &str)| matches!(*m, "fentry" | "fexit");
+    if worked.iter().any(trampoline) {
+        assert!(!reached.iter().any(trampoline), "{reached:?}");
     } else {
         assert_eq!(reached, worked);
     }
