@@ -80,9 +80,7 @@ impl Variant {
         let one = self.per_function.is_empty().then_some(self.program);
         one.into_iter().chain(self.per_function.iter().copied())
     }
-}
 
-impl Variant {
     /// The same attachment with a program that returns at once in place of each of its own
     /// (`--hooks-only`: what reaching the hook costs), or why the mechanism has none.
     pub fn reaching_only(self) -> Result<Self, &'static str> {

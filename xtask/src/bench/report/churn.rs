@@ -102,13 +102,18 @@ impl ChurnSection {
                     };
                     let records =
                         t.records_per_connection.map_or("–".into(), |r| format!("{r:.1}"));
+                    // The floor reports nothing to lose; the kernel's skips of its empty
+                    // programs (one serves every hook) cost nothing.
+                    let lost = match c.config.reaches_only() {
+                        true => "–".into(),
+                        false => t.totals.events_lost.to_string(),
+                    };
                     let _ = writeln!(
                         md,
-                        "| {:.4} | {:.2}x | {} | {seen} | {records} | {} | {:.0} |",
+                        "| {:.4} | {:.2}x | {} | {seen} | {records} | {lost} | {:.0} |",
                         t.cpu_s_per_1k_connections,
                         t.cpu_vs_tcpstates,
                         mib(t.totals.peak_rss_kib),
-                        t.totals.events_lost,
                         t.bpf_ns_per_connection
                     );
                 }
