@@ -91,52 +91,93 @@ impl Correlator {
 
     /// Takes one event (in any order); returns the findings it completes.
     pub fn ingest(&mut self, event: &Event) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        self.ingest_run(std::slice::from_ref(event), &mut findings);
+        findings
+    }
+
+    /// Takes a batch of events (in any order); returns the findings they complete. Consecutive
+    /// events of one socket (those of one record: a closing report's changes, a call with the
+    /// change to ESTABLISHED it carries) share one look-up of its track.
+    pub fn ingest_all(&mut self, events: &[Event]) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|e| e.sock == first.sock).count();
+            let (now, later) = rest.split_at(run);
+            self.ingest_run(now, &mut findings);
+            rest = later;
+        }
+        findings
+    }
+
+    /// Events of one socket identity, in delivery order: applied to its track, found once.
+    fn ingest_run(&mut self, run: &[Event], findings: &mut Vec<Finding>) {
+        let Some(first) = run.first() else { return };
         let joined;
-        let event = match self.joined(event) {
+        let first = match self.joined(first) {
             Some(sock) => {
-                joined = Event { sock, ..event.clone() };
+                joined = Event { sock, ..first.clone() };
                 &joined
             }
-            None => event,
+            None => first,
         };
-        if self.tracks.len() >= self.max_sockets && !self.tracks.contains(&event.sock) {
+        if self.tracks.len() >= self.max_sockets && !self.tracks.contains(&first.sock) {
             self.make_room();
         }
         let threshold = self.thresholds.retransmits;
         // A new life begins with the change its birth records (watch and agent).
         let mut opening = None;
-        let track = self.tracks.get_or_insert_with(event.sock, || {
-            opening = opening::implied_by(event);
-            Track::new(opening.as_ref().unwrap_or(event))
+        let track = self.tracks.get_or_insert_with(first.sock, || {
+            opening = opening::implied_by(first);
+            Track::new(opening.as_ref().unwrap_or(first))
         });
         if let Some(opening) = &opening {
             track.apply(opening, threshold);
         }
-        track.apply(event, threshold);
-        let found = detect::on_event(track);
-        if found.is_empty() {
-            // Nearly every event: the track in hand is scheduled without a second lookup.
-            schedule_or_retire(track, &self.thresholds, &mut self.deadlines, &mut self.finished);
-            return Vec::new();
+        for (at, event) in run.iter().enumerate() {
+            track.apply(event, threshold);
+            let found = detect::on_event(track);
+            if found.is_empty() {
+                continue;
+            }
+            // The evidence runs to the latest event known: the proof may have arrived before
+            // the observation it completes (a reset provoked inside a send is delivered
+            // first).
+            let (sock, now) = (track.sock, track.last_ts.max(event.ts_ns));
+            self.report_found(sock, now, found, findings);
+            // Reporting needed the whole table: the rest of the run looks the track up again.
+            if let Some(next) = run.get(at + 1..).filter(|rest| !rest.is_empty()) {
+                let rest: Vec<Event> = next.iter().map(|e| Event { sock, ..e.clone() }).collect();
+                self.ingest_run(&rest, findings);
+            }
+            return;
         }
-        // The evidence runs to the latest event known: the proof may have arrived before the
-        // observation it completes (a reset provoked inside a send is delivered first).
-        let now = track.last_ts.max(event.ts_ns);
-        let mut findings = Vec::new();
+        // Nearly every run: the track in hand is scheduled without a second lookup.
+        schedule_or_retire(track, &self.thresholds, &mut self.deadlines, &mut self.finished);
+    }
+
+    /// Reports what the detectors `found` on `sock` at `now`.
+    fn report_found(
+        &mut self,
+        sock: SockId,
+        now: u64,
+        found: Vec<(Kind, Option<Measures>)>,
+        findings: &mut Vec<Finding>,
+    ) {
         for (kind, measures) in found {
-            if let Some(mut finding) = self.report(event.sock, kind, now, measures) {
+            if let Some(mut finding) = self.report(sock, kind, now, measures) {
                 if kind == Kind::HalfOpenWrite
-                    && let Some(settings) = self.probe(event.sock)
+                    && let Some(settings) = self.probe(sock)
                 {
                     finding.notes.push(settings.give_up_note());
                 }
                 findings.push(finding);
             }
         }
-        if let Some(track) = self.tracks.get(&event.sock) {
+        if let Some(track) = self.tracks.get(&sock) {
             schedule_or_retire(track, &self.thresholds, &mut self.deadlines, &mut self.finished);
         }
-        findings
     }
 
     /// The tracked life an *adopted* identity belongs to. The kernel gives a socket a new,

@@ -78,7 +78,7 @@ impl Shards {
     /// so far: with several shards, some of these events' findings may come with a later call.
     pub fn ingest(&mut self, events: &[Event]) -> Vec<Finding> {
         match &mut self.inner {
-            Inner::One(one) => events.iter().flat_map(|event| one.ingest(event)).collect(),
+            Inner::One(one) => one.ingest_all(events),
             Inner::Many(workers) => workers.ingest(events.iter().cloned()),
         }
     }
@@ -513,7 +513,7 @@ fn serve(
         }
         match next {
             Work::Events(mut events) => {
-                done.findings = events.iter().flat_map(|e| shard.correlator.ingest(e)).collect();
+                done.findings = shard.correlator.ingest_all(&events);
                 events.clear();
                 done.emptied = Some(events);
             }
@@ -553,17 +553,22 @@ impl Shard {
         loop {
             let taken = source.reader.read(POLL_BATCH, &mut source.batch);
             // In place: moving each event out of the batch cost a copy of it (perf: 4%).
-            for event in &mut source.batch {
+            let mut moving = Vec::new();
+            for (at, event) in source.batch.iter_mut().enumerate() {
                 // The kernel chose this shard for the event's life; an identity the tap gives
                 // it instead (one the inventory made) is joined where that one lives.
                 let sock = event.sock;
                 source.tap.tap(event);
-                if event.sock == sock || shard_of(&event.sock, self.count) == self.index {
-                    done.findings.extend(self.correlator.ingest(event));
-                } else {
-                    done.redirected.push(event.clone());
+                if event.sock != sock && shard_of(&event.sock, self.count) != self.index {
+                    moving.push(at);
                 }
             }
+            let first_moved = done.redirected.len();
+            for at in moving.into_iter().rev() {
+                done.redirected.push(source.batch.remove(at));
+            }
+            done.redirected[first_moved..].reverse();
+            done.findings.extend(self.correlator.ingest_all(&source.batch));
             source.batch.clear();
             if taken < POLL_BATCH {
                 break;

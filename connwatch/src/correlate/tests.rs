@@ -91,9 +91,21 @@ const EPOLLOUT: u32 = 0x4;
 const EPOLLRDHUP: u32 = 0x2000;
 
 /// Runs events through a correlator, then lets 60 s pass: every finding's kind, in order.
+/// Delivered one by one and as one batch (whose runs of one socket share a look-up), the
+/// events must find the same.
 fn kinds(events: &[Event]) -> Vec<Kind> {
+    let one_by_one = kinds_delivered(events, |c| events.iter().flat_map(|e| c.ingest(e)).collect());
+    let batched = kinds_delivered(events, |c| c.ingest_all(events));
+    assert_eq!(batched, one_by_one, "one batch finds what one event at a time does");
+    one_by_one
+}
+
+fn kinds_delivered(
+    events: &[Event],
+    deliver: impl Fn(&mut Correlator) -> Vec<Finding>,
+) -> Vec<Kind> {
     let mut c = Correlator::new(Thresholds::default(), DEFAULT_MAX_SOCKETS);
-    let mut found: Vec<Kind> = events.iter().flat_map(|e| c.ingest(e)).map(|f| f.kind).collect();
+    let mut found: Vec<Kind> = deliver(&mut c).into_iter().map(|f| f.kind).collect();
     let end = events.iter().map(|e| e.ts_ns).max().unwrap_or(0) + 60 * S;
     found.extend(c.tick(end).into_iter().map(|f| f.kind));
     found.sort();
@@ -236,6 +248,19 @@ fn write_after_peer_close_when_told_by_readiness_or_eof() {
     let by_eof = told_then_wrote(vec![at(SOCK, 1001, recv(Ok(0), "CLOSE_WAIT"))]);
     assert_eq!(kinds(&by_eof), [Kind::WriteAfterPeerClose]);
     order_independent(&by_eof);
+}
+
+#[test]
+fn a_finding_inside_a_run_of_one_socket_leaves_the_rest_of_the_run_applied() {
+    // One batch, one socket: the write completes the finding halfway; the close after it must
+    // still count, or the grace would end in a CLOSE_WAIT leak.
+    let events = told_then_wrote(vec![at(SOCK, 1001, recv(Ok(0), "CLOSE_WAIT"))]);
+    let mut c = Correlator::new(Thresholds::default(), DEFAULT_MAX_SOCKETS);
+    let found: Vec<Kind> = c.ingest_all(&events).into_iter().map(|f| f.kind).collect();
+    assert_eq!(found, [Kind::WriteAfterPeerClose]);
+    let track = c.tracks.get(&SOCK).expect("tracked");
+    assert!(track.facts.app_closed().first().is_some(), "the close after the finding");
+    assert_eq!(c.tick(60 * S), [], "no leak: the application closed");
 }
 
 #[test]
