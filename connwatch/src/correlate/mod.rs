@@ -146,11 +146,9 @@ impl Correlator {
             // first).
             let (sock, now) = (track.sock, track.last_ts.max(event.ts_ns));
             self.report_found(sock, now, found, findings);
-            // Reporting needed the whole table: the rest of the run looks the track up again.
-            if let Some(next) = run.get(at + 1..).filter(|rest| !rest.is_empty()) {
-                let rest: Vec<Event> = next.iter().map(|e| Event { sock, ..e.clone() }).collect();
-                self.ingest_run(&rest, findings);
-            }
+            // Reporting needed the whole table: the rest of the run looks the track up again
+            // (an adopted identity is joined to the same life again).
+            self.ingest_run(&run[at + 1..], findings);
             return;
         }
         // Nearly every run: the track in hand is scheduled without a second lookup.
