@@ -15,7 +15,7 @@
 
 use connwatch_common::{
     config::FLAG_ALL_IO,
-    event::COUNTER_IO_SUMMARISED,
+    event::{COUNTER_IO_SUMMARISED, KIND_RECV, KIND_SEND},
     names::{ATTENTION_SLOTS, IO_REPORT_INTERVAL_NS},
     socket::{IoState, IoTally, SOCKET_APP_CLOSED, SocketInfo},
     tcp::TCP_ESTABLISHED,
@@ -27,10 +27,10 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
 use crate::{
     config::conf,
-    emit,
+    emit::{self, Observation},
     maps::{ATTENTION, IO_STATE},
     owner::now,
-    sock::Health,
+    sock::{Endpoints, Health},
 };
 
 #[derive(Clone, Copy)]
@@ -142,6 +142,46 @@ pub fn distrust(sk: u64, attention_of: u32) {
     if attention_of != 0 {
         charge(io, attention_of);
     }
+}
+
+/// The socket leaves ESTABLISHED: the recv and send calls still tallied (made on the healthy
+/// connection before the change) are reported now, each direction as one record, so the
+/// records account for every call even where the application makes none afterwards (a peer
+/// that closed, a reset). A tally is otherwise reported only before its socket's next call.
+/// Not inlined: one subprogram, however many state change programs call it.
+#[inline(never)]
+pub fn report_tallies(sk: u64, ends: &Endpoints, info: &SocketInfo) {
+    if conf!(flags) & FLAG_ALL_IO != 0 {
+        return;
+    }
+    let Some(io) = IO_STATE.get_ptr_mut(&sk) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer. The fast path no longer adds to these tallies: the
+    // change's `distrust` came first.
+    let io = unsafe { &mut *io };
+    report_tally(sk, ends, info, KIND_RECV, &mut io.recv);
+    report_tally(sk, ends, info, KIND_SEND, &mut io.send);
+}
+
+/// Reports one direction's tallied calls, if any, and empties the tally.
+#[inline(always)]
+fn report_tally(sk: u64, ends: &Endpoints, info: &SocketInfo, kind: u8, tally: &mut IoTally) {
+    if tally.calls == 0 {
+        return;
+    }
+    let span = Span {
+        calls: tally.calls,
+        bytes: tally.bytes,
+        first_ns: tally.first_ns,
+        last_ns: tally.last_ns,
+    };
+    let state = tally.last_state;
+    tally.calls = 0;
+    tally.bytes = 0;
+    tally.first_ns = 0;
+    tally.last_ns = 0;
+    emit::observed_as(sk, ends, &Observation::summary(kind, -1, 0, 0, span, state), info);
 }
 
 /// The socket's tallies go (its life ended, or a new one began at its address), and with them

@@ -119,6 +119,9 @@ fn changed(
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
+    if old == TCP_ESTABLISHED {
+        policy::report_tallies(sk, &ends, &info);
+    }
     // watch and agent: the change that began the life is in its birth, on every later record.
     let in_birth = began && conf!(flags) & FLAG_OPENING_IN_BIRTH != 0;
     if !in_birth
