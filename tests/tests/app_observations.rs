@@ -434,6 +434,41 @@ fn readiness_of_healthy_connections_is_counted_not_examined_for_findings() {
     assert!(summary.readiness_not_needed >= 2, "the poll and the first epoll_wait: {summary}");
 }
 
+/// As `watch` and `agent` load the programs: a connect under way is no news. The writability
+/// that ends a non-blocking connect is counted when the connect succeeded, and examined and
+/// reported when it failed: the change to CLOSE counted the socket against its process before
+/// the wake-up.
+#[test]
+fn a_connects_writability_is_reported_only_when_the_connect_failed() {
+    require_root();
+    let topology = Topology::new("nbready");
+    let mut server = Peer::spawn(&topology.server);
+    let mut client = Peer::spawn(&topology.client);
+    let cpid = client.pid();
+    let mut session = Session::start(LoadOptions { healthy_readiness: false, ..traced(&[cpid]) });
+    server.ok(&format!("listen {} 22019", Topology::SERVER_V4));
+    assert_eq!(client.send(&format!("connect-nb {} 22019", Topology::SERVER_V4)), "err E115");
+    client.ok("wait-writable");
+    assert_eq!(client.ok("so-error"), "0");
+    client.ok("close");
+    // Nothing listens on the next port: the SYN is answered by a reset.
+    assert_eq!(client.send(&format!("connect-nb {} 22020", Topology::SERVER_V4)), "err E115");
+    client.ok("wait-writable");
+    assert_eq!(client.ok("so-error"), "ECONNREFUSED");
+    session.wait_until("both connects' SO_ERROR reads", |evs| {
+        evs.iter().filter(|e| is(e, cpid, "so_error")).count() == 2
+    });
+    let summary = session.finish();
+    let connects = of_process(&session.events, cpid, "connect");
+    let (made, refused) = (connects[0].sock, connects[1].sock);
+    let made_ready = of_type(&session.events, made, "readiness");
+    assert!(made_ready.is_empty(), "healthy: {}", describe(made_ready[0]));
+    let refused_ready = of_type(&session.events, refused, "readiness");
+    assert!(!refused_ready.is_empty(), "the refused connect's writability is reported");
+    assert_eq!(kstate(refused_ready[0]), "CLOSE", "{}", describe(refused_ready[0]));
+    assert!(summary.readiness_not_needed >= 1, "the first connect's poll: {summary}");
+}
+
 #[test]
 fn a_write_into_close_wait_succeeds_then_the_next_fails_with_epipe() {
     let (_t, mut server, mut client, mut session, _) =

@@ -111,8 +111,9 @@ fn changed(
     }
     // Whatever the kernel did, routine calls must look at the socket again.
     let (info, entry, began) = identify(sk, (old, new), ends.sport, now, entry);
-    // ESTABLISHED and a listener's stages are news nobody can misjudge yet.
-    let routine = matches!(new, TCP_ESTABLISHED | TCP_LISTEN | TCP_SYN_RECV);
+    // ESTABLISHED, a listener's stages and a connect under way are news nobody can misjudge
+    // yet: a connect's readiness matters once it failed, and the change to CLOSE says so.
+    let routine = matches!(new, TCP_ESTABLISHED | TCP_LISTEN | TCP_SYN_RECV | TCP_SYN_SENT);
     policy::distrust(sk, if routine { 0 } else { policy::attention_of(&info) });
     if new == TCP_LISTEN {
         owner::remember_listener(sock::net(sk), ends.sport, &info.owner);
