@@ -120,13 +120,13 @@ fn changed(
     } else if old == TCP_LISTEN {
         owner::forget_listener(sock::net(sk), ends.sport);
     }
-    if old == TCP_ESTABLISHED {
-        policy::report_tallies(sk, &ends, &info);
-    }
     // watch and agent: the change that began the life is in its birth, on every later record.
     let in_birth = began && conf!(flags) & FLAG_OPENING_IN_BIRTH != 0;
-    if !in_birth
-        && emit::wanted_in(sk, entry, &info, &mut ends)
+    let wanted = !in_birth && emit::wanted_in(sk, entry, &info, &mut ends);
+    if wanted && old == TCP_ESTABLISHED {
+        policy::report_tallies(sk, &ends, &info);
+    }
+    if wanted
         && !(new == TCP_ESTABLISHED && established::keep(&info, old, now, entry))
         && !closing::keep_or_report(sk, &info, &ends, (old, new), now, entry)
     {
