@@ -5,8 +5,9 @@
 //! Everything else is tallied per socket and reported as one record standing for `calls`
 //! calls, with the times of the first and the last: once per `IO_REPORT_INTERVAL_NS`, or
 //! before a call that changes what is reported (state, readiness mask or mechanism) or is
-//! notable, which is then reported on its own. A summary therefore only ever stands for calls
-//! on a healthy ESTABLISHED socket, in the order they happened. `--all-io` reports every call.
+//! notable, which is then reported on its own; and the recv and send tallies when the socket
+//! leaves ESTABLISHED ([`report_tallies`]). A summary therefore only ever stands for calls on
+//! a healthy ESTABLISHED socket, in the order they happened. `--all-io` reports every call.
 //!
 //! The fast path: a socket read healthy and ESTABLISHED is *trusted* until a kernel event on it
 //! (state change, reset, error, retransmission) clears that; while trusted, its owner's

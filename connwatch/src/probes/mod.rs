@@ -74,9 +74,9 @@ pub struct LoadOptions {
     /// Report every recv, send and readiness call instead of summarising busy sockets.
     pub all_io: bool,
     /// Examine readiness results of every process (`trace`). `watch` and `agent` turn it off:
-    /// a process is then looked at only while it holds a socket the kernel had news of
-    /// (a failed connect, peer closed, reset, error, retransmitting), since no finding rests on the
-    /// readiness of a healthy connection; the rest is counted (`readiness_not_needed`).
+    /// a process is then looked at only while it holds a socket the kernel had news of (a
+    /// failed connect, peer closed, reset, error, retransmitting), since no finding rests on
+    /// the readiness of a healthy connection; the rest is counted (`readiness_not_needed`).
     pub healthy_readiness: bool,
     /// Report the state changes of a socket its application has closed together, when it
     /// reaches CLOSE (`watch` and `agent`: no finding rests on them any more), instead of each
